@@ -1,0 +1,281 @@
+//! Leasing due schedule items to delivery services, and their acknowledgements.
+//!
+//! A delivery service pulls items with [`Store::lease`] and gets each with a fresh random token
+//! and an expiry. Until the expiry the item is its alone: concurrent pulls skip it (`FOR UPDATE
+//! SKIP LOCKED`, then the state change). After the expiry the item is due again and the next pull
+//! takes it with a new token, which makes the old token stale: an ack with it is refused, so an
+//! item that was handed out twice is still recorded as sent at most once.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::Row;
+use tern_core::{AckStatus, InvalidInput, ItemState, OpportunityId};
+use uuid::Uuid;
+
+use crate::{Result, Store};
+
+/// A delivery service's request for due items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// Who holds the lease (a delivery service instance); recorded for support tooling.
+    pub holder: String,
+    /// Channels the caller delivers.
+    pub channels: Vec<String>,
+    pub max_items: u32,
+    /// How long the items stay reserved for the caller.
+    pub lease_for: TimeDelta,
+}
+
+/// A leased item, with what the delivery service needs to render and send it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeasedItem {
+    pub user_id: String,
+    pub item_id: i64,
+    pub opportunity_id: OpportunityId,
+    pub plan_id: i64,
+    pub channel: String,
+    pub template: String,
+    pub category: String,
+    pub priority: String,
+    pub signals: serde_json::Value,
+    pub send_after: DateTime<Utc>,
+    pub send_before: DateTime<Utc>,
+    pub lease_token: Uuid,
+    pub lease_expires_at: DateTime<Utc>,
+    /// 1 on the first lease, 2 after one expiry, and so on.
+    pub attempt: i32,
+}
+
+/// An acknowledgement of one leased item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub user_id: String,
+    pub item_id: i64,
+    pub lease_token: Uuid,
+    pub status: AckStatus,
+}
+
+/// What became of an ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckResult {
+    /// Applied now. For `sent`, the message id under which outcomes are reported.
+    Acked {
+        message_id: Option<i64>,
+    },
+    /// The same ack was applied before; nothing changed.
+    AlreadyAcked {
+        message_id: Option<i64>,
+    },
+    /// The token is not the item's current one, or the lease has expired: the item is (or will
+    /// be) someone else's. Nothing changed.
+    Stale,
+    /// The item was acked before with this token but another status; nothing changed.
+    Conflict {
+        current: ItemState,
+    },
+    /// The item was cancelled (an opt-out) while leased: it must not be sent.
+    Cancelled,
+    NotFound,
+}
+
+impl Store {
+    /// Leases up to `max_items` items that are due at `now` on the requested channels, earliest
+    /// send time first. An item is due when its window contains `now`, its opportunity is open and
+    /// unexpired, and it is pending or its previous lease has expired.
+    pub async fn lease(&self, req: &LeaseRequest, now: DateTime<Utc>) -> Result<Vec<LeasedItem>> {
+        if req.lease_for <= TimeDelta::zero() {
+            return Err(InvalidInput::new("the lease duration must be positive").into());
+        }
+        if req.max_items == 0 || req.channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "WITH due AS ( \
+               SELECT s.user_id, s.item_id FROM schedule_items s \
+               WHERE s.channel = ANY($1) AND s.state IN ('pending', 'leased') \
+                 AND s.send_after <= $2 AND s.send_before > $2 \
+                 AND (s.state = 'pending' OR s.lease_expires_at <= $2) \
+                 AND EXISTS (SELECT 1 FROM opportunities o \
+                             WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+                               AND o.state = 'open' AND o.expires_at > $2) \
+               ORDER BY s.send_after \
+               LIMIT $3 \
+               FOR UPDATE OF s SKIP LOCKED) \
+             UPDATE schedule_items s \
+             SET state = 'leased', lease_holder = $4, lease_token = gen_random_uuid(), \
+                 lease_expires_at = $5, attempt = s.attempt + 1, updated_at = $2 \
+             FROM due, opportunities o \
+             WHERE s.user_id = due.user_id AND s.item_id = due.item_id \
+               AND o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+             RETURNING s.user_id, s.item_id, s.opportunity_id, s.plan_id, s.channel, o.template, \
+               o.category, o.priority, o.signals, s.send_after, s.send_before, s.lease_token, \
+               s.lease_expires_at, s.attempt",
+        )
+        .bind(&req.channels)
+        .bind(now)
+        .bind(i64::from(req.max_items))
+        .bind(&req.holder)
+        .bind(now + req.lease_for)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows
+            .into_iter()
+            .map(|r| {
+                Ok(LeasedItem {
+                    user_id: r.try_get(0)?,
+                    item_id: r.try_get(1)?,
+                    opportunity_id: r.try_get(2)?,
+                    plan_id: r.try_get(3)?,
+                    channel: r.try_get(4)?,
+                    template: r.try_get(5)?,
+                    category: r.try_get(6)?,
+                    priority: r.try_get(7)?,
+                    signals: r.try_get(8)?,
+                    send_after: r.try_get(9)?,
+                    send_before: r.try_get(10)?,
+                    lease_token: r.try_get(11)?,
+                    lease_expires_at: r.try_get(12)?,
+                    attempt: r.try_get(13)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        items.sort_by(|a, b| (a.send_after, a.item_id).cmp(&(b.send_after, b.item_id)));
+        Ok(items)
+    }
+
+    /// Applies an ack. Only the current token of an unexpired lease can change the item; repeating
+    /// an applied ack is harmless. A `sent` ack records the message (with the plan, policy and
+    /// model versions, arm, propensity and scores of the decision) and closes the opportunity, in
+    /// the same transaction.
+    pub async fn ack(&self, ack: &Ack, now: DateTime<Utc>) -> Result<AckResult> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(
+            "SELECT state, lease_token, lease_expires_at FROM schedule_items \
+             WHERE user_id = $1 AND item_id = $2 FOR UPDATE",
+        )
+        .bind(&ack.user_id)
+        .bind(ack.item_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(AckResult::NotFound);
+        };
+        let state: ItemState = row.try_get::<String, _>(0)?.parse()?;
+        let token: Option<Uuid> = row.try_get(1)?;
+        let expires: Option<DateTime<Utc>> = row.try_get(2)?;
+        if token != Some(ack.lease_token) {
+            return Ok(AckResult::Stale);
+        }
+        let target = ack.status.item_state();
+        let result = match state {
+            ItemState::Leased if expires.is_some_and(|e| e > now) => {
+                sqlx::query(
+                    "UPDATE schedule_items SET state = $3, updated_at = $4 \
+                     WHERE user_id = $1 AND item_id = $2",
+                )
+                .bind(&ack.user_id)
+                .bind(ack.item_id)
+                .bind(target.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let message_id = if ack.status == AckStatus::Sent {
+                    Some(record_sent(&mut tx, &ack.user_id, ack.item_id, now).await?)
+                } else {
+                    None
+                };
+                AckResult::Acked { message_id }
+            }
+            ItemState::Leased => AckResult::Stale,
+            ItemState::Cancelled => AckResult::Cancelled,
+            s if s == target => AckResult::AlreadyAcked {
+                message_id: message_of(&mut tx, &ack.user_id, ack.item_id).await?,
+            },
+            ItemState::Sent | ItemState::Failed | ItemState::Skipped => {
+                AckResult::Conflict { current: state }
+            }
+            _ => AckResult::Stale,
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    /// Extends a lease that is still held. Returns the new expiry, or `None` when the token is
+    /// stale or the lease has already expired (the caller must not send then).
+    pub async fn extend_lease(
+        &self,
+        user_id: &str,
+        item_id: i64,
+        lease_token: Uuid,
+        lease_for: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        if lease_for <= TimeDelta::zero() {
+            return Err(InvalidInput::new("the lease duration must be positive").into());
+        }
+        Ok(sqlx::query_scalar(
+            "UPDATE schedule_items SET lease_expires_at = $4, updated_at = $5 \
+             WHERE user_id = $1 AND item_id = $2 AND lease_token = $3 \
+               AND state = 'leased' AND lease_expires_at > $5 \
+             RETURNING lease_expires_at",
+        )
+        .bind(user_id)
+        .bind(item_id)
+        .bind(lease_token)
+        .bind(now + lease_for)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}
+
+/// Records the message for a `sent` ack and closes its opportunity. The unique key on
+/// `(user_id, item_id)` makes a second message for the same item impossible.
+async fn record_sent(
+    tx: &mut sqlx::PgConnection,
+    user_id: &str,
+    item_id: i64,
+    now: DateTime<Utc>,
+) -> Result<i64> {
+    let message_id: i64 = sqlx::query_scalar(
+        "INSERT INTO messages (user_id, opportunity_id, item_id, channel, category, priority, \
+           template, sent_at, plan_id, policy_version, model_version, experiment, arm, \
+           propensity, scores) \
+         SELECT s.user_id, s.opportunity_id, s.item_id, s.channel, o.category, o.priority, \
+           o.template, $3, s.plan_id, p.policy_version, p.model_version, s.experiment, s.arm, \
+           s.propensity, s.scores \
+         FROM schedule_items s \
+         JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+         JOIN plans p ON p.plan_id = s.plan_id \
+         WHERE s.user_id = $1 AND s.item_id = $2 \
+         RETURNING message_id",
+    )
+    .bind(user_id)
+    .bind(item_id)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE opportunities o SET state = 'sent' FROM schedule_items s \
+         WHERE s.user_id = $1 AND s.item_id = $2 \
+           AND o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id",
+    )
+    .bind(user_id)
+    .bind(item_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(message_id)
+}
+
+async fn message_of(
+    tx: &mut sqlx::PgConnection,
+    user_id: &str,
+    item_id: i64,
+) -> Result<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT message_id FROM messages WHERE user_id = $1 AND item_id = $2")
+            .bind(user_id)
+            .bind(item_id)
+            .fetch_optional(&mut *tx)
+            .await?,
+    )
+}

@@ -1,0 +1,201 @@
+//! tern's PostgreSQL repository. Every SQL statement tern runs lives in this crate.
+//!
+//! # Layout
+//! - [`Store`] (this file): the connection pool and the error type; every method takes the current
+//!   time as an argument (`now`) instead of reading the clock, so that lease expiry, opportunity
+//!   expiry and history windows can be tested at exact instants without sleeping.
+//! - [`migrate`]: the embedded migrations, `tern migrate` and `--status`, and the refusal to touch
+//!   a database whose schema is newer than this binary.
+//! - [`opportunities`]: batch ingest, idempotent on `(user_id, dedupe_key)`; loading open
+//!   opportunities for a set of users; expiring old ones.
+//! - [`users`]: users with timezone, attributes, reachability and opt-outs.
+//! - [`history`]: messages sent and their outcomes, and the per-user history windows that caps and
+//!   features count.
+//! - [`plans`]: publishing a plan's schedule in one transaction.
+//! - [`admin`]: creating and dropping scratch databases (tests, benchmarks).
+//! - [`leases`]: handing due schedule items to delivery services under a lease (`FOR UPDATE SKIP
+//!   LOCKED`), acks with lease tokens, lease extension.
+//!
+//! # Invariants
+//! - Multi-row writes are single statements or single transactions: a batch is stored whole or not
+//!   at all, so a caller that sees an error may retry the whole batch.
+//! - Ingest sorts each batch by its unique key before inserting, so two connections that submit
+//!   overlapping batches lock rows in the same order and cannot deadlock.
+//! - A schedule item is leased to one holder at a time; only the current token can ack it; an ack
+//!   is idempotent; the message row for a `sent` ack is written in the ack's transaction.
+
+pub mod admin;
+pub mod history;
+pub mod leases;
+pub mod migrate;
+pub mod opportunities;
+pub mod plans;
+pub mod users;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use tern_core::InvalidInput;
+
+pub use history::{HistoryWindow, NewMessage, NewOutcome, OutcomeReport, UserHistory, WindowCount};
+pub use leases::{Ack, AckResult, LeaseRequest, LeasedItem};
+pub use migrate::{MigrationState, MigrationStatus};
+pub use opportunities::{IngestReport, RowStatus};
+pub use plans::{NewPlan, NewScheduleItem, PublishedPlan, Supersede};
+pub use users::{ChannelState, User};
+
+/// Everything that can go wrong in the store, phrased for the operator who reads it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached (refused, timed out, went away mid-query). Callers may retry;
+    /// nothing was committed by the failed call.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The connection string itself is wrong.
+    #[error("invalid DATABASE_URL: {0}")]
+    BadUrl(String),
+    /// The database has migrations this binary does not know: it was migrated by a newer tern.
+    #[error(
+        "the database schema is at version {database}, newer than this binary's {binary}; \
+         run a tern release that includes migration {database} (refusing to touch the database)"
+    )]
+    SchemaTooNew { database: i64, binary: i64 },
+    /// The database lacks migrations this binary needs.
+    #[error(
+        "the database schema is at version {database} but this binary needs {binary}; run `tern migrate`"
+    )]
+    SchemaBehind { database: i64, binary: i64 },
+    /// A migration failed part-way on a previous run and left its mark.
+    #[error(
+        "migration {0} was left half-applied by an earlier run; restore the database or repair it by hand, then delete its row from _sqlx_migrations"
+    )]
+    DirtyMigration(i64),
+    /// An applied migration's text differs from the one embedded in this binary.
+    #[error("migration {0} was changed after it was applied; migrations must never be edited once released")]
+    ModifiedMigration(i64),
+    #[error("migration failed: {0}")]
+    Migrate(String),
+    /// The caller sent something malformed; nothing was written.
+    #[error("{0}")]
+    Invalid(#[from] InvalidInput),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Any other database error (a constraint the validation did not foresee, a bug).
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether retrying the same call later may succeed (the server maps this to UNAVAILABLE).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err.to_string()),
+            sqlx::Error::Configuration(_) => StoreError::BadUrl(err.to_string()),
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections:
+                // the server is restarting or full, which is a transient condition.
+                Some("57P01" | "57P02" | "57P03" | "53300") => {
+                    StoreError::Unavailable(err.to_string())
+                }
+                _ => StoreError::Database(err),
+            },
+            _ => StoreError::Database(err),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A handle to tern's database: a connection pool plus the queries in this crate's modules.
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    pub max_connections: u32,
+    /// How long to wait for a connection before reporting the database unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Store {
+    /// Connects to `url` and checks that the server answers.
+    pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_with(url, ConnectOptions::default()).await
+    }
+
+    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Store> {
+        let connect: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
+            StoreError::BadUrl(
+                e.to_string()
+                    .trim_start_matches("error with configuration: ")
+                    .to_string(),
+            )
+        })?;
+        Store::connect_options(connect, options).await
+    }
+
+    async fn connect_options(connect: PgConnectOptions, options: ConnectOptions) -> Result<Store> {
+        let connect = connect.application_name("tern");
+        // One direct connection first: a pool that cannot connect only reports "timed out",
+        // while the driver's own error says why (refused, unknown host, authentication failed).
+        let probe = tokio::time::timeout(
+            options.acquire_timeout,
+            PgConnection::connect_with(&connect),
+        )
+        .await
+        .map_err(|_| {
+            StoreError::Unavailable(format!(
+                "no answer from the server within {} s",
+                options.acquire_timeout.as_secs()
+            ))
+        })?
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Database(e) => StoreError::Unavailable(e.to_string()),
+            other => other,
+        })?;
+        let _ = probe.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect);
+        Ok(Store { pool })
+    }
+
+    /// Wraps an existing pool (tests, embedding).
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes every connection; pending calls fail with [`StoreError::Unavailable`].
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

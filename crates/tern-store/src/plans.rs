@@ -1,0 +1,180 @@
+//! Publishing a plan: the new schedule replaces the old one in a single transaction.
+
+use chrono::{DateTime, Utc};
+use tern_core::OpportunityId;
+
+use crate::{Result, Store};
+
+/// The plan's metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPlan {
+    /// The Replan policy document that triggered it, or `manual`.
+    pub trigger: String,
+    pub policy_version: String,
+    pub model_version: Option<String>,
+    pub seed: i64,
+    pub started_at: DateTime<Utc>,
+    pub horizon_end: DateTime<Utc>,
+    /// Candidates, choices and suppressions, as the planner summarises them.
+    pub stats: serde_json::Value,
+}
+
+/// One chosen candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewScheduleItem {
+    pub user_id: String,
+    pub opportunity_id: OpportunityId,
+    pub channel: String,
+    pub send_after: DateTime<Utc>,
+    pub send_before: DateTime<Utc>,
+    pub value: f64,
+    pub propensity: f64,
+    pub experiment: Option<String>,
+    pub arm: Option<String>,
+    pub scores: serde_json::Value,
+}
+
+/// Which pending items of earlier plans the new plan replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Supersede {
+    /// A full replan: every pending item is replaced.
+    All,
+    /// A replan of some users: only their pending items are replaced.
+    Users(Vec<String>),
+}
+
+/// What [`Store::publish_plan`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedPlan {
+    pub plan_id: i64,
+    /// Items stored.
+    pub items: u64,
+    /// Items dropped because their opportunity is no longer open or already has an item leased
+    /// or sent: a plan never re-issues what a delivery service holds or has sent.
+    pub skipped: u64,
+    /// Pending items of earlier plans that this plan replaced.
+    pub superseded: u64,
+}
+
+impl Store {
+    /// Publishes a plan atomically: records it, supersedes the pending items it replaces, and
+    /// inserts its items. Pullers see either the old schedule or the new one, never a mix; a
+    /// process that dies before commit leaves nothing behind.
+    pub async fn publish_plan(
+        &self,
+        plan: &NewPlan,
+        items: &[NewScheduleItem],
+        supersede: &Supersede,
+        now: DateTime<Utc>,
+    ) -> Result<PublishedPlan> {
+        for item in items {
+            if !(item.propensity > 0.0 && item.propensity <= 1.0) {
+                return Err(tern_core::InvalidInput::new(format!(
+                    "propensity {} of the item for opportunity {} is not in (0, 1]",
+                    item.propensity, item.opportunity_id
+                ))
+                .into());
+            }
+            if item.send_before <= item.send_after {
+                return Err(tern_core::InvalidInput::new(format!(
+                    "the send window of the item for opportunity {} is empty",
+                    item.opportunity_id
+                ))
+                .into());
+            }
+            if !item.value.is_finite() {
+                return Err(tern_core::InvalidInput::new(format!(
+                    "the value of the item for opportunity {} is not finite",
+                    item.opportunity_id
+                ))
+                .into());
+            }
+        }
+
+        let mut tx = self.pool.begin().await?;
+        let plan_id: i64 = sqlx::query_scalar(
+            "INSERT INTO plans (trigger, policy_version, model_version, seed, started_at, \
+             published_at, horizon_end, state, stats) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'published', $8) RETURNING plan_id",
+        )
+        .bind(&plan.trigger)
+        .bind(&plan.policy_version)
+        .bind(&plan.model_version)
+        .bind(plan.seed)
+        .bind(plan.started_at)
+        .bind(now)
+        .bind(plan.horizon_end)
+        .bind(&plan.stats)
+        .fetch_one(&mut *tx)
+        .await?;
+
+        let superseded = match supersede {
+            Supersede::All => sqlx::query(
+                "UPDATE schedule_items SET state = 'superseded', updated_at = $1 WHERE state = 'pending'",
+            )
+            .bind(now)
+            .execute(&mut *tx)
+            .await?,
+            Supersede::Users(users) => sqlx::query(
+                "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
+                 WHERE state = 'pending' AND user_id = ANY($2)",
+            )
+            .bind(now)
+            .bind(users)
+            .execute(&mut *tx)
+            .await?,
+        }
+        .rows_affected();
+
+        let mut sorted: Vec<&NewScheduleItem> = items.iter().collect();
+        sorted.sort_by(|a, b| (&a.user_id, a.opportunity_id).cmp(&(&b.user_id, b.opportunity_id)));
+        let users: Vec<&str> = sorted.iter().map(|i| i.user_id.as_str()).collect();
+        let channels: Vec<&str> = sorted.iter().map(|i| i.channel.as_str()).collect();
+        let opportunities: Vec<i64> = sorted.iter().map(|i| i.opportunity_id).collect();
+        let after: Vec<DateTime<Utc>> = sorted.iter().map(|i| i.send_after).collect();
+        let before: Vec<DateTime<Utc>> = sorted.iter().map(|i| i.send_before).collect();
+        let values: Vec<f64> = sorted.iter().map(|i| i.value).collect();
+        let propensities: Vec<f64> = sorted.iter().map(|i| i.propensity).collect();
+        let experiments: Vec<Option<&str>> =
+            sorted.iter().map(|i| i.experiment.as_deref()).collect();
+        let arms: Vec<Option<&str>> = sorted.iter().map(|i| i.arm.as_deref()).collect();
+        let scores: Vec<&serde_json::Value> = sorted.iter().map(|i| &i.scores).collect();
+
+        let inserted = sqlx::query(
+            "INSERT INTO schedule_items (user_id, plan_id, opportunity_id, channel, send_after, \
+               send_before, value, propensity, experiment, arm, scores, updated_at) \
+             SELECT x.u, $1, x.o, x.c, x.a, x.b, x.v, x.p, x.e, x.r, x.s, $12 \
+             FROM unnest($2::text[], $3::bigint[], $4::text[], $5::timestamptz[], \
+                         $6::timestamptz[], $7::float8[], $8::float8[], $9::text[], $10::text[], \
+                         $11::jsonb[]) AS x(u, o, c, a, b, v, p, e, r, s) \
+             WHERE EXISTS (SELECT 1 FROM opportunities op \
+                           WHERE op.user_id = x.u AND op.opportunity_id = x.o \
+                             AND op.state = 'open' AND op.expires_at > $12) \
+               AND NOT EXISTS (SELECT 1 FROM schedule_items s \
+                               WHERE s.user_id = x.u AND s.opportunity_id = x.o \
+                                 AND s.state IN ('pending', 'leased', 'sent'))",
+        )
+        .bind(plan_id)
+        .bind(&users)
+        .bind(&opportunities)
+        .bind(&channels)
+        .bind(&after)
+        .bind(&before)
+        .bind(&values)
+        .bind(&propensities)
+        .bind(&experiments)
+        .bind(&arms)
+        .bind(&scores)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(PublishedPlan {
+            plan_id,
+            items: inserted,
+            skipped: items.len() as u64 - inserted,
+            superseded,
+        })
+    }
+}

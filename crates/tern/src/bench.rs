@@ -1,0 +1,179 @@
+//! `tern bench`: measurements of tern's own hot paths beside the naive way of doing the same,
+//! in the same run, on the same database. docs/benchmarks.md quotes its output.
+//!
+//! Every benchmark works in a scratch database of its own (created and dropped here), so it can
+//! be pointed at a real server without touching tern's tables.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use chrono::{TimeDelta, Utc};
+use futures::future::join_all;
+use tern_core::NewOpportunity;
+use tern_store::Store;
+
+use crate::db::Database;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Bench {
+    /// Opportunity ingest: batched, idempotent `Store::ingest_opportunities` against one
+    /// `INSERT` per row.
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Rows to ingest through the batch path.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    /// Batches in flight at once (each on its own connection).
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Rows to ingest one `INSERT` at a time (the baseline; slow, so fewer).
+    #[arg(long, default_value_t = 20_000)]
+    baseline_rows: usize,
+}
+
+pub async fn run(url: Option<&str>, bench: Bench) -> Result<ExitCode> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; figures from it are not representative");
+    }
+    let db = Database::open(url).await?;
+    let result = match bench {
+        Bench::Ingest(args) => ingest(&db, args).await,
+    };
+    db.close().await;
+    result
+}
+
+/// A deterministic synthetic opportunity: eight per user, realistic field sizes.
+fn opportunity(i: usize, prefix: &str) -> NewOpportunity {
+    let now = Utc::now();
+    NewOpportunity {
+        user_id: format!("user-{:09}", i / 8),
+        dedupe_key: format!("{prefix}-{i}"),
+        source: "bench".into(),
+        template: [
+            "new_release",
+            "weekly_digest",
+            "price_drop",
+            "order_shipped",
+        ][i % 4]
+            .into(),
+        category: ["content", "digest", "commerce", "transactional"][i % 4].into(),
+        priority: if i % 4 == 3 {
+            "transactional"
+        } else {
+            "marketing"
+        }
+        .into(),
+        channels: ["push", "email", "in_app"][..1 + i % 3]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        signals: BTreeMap::from([
+            ("relevance".into(), (i % 97) as f64 / 97.0),
+            ("popularity".into(), (i % 13) as f64 / 13.0),
+        ]),
+        created_at: now,
+        expires_at: now + TimeDelta::hours(48),
+    }
+}
+
+async fn ingest(db: &Database, args: IngestArgs) -> Result<ExitCode> {
+    ensure!(args.batch > 0, "--batch must be at least 1");
+    ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    let scratch = format!("tern_bench_{}", std::process::id());
+    db.store.create_database(&scratch, None).await?;
+    let result = ingest_in(&db.url, &scratch, &args).await;
+    db.store.drop_database(&scratch).await?;
+    let report = result?;
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ingest_in(url: &str, database: &str, args: &IngestArgs) -> Result<String> {
+    let store = Store::connect_to_database(url, database).await?;
+    store.migrate().await?;
+
+    let rows: Vec<NewOpportunity> = (0..args.rows).map(|i| opportunity(i, "batch")).collect();
+    let batches: Vec<&[NewOpportunity]> = rows.chunks(args.batch).collect();
+
+    let started = Instant::now();
+    let mut inserted = 0;
+    for group in batches.chunks(args.concurrency) {
+        let reports = join_all(group.iter().map(|b| store.ingest_opportunities(b))).await;
+        for r in reports {
+            inserted += r?.new_count();
+        }
+    }
+    let batch_secs = started.elapsed().as_secs_f64();
+    ensure!(
+        inserted == args.rows,
+        "expected {} new rows, got {inserted}",
+        args.rows
+    );
+
+    // Idempotence, measured: resubmitting the first batch stores nothing.
+    let started = Instant::now();
+    let again = store.ingest_opportunities(batches[0]).await?;
+    let resubmit_secs = started.elapsed().as_secs_f64();
+    ensure!(
+        again.new_count() == 0,
+        "a resubmitted batch stored new rows"
+    );
+
+    let baseline: Vec<NewOpportunity> = (0..args.baseline_rows)
+        .map(|i| opportunity(i, "single"))
+        .collect();
+    let started = Instant::now();
+    let single = store.ingest_opportunities_one_by_one(&baseline).await?;
+    let single_secs = started.elapsed().as_secs_f64();
+    ensure!(
+        single.new_count() == args.baseline_rows,
+        "baseline stored too few rows"
+    );
+    store.close().await;
+
+    let batch_rate = args.rows as f64 / batch_secs;
+    let single_rate = args.baseline_rows as f64 / single_secs;
+    Ok(format!(
+        "opportunity ingest ({} rows, batches of {}, {} in flight)\n\
+         {:<34} {:>12} rows/s  ({:.2} s)\n\
+         {:<34} {:>12} rows/s  ({} rows, {:.2} s)\n\
+         {:<34} {:>12.1}x\n\
+         {:<34} {:>12} rows/s  (0 new of {})",
+        args.rows,
+        args.batch,
+        args.concurrency,
+        "batched (unnest, ON CONFLICT)",
+        thousands(batch_rate),
+        batch_secs,
+        "one INSERT per row (baseline)",
+        thousands(single_rate),
+        args.baseline_rows,
+        single_secs,
+        "ratio",
+        batch_rate / single_rate,
+        "resubmitted batch (all duplicates)",
+        thousands(batches[0].len() as f64 / resubmit_secs),
+        batches[0].len(),
+    ))
+}
+
+fn thousands(x: f64) -> String {
+    let s = format!("{:.0}", x);
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

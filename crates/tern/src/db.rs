@@ -1,0 +1,55 @@
+//! Where the database comes from: `DATABASE_URL` when it is set, otherwise a private throwaway
+//! PostgreSQL cluster that lives exactly as long as this process.
+
+use anyhow::{Context, Result};
+use tern_pgtemp::TempCluster;
+use tern_store::Store;
+
+/// A connected store, and the embedded cluster behind it if there is one. Dropping it stops and
+/// removes the cluster.
+pub struct Database {
+    pub store: Store,
+    pub url: String,
+    /// Kept for its Drop: the cluster is removed when the command finishes.
+    cluster: Option<TempCluster>,
+}
+
+impl Database {
+    /// Connects to `url`, or starts an embedded cluster when `url` is `None`.
+    pub async fn open(url: Option<&str>) -> Result<Database> {
+        match url {
+            Some(url) => {
+                let store = Store::connect(url).await?;
+                Ok(Database {
+                    store,
+                    url: url.to_string(),
+                    cluster: None,
+                })
+            }
+            None => {
+                let cluster = tokio::task::spawn_blocking(TempCluster::start)
+                    .await
+                    .context("starting the embedded PostgreSQL")??;
+                eprintln!(
+                    "DATABASE_URL is not set: using a private throwaway PostgreSQL in {} (removed on exit)",
+                    cluster.root_dir().display()
+                );
+                let url = cluster.url("postgres");
+                let store = Store::connect(&url).await?;
+                Ok(Database {
+                    store,
+                    url,
+                    cluster: Some(cluster),
+                })
+            }
+        }
+    }
+
+    /// Closes the pool before the cluster goes away, so that the server shuts down promptly.
+    pub async fn close(mut self) {
+        self.store.close().await;
+        if let Some(mut cluster) = self.cluster.take() {
+            let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+        }
+    }
+}

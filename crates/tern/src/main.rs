@@ -1,0 +1,79 @@
+//! `tern`: the daemon and its command-line tool.
+//!
+//! # Layout
+//! - `main.rs` (this file): the command line (clap), logging, and the one place where errors
+//!   become a single `error: ...` line and an exit code.
+//! - `db.rs`: `DATABASE_URL`, or a private throwaway PostgreSQL when it is unset.
+//! - `migrate.rs`: `tern migrate` and `tern migrate --status`.
+//! - `bench.rs`: `tern bench ingest`, the ingest benchmark behind docs/benchmarks.md.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error (clap's convention).
+
+mod bench;
+mod db;
+mod migrate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// tern decides which message reaches which user, through which channel and when — or that
+/// nothing should be sent.
+#[derive(Debug, Parser)]
+#[command(name = "tern", version, about, propagate_version = true)]
+struct Cli {
+    /// PostgreSQL connection string. When unset, commands that need a database start a private
+    /// throwaway PostgreSQL from the locally installed server binaries and remove it on exit.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the database migrations embedded in this binary (safe to run from several replicas
+    /// at once), or list them with --status.
+    Migrate(migrate::Args),
+    /// Measure tern's own hot paths against their naive baselines (release builds only).
+    #[command(subcommand)]
+    Bench(bench::Bench),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let url = cli.database_url.as_deref().filter(|u| !u.is_empty());
+        match cli.command {
+            Command::Migrate(args) => migrate::run(url, args).await,
+            Command::Bench(bench) => bench::run(url, bench).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line, the whole causal chain, no backtrace: the reader is an operator.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

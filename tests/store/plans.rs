@@ -1,0 +1,171 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use chrono::TimeDelta;
+use tern_core::AckStatus;
+use tern_store::{Ack, LeaseRequest, NewScheduleItem, Supersede};
+use tern_tests::TestDb;
+
+use crate::{count, ingest_all, item, opportunity, plan, t0};
+
+#[tokio::test]
+async fn a_new_plan_supersedes_pending_items_but_never_reissues_leased_or_sent_ones() {
+    let db = TestDb::new().await;
+    let batch: Vec<_> = (0..3)
+        .map(|i| opportunity("u1", &format!("k{i}")))
+        .collect();
+    let ids = ingest_all(&db.store, &batch).await;
+    let items: Vec<NewScheduleItem> = ids.iter().map(|&id| item("u1", id, "push")).collect();
+    let first = db
+        .store
+        .publish_plan(&plan(), &items, &Supersede::All, t0())
+        .await
+        .unwrap();
+    assert_eq!((first.items, first.skipped, first.superseded), (3, 0, 0));
+
+    // Lease two; send one of them.
+    let leased = db
+        .store
+        .lease(
+            &LeaseRequest {
+                holder: "l".into(),
+                channels: vec!["push".into()],
+                max_items: 2,
+                lease_for: TimeDelta::minutes(5),
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 2);
+    db.store
+        .ack(
+            &Ack {
+                user_id: "u1".into(),
+                item_id: leased[0].item_id,
+                lease_token: leased[0].lease_token,
+                status: AckStatus::Sent,
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+
+    // The next plan chooses all three again: only the one that was pending is re-issued.
+    let second = db
+        .store
+        .publish_plan(&plan(), &items, &Supersede::All, t0())
+        .await
+        .unwrap();
+    assert_eq!((second.items, second.skipped, second.superseded), (1, 2, 1));
+    assert_eq!(
+        count(
+            &db.store,
+            "SELECT count(*) FROM schedule_items WHERE state IN ('pending', 'leased', 'sent')"
+        )
+        .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn superseding_some_users_leaves_the_others_schedule_alone() {
+    let db = TestDb::new().await;
+    let ids = ingest_all(&db.store, &[opportunity("u1", "a"), opportunity("u2", "a")]).await;
+    db.store
+        .publish_plan(
+            &plan(),
+            &[item("u1", ids[0], "push"), item("u2", ids[1], "push")],
+            &Supersede::All,
+            t0(),
+        )
+        .await
+        .unwrap();
+    let replan = db
+        .store
+        .publish_plan(
+            &plan(),
+            &[item("u1", ids[0], "email")],
+            &Supersede::Users(vec!["u1".into()]),
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((replan.items, replan.superseded), (1, 1));
+    assert_eq!(
+        count(
+            &db.store,
+            "SELECT count(*) FROM schedule_items WHERE state = 'pending' AND user_id = 'u2'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn invalid_items_are_refused_before_anything_is_written() {
+    let db = TestDb::new().await;
+    let ids = ingest_all(&db.store, &[opportunity("u1", "a")]).await;
+    let mut bad = item("u1", ids[0], "push");
+    bad.propensity = 0.0;
+    let err = db
+        .store
+        .publish_plan(&plan(), &[bad], &Supersede::All, t0())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("propensity"), "{err}");
+    assert_eq!(count(&db.store, "SELECT count(*) FROM plans").await, 0);
+}
+
+/// Readers see the old schedule or the new one, never a mix: while plans of 500 items replace
+/// each other, every snapshot of the pending items holds exactly one plan's 500.
+#[tokio::test]
+async fn readers_never_see_half_a_plan() {
+    let db = TestDb::new().await;
+    let batch: Vec<_> = (0..500)
+        .map(|i| opportunity(&format!("u{}", i % 50), &format!("k{i}")))
+        .collect();
+    let ids = ingest_all(&db.store, &batch).await;
+    let items: Vec<NewScheduleItem> = batch
+        .iter()
+        .zip(&ids)
+        .map(|(o, &id)| item(&o.user_id, id, "push"))
+        .collect();
+    db.store
+        .publish_plan(&plan(), &items, &Supersede::All, t0())
+        .await
+        .unwrap();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let store = db.another_store().await;
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut snapshots = 0;
+            while !done.load(Ordering::Relaxed) {
+                let rows: Vec<(i64, i64)> = sqlx::query_as(
+                    "SELECT plan_id, count(*) FROM schedule_items WHERE state = 'pending' GROUP BY plan_id",
+                )
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+                assert_eq!(
+                    rows.len(),
+                    1,
+                    "pending items of several plans at once: {rows:?}"
+                );
+                assert_eq!(rows[0].1, 500);
+                snapshots += 1;
+            }
+            snapshots
+        })
+    };
+    for _ in 0..20 {
+        db.store
+            .publish_plan(&plan(), &items, &Supersede::All, t0())
+            .await
+            .unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    assert!(reader.await.unwrap() > 0);
+}

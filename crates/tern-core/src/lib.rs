@@ -298,7 +298,8 @@ mod tests {
 
     #[test]
     fn malformed_opportunities_say_what_is_wrong() {
-        let cases: Vec<(fn(&mut NewOpportunity), &str)> = vec![
+        type Mutation = fn(&mut NewOpportunity);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|o| o.user_id.clear(), "user_id must be"),
             (|o| o.channels.clear(), "at least one channel"),
             (|o| o.channels.push("push".into()), "listed twice"),

@@ -442,7 +442,13 @@ impl TempCluster {
             .args(["-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off"])
             .args(["-c", "max_connections=200"])
-            .args(["-c", "shared_buffers=128MB"])
+            // Sized for bulk work (benchmarks, the demo): the working set of a million
+            // opportunities stays in memory, and no checkpoint interrupts a run.
+            .args(["-c", "shared_buffers=512MB"])
+            .args(["-c", "max_wal_size=4GB"])
+            .args(["-c", "checkpoint_timeout=1h"])
+            .args(["-c", "wal_level=minimal"])
+            .args(["-c", "max_wal_senders=0"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

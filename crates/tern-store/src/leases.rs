@@ -138,7 +138,7 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        items.sort_by(|a, b| (a.send_after, a.item_id).cmp(&(b.send_after, b.item_id)));
+        items.sort_by_key(|i| (i.send_after, i.item_id));
         Ok(items)
     }
 

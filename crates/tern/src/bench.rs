@@ -151,7 +151,7 @@ async fn ingest_in(url: &str, database: &str, args: &IngestArgs) -> Result<Strin
         args.rows,
         args.batch,
         args.concurrency,
-        "batched (unnest, ON CONFLICT)",
+        "batched (unnest, idempotent)",
         thousands(batch_rate),
         batch_secs,
         "one INSERT per row (baseline)",

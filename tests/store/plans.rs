@@ -169,3 +169,26 @@ async fn readers_never_see_half_a_plan() {
     done.store(true, Ordering::Relaxed);
     assert!(reader.await.unwrap() > 0);
 }
+
+#[tokio::test]
+async fn policy_activations_are_recorded_once_per_version() {
+    let db = TestDb::new().await;
+    let bundle = serde_json::json!({"documents": []});
+    db.store
+        .record_policy_activation("abc", &bundle, t0())
+        .await
+        .unwrap();
+    let later = t0() + TimeDelta::hours(1);
+    db.store
+        .record_policy_activation("abc", &bundle, later)
+        .await
+        .unwrap();
+    let v = db.store.policy_version("abc").await.unwrap().unwrap();
+    assert_eq!((v.first_activated_at, v.last_activated_at), (t0(), later));
+    assert_eq!(v.bundle, bundle);
+    assert_eq!(db.store.policy_version("nope").await.unwrap(), None);
+    assert_eq!(
+        count(&db.store, "SELECT count(*) FROM policy_versions").await,
+        1
+    );
+}

@@ -53,14 +53,14 @@ fn replace_database(url: &str, database: &str) -> String {
 
 /// Runs `f` to completion on a new thread with its own runtime.
 fn on_own_runtime<T: Send + 'static>(
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> + Send + 'static,
+    future: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a test runtime")
-            .block_on(f())
+            .block_on(future)
     })
     .join()
     .expect("the setup thread panicked")
@@ -88,26 +88,24 @@ fn server() -> &'static Server {
             server.url(&template),
             template.clone(),
         );
-        on_own_runtime(move || {
-            Box::pin(async move {
-                let admin = Store::connect(&admin)
-                    .await
-                    .expect("connect to the test server");
-                admin
-                    .drop_database(&tpl)
-                    .await
-                    .expect("drop an old template");
-                admin
-                    .create_database(&tpl, None)
-                    .await
-                    .expect("create the template");
-                let store = Store::connect(&tpl_url)
-                    .await
-                    .expect("connect to the template");
-                store.migrate().await.expect("migrate the template");
-                store.close().await;
-                admin.close().await;
-            })
+        on_own_runtime(async move {
+            let admin = Store::connect(&admin)
+                .await
+                .expect("connect to the test server");
+            admin
+                .drop_database(&tpl)
+                .await
+                .expect("drop an old template");
+            admin
+                .create_database(&tpl, None)
+                .await
+                .expect("create the template");
+            let store = Store::connect(&tpl_url)
+                .await
+                .expect("connect to the template");
+            store.migrate().await.expect("migrate the template");
+            store.close().await;
+            admin.close().await;
         });
         server.template = template;
         server
@@ -167,13 +165,11 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let (admin, name) = (server().admin_url.clone(), self.name.clone());
-        on_own_runtime(move || {
-            Box::pin(async move {
-                if let Ok(admin) = Store::connect(&admin).await {
-                    let _ = admin.drop_database(&name).await;
-                    admin.close().await;
-                }
-            })
+        on_own_runtime(async move {
+            if let Ok(admin) = Store::connect(&admin).await {
+                let _ = admin.drop_database(&name).await;
+                admin.close().await;
+            }
         });
     }
 }

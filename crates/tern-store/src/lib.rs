@@ -12,6 +12,7 @@
 //! - [`history`]: messages sent and their outcomes, and the per-user history windows that caps and
 //!   features count.
 //! - [`plans`]: publishing a plan's schedule in one transaction.
+//! - [`policies`]: the record of activated policy bundles, by content hash.
 //! - [`admin`]: creating and dropping scratch databases (tests, benchmarks).
 //! - [`leases`]: handing due schedule items to delivery services under a lease (`FOR UPDATE SKIP
 //!   LOCKED`), acks with lease tokens, lease extension.
@@ -30,6 +31,7 @@ pub mod leases;
 pub mod migrate;
 pub mod opportunities;
 pub mod plans;
+pub mod policies;
 pub mod users;
 
 use std::time::Duration;
@@ -43,6 +45,7 @@ pub use leases::{Ack, AckResult, LeaseRequest, LeasedItem};
 pub use migrate::{MigrationState, MigrationStatus};
 pub use opportunities::{IngestReport, RowStatus};
 pub use plans::{NewPlan, NewScheduleItem, PublishedPlan, Supersede};
+pub use policies::PolicyVersion;
 pub use users::{ChannelState, User};
 
 /// Everything that can go wrong in the store, phrased for the operator who reads it.

@@ -5,6 +5,7 @@
 //!   become a single `error: ...` line and an exit code.
 //! - `db.rs`: `DATABASE_URL`, or a private throwaway PostgreSQL when it is unset.
 //! - `migrate.rs`: `tern migrate` and `tern migrate --status`.
+//! - `policy.rs`: `tern policy check|diff|schema` (no database).
 //! - `bench.rs`: `tern bench ingest`, the ingest benchmark behind docs/benchmarks.md.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's convention).
@@ -12,6 +13,7 @@
 mod bench;
 mod db;
 mod migrate;
+mod policy;
 
 use std::process::ExitCode;
 
@@ -36,6 +38,10 @@ enum Command {
     /// Apply the database migrations embedded in this binary (safe to run from several replicas
     /// at once), or list them with --status.
     Migrate(migrate::Args),
+    /// Check a policy bundle, diff two bundles, or print the policy language's JSON Schema (no
+    /// database needed).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Measure tern's own hot paths against their naive baselines (release builds only).
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -66,6 +72,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Migrate(args) => migrate::run(url, args).await,
             Command::Bench(bench) => bench::run(url, bench).await,
+            // Reads files only; never opens a database.
+            Command::Policy(cmd) => Ok(policy::run(cmd)),
         }
     });
     match result {

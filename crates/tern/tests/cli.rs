@@ -145,3 +145,87 @@ fn a_missing_postgres_installation_is_one_sentence_on_how_to_install_it() {
         .unwrap();
     assert_one_error_line(&out, "apt-get install postgresql");
 }
+
+/// The repository's example bundle and the checker's broken fixtures.
+fn repo(path: &str) -> String {
+    format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn policy_check_accepts_the_example_bundle() {
+    let out = tern(&["policy", "check", &repo("policies")], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("valid, version"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn policy_check_reports_every_mistake_with_its_position_and_exits_1() {
+    let dir = repo("crates/tern-policy/tests/fixtures/broken/unknown-fields");
+    let out = tern(&["policy", "check", &dir], None);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let errors: Vec<&str> = stdout.lines().filter(|l| l.contains(": error: ")).collect();
+    assert!(errors.len() > 1, "every error at once: {stdout}");
+    for line in errors {
+        // path:line:col: error: message
+        let mut parts = line.splitn(4, ':');
+        let (path, row, col) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        assert!(path.ends_with(".yaml"), "{line}");
+        assert!(
+            row.parse::<u32>().is_ok() && col.parse::<u32>().is_ok(),
+            "{line}"
+        );
+    }
+
+    let github = text(&tern(&["policy", "check", "--format", "github", &dir], None).stdout);
+    assert!(
+        github.lines().any(|l| l.starts_with("::error file=")),
+        "{github}"
+    );
+    let json = tern(&["policy", "check", "--format", "json", &dir], None);
+    let findings: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(
+        findings.as_array().is_some_and(|a| !a.is_empty()),
+        "{findings}"
+    );
+}
+
+#[test]
+fn policy_check_of_a_missing_directory_or_with_bad_arguments_exits_2() {
+    assert_eq!(
+        tern(&["policy", "check", "/nonexistent/policies"], None)
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        tern(
+            &["policy", "check", "--format", "xml", &repo("policies")],
+            None
+        )
+        .status
+        .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn policy_schema_is_json_and_diff_of_a_bundle_with_itself_is_empty() {
+    let schema = tern(&["policy", "schema"], None);
+    assert!(schema.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
+    assert!(schema.get("$schema").is_some(), "{schema}");
+    let same = tern(
+        &["policy", "diff", &repo("policies"), &repo("policies")],
+        None,
+    );
+    assert_eq!(same.status.code(), Some(0), "{}", text(&same.stdout));
+}

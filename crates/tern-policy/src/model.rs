@@ -1,0 +1,644 @@
+//! The typed policy model that the planner and the server read.
+//!
+//! Everything here is already validated: names are well-formed, references resolve, shares sum
+//! to 1, expressions are compiled and cron schedules parsed. Durations are [`TimeDelta`] so that
+//! they add to `DateTime`s directly. Each document keeps its [`Source`] so that a later
+//! component can point an operator at the file that configured a behaviour.
+//!
+//! `canonical()` on every document gives the JSON from which the bundle version is hashed and
+//! which `tern policy diff` compares: defaults filled in, durations and times normalised, sets
+//! sorted, so that formatting and equivalent spellings do not change the version.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{NaiveTime, TimeDelta};
+use chrono_tz::Tz;
+use serde_json::{json, Map, Value as Json};
+
+use crate::finding::Pos;
+
+/// The only `apiVersion` this crate reads.
+pub const API_VERSION: &str = "tern/v1";
+
+/// Where a document was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The file, as the bundle directory was named plus the path inside it.
+    pub file: PathBuf,
+    /// Where the document starts in that file.
+    pub pos: Pos,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}",
+            self.file.display(),
+            self.pos.line,
+            self.pos.column
+        )
+    }
+}
+
+/// `metadata` of every document.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metadata {
+    /// Unique per kind, `[a-z][a-z0-9_-]*`, at most 63 characters (a Kubernetes label value).
+    pub name: String,
+    /// Free text for people.
+    pub description: Option<String>,
+    /// Free key/value pairs, e.g. the owning team.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Metadata {
+    fn canonical(&self) -> Json {
+        let mut m = Map::new();
+        m.insert("name".into(), json!(self.name));
+        if let Some(d) = &self.description {
+            m.insert("description".into(), json!(d));
+        }
+        if !self.labels.is_empty() {
+            m.insert("labels".into(), json!(self.labels));
+        }
+        Json::Object(m)
+    }
+}
+
+/// A CEL expression compiled at load time, with its source text.
+#[derive(Debug, Clone)]
+pub struct Expr {
+    /// The expression as written.
+    pub source: String,
+    /// The compiled program, shared because programs are immutable and cloning them is costly.
+    pub program: Arc<cel::Program>,
+}
+
+impl PartialEq for Expr {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+/// A cron schedule in the `cron` crate's syntax: `sec min hour day-of-month month day-of-week
+/// [year]`.
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    /// The expression as written.
+    pub source: String,
+    /// The parsed schedule; ask it for upcoming times with `schedule.upcoming(tz)`.
+    pub schedule: cron::Schedule,
+}
+
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+/// A priority class. Caps can exempt classes, so that (say) a password reset is never held back
+/// by a marketing cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    /// Messages the user asked for or must get (receipts, security). Usually exempt from caps.
+    Transactional,
+    /// Time-sensitive messages.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Bulk messages, first to go when caps or budgets bind.
+    Low,
+}
+
+impl Priority {
+    /// Every class, in order, as written in YAML.
+    pub const ALL: [&'static str; 4] = ["transactional", "high", "normal", "low"];
+
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Transactional => "transactional",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// Parses the YAML spelling.
+    pub fn parse(s: &str) -> Option<Priority> {
+        Some(match s {
+            "transactional" => Priority::Transactional,
+            "high" => Priority::High,
+            "normal" => Priority::Normal,
+            "low" => Priority::Low,
+            _ => return None,
+        })
+    }
+}
+
+/// `kind: Channel`: a way to reach users, with its quiet hours, budget and reachability rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Channel {
+    /// Name and labels; generators and caps refer to the channel by name.
+    pub metadata: Metadata,
+    /// Where it was written.
+    pub source: Source,
+    /// Hours in the user's local time during which items wait (they are not dropped).
+    pub quiet_hours: Option<QuietHours>,
+    /// A limit across all users (a provider quota).
+    pub budget: Option<Budget>,
+    /// Whether a user can be reached on this channel at all (variables: `user`).
+    pub reachable_when: Option<Expr>,
+}
+
+/// Quiet hours: `from` until `to` in the user's local time, wrapping midnight when `from` is
+/// later than `to` (22:00 → 08:00).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuietHours {
+    /// Start (inclusive).
+    pub from: NaiveTime,
+    /// End (exclusive).
+    pub to: NaiveTime,
+    /// The zone to assume for users whose time zone is unknown; UTC when unset.
+    pub fallback_timezone: Option<Tz>,
+}
+
+/// A volume limit across all users over a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    /// At most this many messages…
+    pub max: u64,
+    /// …per this window.
+    pub per: TimeDelta,
+}
+
+/// `kind: Category`: a message category. Declaring any category makes the set closed: every
+/// category that generators and caps name must then be declared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Category {
+    /// Name, description and labels.
+    pub metadata: Metadata,
+    /// Where it was written.
+    pub source: Source,
+}
+
+/// `kind: Caps`: per-user limits. The set named `default` applies to every user whose
+/// experiment arm does not name another.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapSet {
+    /// Name and labels; experiment arms refer to the set by name.
+    pub metadata: Metadata,
+    /// Where it was written.
+    pub source: Source,
+    /// Every rule must hold.
+    pub rules: Vec<CapRule>,
+    /// Priority classes that no rule of this set counts or holds back.
+    pub exempt: Vec<Priority>,
+}
+
+/// Which channels a cap rule counts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChannelScope {
+    /// Messages on every channel together.
+    Any,
+    /// Messages on one channel.
+    Channel(String),
+}
+
+impl ChannelScope {
+    fn as_str(&self) -> &str {
+        match self {
+            ChannelScope::Any => "any",
+            ChannelScope::Channel(c) => c,
+        }
+    }
+}
+
+/// One per-user rule: at most `max` per rolling `per`, and/or at least `min_gap` between two
+/// messages, counting messages on `channel` (and of `category`, when set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapRule {
+    /// The channel counted.
+    pub channel: ChannelScope,
+    /// The category counted; all categories when unset.
+    pub category: Option<String>,
+    /// The count limit over a rolling window.
+    pub limit: Option<Limit>,
+    /// The minimum time between two counted messages.
+    pub min_gap: Option<TimeDelta>,
+}
+
+/// `max` messages per rolling `per`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit {
+    /// The most messages in any window.
+    pub max: u64,
+    /// The window's length.
+    pub per: TimeDelta,
+}
+
+/// `kind: Objective`: what a message is worth, `value = Σ wₖ·p̂ₖ` with the loss of reachability
+/// counted negatively. The objective named `default` applies unless an experiment arm names
+/// another.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Objective {
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// Where it was written.
+    pub source: Source,
+    /// The weights, each ≥ 0.
+    pub weights: Weights,
+    /// Below this value nothing is sent: sending nothing is a valid decision.
+    pub min_value: f64,
+    /// The horizon over which retention is measured.
+    pub horizon: TimeDelta,
+}
+
+/// Weights over the predicted outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Weights {
+    /// Weight of the probability that the message leads to a conversion.
+    pub conversion: f64,
+    /// Weight of the probability of an open or click.
+    pub engagement: f64,
+    /// Weight of the probability that the user is still active after the horizon.
+    pub retention: f64,
+    /// Weight of the probability that the message costs the channel (unsubscribe, push
+    /// disabled); subtracted.
+    pub reachability: f64,
+}
+
+/// `kind: Generator`: creates opportunities from events or on a schedule over a segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generator {
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// Where it was written.
+    pub source: Source,
+    /// What makes it fire.
+    pub trigger: Trigger,
+    /// The message it proposes.
+    pub message: Message,
+    /// Channels it may go through (sorted, no duplicates).
+    pub channels: Vec<String>,
+    /// How long the opportunity stays open.
+    pub ttl: TimeDelta,
+    /// Its priority class.
+    pub priority: Priority,
+    /// Opportunities with the same key for the same user are one (variables as in the trigger).
+    /// When unset the server uses the generator name and the event id or run time.
+    pub dedupe_key: Option<Expr>,
+    /// Value signals the opportunity carries, by name, each computed by an expression.
+    pub signals: BTreeMap<String, Expr>,
+}
+
+/// What makes a generator fire.
+// A parsed cron schedule is much larger than an event name, but a bundle holds a handful of
+// generators, so boxing it would only add an indirection for readers of the model.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// An event of this type, for the user it concerns, when `when` holds (variables: `event`,
+    /// `user`).
+    Event {
+        /// The event type.
+        event: String,
+        /// The condition; always true when unset.
+        when: Option<Expr>,
+    },
+    /// On a cron schedule, for every user of a segment (variables: `user`, `run`).
+    Schedule {
+        /// When it fires.
+        cron: CronSchedule,
+        /// The zone the schedule is read in; UTC when unset.
+        timezone: Option<Tz>,
+        /// Which users it concerns.
+        segment: Expr,
+    },
+}
+
+/// The message an opportunity proposes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The template id that the delivery services render.
+    pub template: String,
+    /// The category, which caps can count.
+    pub category: String,
+}
+
+/// `kind: Experiment`: users are split into arms by a salted hash of their id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experiment {
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// Where it was written.
+    pub source: Source,
+    /// Mixed into the hash; change it to reshuffle users.
+    pub salt: String,
+    /// Experiments in the same layer never share a user.
+    pub layer: Option<String>,
+    /// The share of users (of the layer, when set) that enter the experiment.
+    pub traffic: f64,
+    /// The arms, in order: the order decides which hash range each arm gets.
+    pub arms: Vec<Arm>,
+}
+
+/// One arm of an experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arm {
+    /// Unique within the experiment.
+    pub name: String,
+    /// Share of the experiment's users, in (0, 1]; the shares sum to 1.
+    pub share: f64,
+    /// Objective used for this arm's users; `default` when unset.
+    pub objective: Option<String>,
+    /// Cap set used for this arm's users; `default` when unset.
+    pub caps: Option<String>,
+    /// A holdout arm's users get no messages from tern at all.
+    pub holdout: bool,
+}
+
+/// `kind: Replan`: when the planner runs and how far it looks ahead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replan {
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// Where it was written.
+    pub source: Source,
+    /// When it runs.
+    pub cron: CronSchedule,
+    /// The zone the schedule is read in; UTC when unset.
+    pub timezone: Option<Tz>,
+    /// How far ahead the plan schedules.
+    pub horizon: TimeDelta,
+    /// The share of decisions drawn at random from the allowed set, in [0, 1].
+    pub exploration: f64,
+}
+
+impl QuietHours {
+    /// Whether a local time of day falls in the quiet hours: `from` inclusive, `to` exclusive,
+    /// wrapping midnight when `from` is later than `to`.
+    pub fn contains(&self, local: NaiveTime) -> bool {
+        if self.from <= self.to {
+            self.from <= local && local < self.to
+        } else {
+            local >= self.from || local < self.to
+        }
+    }
+}
+
+/// A user's stable position in [0, 1) under a salt: the first 8 bytes of
+/// SHA-256(`salt`, a zero byte, `user_id`) read as a big-endian fraction. Every component that
+/// assigns users (the planner, evaluation, analysis queries) must use this one function, so
+/// that they all agree on who was in which arm.
+pub fn unit_hash(salt: &str, user_id: &str) -> f64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(salt.as_bytes());
+    h.update([0u8]);
+    h.update(user_id.as_bytes());
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    // 53 bits, so that the fraction is exact in an f64 and strictly below 1.
+    (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Experiment {
+    /// The arm of a user who is in this experiment: arms take consecutive ranges of
+    /// [`unit_hash`]`(salt, user)` in their written order, each as wide as its share. Whether
+    /// the user is in the experiment at all is [`crate::Bundle::assignments`]'s question.
+    pub fn arm_for(&self, user_id: &str) -> Option<&Arm> {
+        let u = unit_hash(&self.salt, user_id);
+        let mut upper = 0.0;
+        for arm in &self.arms {
+            upper += arm.share;
+            if u < upper {
+                return Some(arm);
+            }
+        }
+        // Shares sum to 1 within 1e-9; rounding can leave a sliver at the top for the last arm.
+        self.arms.last()
+    }
+}
+
+/// Formats a duration in the policy syntax with the largest units first (`1d12h`, `90s`), so
+/// that `24h` and `1d` have one canonical spelling.
+pub fn format_duration(d: TimeDelta) -> String {
+    let mut secs = d.num_seconds();
+    if secs <= 0 {
+        return "0s".to_string();
+    }
+    let mut out = String::new();
+    for (unit, len) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if secs >= len {
+            out.push_str(&format!("{}{unit}", secs / len));
+            secs %= len;
+        }
+    }
+    out
+}
+
+fn hhmm(t: NaiveTime) -> String {
+    t.format("%H:%M").to_string()
+}
+
+fn put(m: &mut Map<String, Json>, key: &str, value: Option<Json>) {
+    if let Some(v) = value {
+        m.insert(key.to_string(), v);
+    }
+}
+
+fn document(kind: &str, metadata: &Metadata, spec: Map<String, Json>) -> Json {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "metadata": metadata.canonical(),
+        "spec": Json::Object(spec),
+    })
+}
+
+impl Channel {
+    /// The canonical JSON of this document (see the module docs).
+    pub fn canonical(&self) -> Json {
+        let mut s = Map::new();
+        put(
+            &mut s,
+            "quietHours",
+            self.quiet_hours.as_ref().map(|q| {
+                let mut m = Map::new();
+                m.insert("from".into(), json!(hhmm(q.from)));
+                m.insert("to".into(), json!(hhmm(q.to)));
+                put(
+                    &mut m,
+                    "fallbackTimezone",
+                    q.fallback_timezone.map(|tz| json!(tz.name())),
+                );
+                Json::Object(m)
+            }),
+        );
+        put(
+            &mut s,
+            "budget",
+            self.budget
+                .as_ref()
+                .map(|b| json!({"max": b.max, "per": format_duration(b.per)})),
+        );
+        put(
+            &mut s,
+            "reachableWhen",
+            self.reachable_when.as_ref().map(|e| json!(e.source)),
+        );
+        document("Channel", &self.metadata, s)
+    }
+}
+
+impl Category {
+    /// The canonical JSON of this document (see the module docs).
+    pub fn canonical(&self) -> Json {
+        document("Category", &self.metadata, Map::new())
+    }
+}
+
+impl CapRule {
+    fn canonical(&self) -> Json {
+        let mut m = Map::new();
+        m.insert("channel".into(), json!(self.channel.as_str()));
+        put(&mut m, "category", self.category.as_ref().map(|c| json!(c)));
+        if let Some(l) = &self.limit {
+            m.insert("max".into(), json!(l.max));
+            m.insert("per".into(), json!(format_duration(l.per)));
+        }
+        put(
+            &mut m,
+            "minGap",
+            self.min_gap.map(|g| json!(format_duration(g))),
+        );
+        Json::Object(m)
+    }
+}
+
+impl CapSet {
+    /// The canonical JSON of this document (see the module docs). Rules are a set (every one
+    /// must hold), so they are sorted.
+    pub fn canonical(&self) -> Json {
+        let mut rules: Vec<Json> = self.rules.iter().map(CapRule::canonical).collect();
+        rules.sort_by_key(|r| r.to_string());
+        rules.dedup();
+        let mut exempt: Vec<&str> = self.exempt.iter().map(|p| p.as_str()).collect();
+        exempt.sort_unstable();
+        exempt.dedup();
+        let mut s = Map::new();
+        s.insert("rules".into(), json!(rules));
+        s.insert("exempt".into(), json!(exempt));
+        document("Caps", &self.metadata, s)
+    }
+}
+
+impl Objective {
+    /// The canonical JSON of this document (see the module docs).
+    pub fn canonical(&self) -> Json {
+        let w = &self.weights;
+        let mut s = Map::new();
+        s.insert(
+            "weights".into(),
+            json!({
+                "conversion": w.conversion,
+                "engagement": w.engagement,
+                "retention": w.retention,
+                "reachability": w.reachability,
+            }),
+        );
+        s.insert("minValue".into(), json!(self.min_value));
+        s.insert("horizon".into(), json!(format_duration(self.horizon)));
+        document("Objective", &self.metadata, s)
+    }
+}
+
+impl Generator {
+    /// The canonical JSON of this document (see the module docs).
+    pub fn canonical(&self) -> Json {
+        let mut s = Map::new();
+        match &self.trigger {
+            Trigger::Event { event, when } => {
+                s.insert("on".into(), json!({ "event": event }));
+                put(&mut s, "when", when.as_ref().map(|e| json!(e.source)));
+            }
+            Trigger::Schedule {
+                cron,
+                timezone,
+                segment,
+            } => {
+                s.insert("schedule".into(), json!(cron.source));
+                put(&mut s, "timezone", timezone.map(|tz| json!(tz.name())));
+                s.insert("segment".into(), json!(segment.source));
+            }
+        }
+        s.insert(
+            "message".into(),
+            json!({"template": self.message.template, "category": self.message.category}),
+        );
+        s.insert("channels".into(), json!(self.channels));
+        s.insert("ttl".into(), json!(format_duration(self.ttl)));
+        s.insert("priority".into(), json!(self.priority.as_str()));
+        put(
+            &mut s,
+            "dedupeKey",
+            self.dedupe_key.as_ref().map(|e| json!(e.source)),
+        );
+        if !self.signals.is_empty() {
+            let signals: BTreeMap<&str, &str> = self
+                .signals
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.source.as_str()))
+                .collect();
+            s.insert("signals".into(), json!(signals));
+        }
+        document("Generator", &self.metadata, s)
+    }
+}
+
+impl Experiment {
+    /// The canonical JSON of this document (see the module docs). Arms keep their order, which
+    /// decides the hash range each arm gets.
+    pub fn canonical(&self) -> Json {
+        let arms: Vec<Json> = self
+            .arms
+            .iter()
+            .map(|a| {
+                let mut m = Map::new();
+                m.insert("name".into(), json!(a.name));
+                m.insert("share".into(), json!(a.share));
+                put(&mut m, "objective", a.objective.as_ref().map(|o| json!(o)));
+                put(&mut m, "caps", a.caps.as_ref().map(|c| json!(c)));
+                if a.holdout {
+                    m.insert("holdout".into(), json!(true));
+                }
+                Json::Object(m)
+            })
+            .collect();
+        let mut s = Map::new();
+        s.insert("salt".into(), json!(self.salt));
+        put(&mut s, "layer", self.layer.as_ref().map(|l| json!(l)));
+        s.insert("traffic".into(), json!(self.traffic));
+        s.insert("arms".into(), json!(arms));
+        document("Experiment", &self.metadata, s)
+    }
+}
+
+impl Replan {
+    /// The canonical JSON of this document (see the module docs).
+    pub fn canonical(&self) -> Json {
+        let mut s = Map::new();
+        s.insert("cron".into(), json!(self.cron.source));
+        put(&mut s, "timezone", self.timezone.map(|tz| json!(tz.name())));
+        s.insert("horizon".into(), json!(format_duration(self.horizon)));
+        s.insert("exploration".into(), json!(self.exploration));
+        document("Replan", &self.metadata, s)
+    }
+}

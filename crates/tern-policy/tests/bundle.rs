@@ -1,0 +1,176 @@
+//! Bundle loading, versions and the semantic diff.
+
+mod common;
+
+use common::*;
+use tern_policy::{diff, Bundle, DocChange};
+
+fn version(dir: &TempDir) -> String {
+    match Bundle::load(dir.path()) {
+        Ok(b) => b.version,
+        Err(f) => panic!("invalid bundle:\n{f}"),
+    }
+}
+
+#[test]
+fn the_same_policies_in_other_files_order_or_formatting_have_the_same_version() {
+    let a = good_bundle("split");
+    let base = version(&a);
+
+    // One file, documents in another order.
+    let b = TempDir::new("one-file");
+    b.write(
+        "all.yml",
+        &format!("{REPLAN}---\n{GENERATOR}---\n{OBJECTIVE}---\n{CHANNELS}"),
+    );
+    assert_eq!(version(&b), base);
+
+    // Reformatted: block style, comments, quotes, equivalent durations, explicit defaults,
+    // channels listed in another order, numbers spelled differently, nested folders.
+    let c = TempDir::new("reformatted");
+    c.write(
+        "nested/deeper/channels.yaml",
+        "# comment\napiVersion: \"tern/v1\"\nkind: Channel\nmetadata:\n  name: email\nspec: {}\n---\n\
+         kind: Channel\napiVersion: tern/v1\nspec:\n  quietHours:\n    to: '08:00'\n    from: \"22:00\"\nmetadata: {name: push}\n",
+    );
+    c.write(
+        "objective.yaml",
+        "apiVersion: tern/v1\nkind: Objective\nmetadata: { name: default }\nspec:\n  minValue: 2e-2\n  horizon: 4w\n  weights:\n    retention: 2.0\n    conversion: 1\n    engagement: 0\n",
+    );
+    c.write(
+        "generators.yaml",
+        "apiVersion: tern/v1\nkind: Generator\nmetadata: { name: new-release }\nspec:\n  ttl: 2d\n  priority: normal\n  channels:\n    - email\n    - push\n  message:\n    category: content\n    template: new_release\n  when: event.popularity > 0.3\n  on:\n    event: artist_release\n",
+    );
+    c.write("replan.yaml", "---\napiVersion: tern/v1\nkind: Replan\nmetadata: { name: hourly }\nspec: { cron: '0 0 * * * *', horizon: 24h, exploration: 0 }\n...\n");
+    // Hidden files and other extensions are not part of the bundle.
+    c.write(".hidden.yaml", "this is not: [valid");
+    c.write("notes.txt", "not a policy");
+    c.write("backup.yaml~", "not: [valid");
+    assert_eq!(version(&c), base);
+}
+
+#[test]
+fn any_change_of_value_changes_the_version() {
+    let base = version(&good_bundle("base"));
+    for (file, from, to) in [
+        ("generators.yaml", "ttl: 48h", "ttl: 47h"),
+        ("generators.yaml", "> 0.3", "> 0.31"),
+        ("objective.yaml", "minValue: 0.02", "minValue: 0.03"),
+        ("channels.yaml", "\"22:00\"", "\"21:00\""),
+        ("replan.yaml", "horizon: 1d", "horizon: 2d"),
+        (
+            "channels.yaml",
+            "name: email }",
+            "name: email, description: x }",
+        ),
+    ] {
+        let dir = good_bundle("changed");
+        let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        assert!(text.contains(from), "{from}");
+        dir.write(file, &text.replace(from, to));
+        assert_ne!(version(&dir), base, "{from} -> {to}");
+    }
+}
+
+#[test]
+fn canonical_json_is_what_the_version_hashes() {
+    let b = Bundle::load(good_bundle("canonical").path()).unwrap();
+    assert_eq!(tern_policy::version_of(&b.canonical_json()), b.version);
+    let docs = b.canonical_json()["documents"].as_array().unwrap().len();
+    assert_eq!(docs, 5);
+    assert_eq!(b.short_version().len(), 12);
+}
+
+#[test]
+fn a_missing_directory_is_a_finding_not_a_panic() {
+    let err = Bundle::load("/nonexistent/tern/policies").unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    assert!(err.to_text().contains("cannot read"), "{err}");
+}
+
+#[test]
+fn kubernetes_configmap_mounts_are_read_through_the_visible_links() {
+    let dir = TempDir::new("configmap");
+    let data = dir.path().join("..2026_11_25_10_00_00.1");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("channels.yaml"), CHANNELS).unwrap();
+    std::fs::write(data.join("objective.yaml"), OBJECTIVE).unwrap();
+    std::os::unix::fs::symlink("..2026_11_25_10_00_00.1", dir.path().join("..data")).unwrap();
+    for f in ["channels.yaml", "objective.yaml"] {
+        std::os::unix::fs::symlink(format!("..data/{f}"), dir.path().join(f)).unwrap();
+    }
+    let b = Bundle::load(dir.path()).unwrap();
+    assert_eq!(b.files.len(), 2, "{:?}", b.files);
+    assert_eq!(b.channels.len(), 2);
+}
+
+#[test]
+fn diff_reports_documents_and_fields() {
+    let a = Bundle::load(good_bundle("old").path()).unwrap();
+    let dir = good_bundle("new");
+    dir.write(
+        "objective.yaml",
+        &OBJECTIVE.replace("minValue: 0.02", "minValue: 0.05\n  horizon: 14d"),
+    );
+    dir.remove("replan.yaml");
+    dir.write(
+        "experiment.yaml",
+        "apiVersion: tern/v1\nkind: Experiment\nmetadata: { name: exp }\nspec:\n  salt: s\n  arms:\n    - { name: a, share: 0.5 }\n    - { name: b, share: 0.5, holdout: true }\n",
+    );
+    let b = Bundle::load(dir.path()).unwrap();
+    let d = diff(&a, &b);
+    let text = d.to_string();
+    assert_eq!(
+        text,
+        "~ Objective/default\n    spec.horizon: \"28d\" → \"14d\"\n    spec.minValue: 0.02 → 0.05\n+ Experiment/exp\n- Replan/hourly\n"
+    );
+    assert!(matches!(d.changes[1], DocChange::Added { .. }));
+    assert!(diff(&a, &a).is_empty());
+    assert_eq!(d.to_json()["changes"].as_array().map(Vec::len), Some(3));
+}
+
+#[test]
+fn users_are_assigned_to_arms_by_share_and_layers_are_exclusive() {
+    let b = Bundle::load("../../policies").unwrap();
+    let (mut in_retention, mut in_fewer, mut holdout) = (0usize, 0usize, 0usize);
+    let n = 20_000;
+    for i in 0..n {
+        let user = format!("user-{i}");
+        let a = b.assignments(&user);
+        assert!(a.len() <= 1, "layer `objective` must be exclusive: {user}");
+        assert_eq!(a, b.assignments(&user), "assignment must be deterministic");
+        for (e, arm) in a {
+            match e.metadata.name.as_str() {
+                "retention-weights" => {
+                    in_retention += 1;
+                    holdout += usize::from(arm.holdout);
+                }
+                "fewer-pushes" => in_fewer += 1,
+                other => panic!("unexpected experiment {other}"),
+            }
+        }
+    }
+    let share = |k: usize, of: usize| k as f64 / of as f64;
+    // traffic 0.5 and 0.3 of the layer; 10% of retention-weights is the holdout.
+    assert!(
+        (share(in_retention, n) - 0.5).abs() < 0.02,
+        "{in_retention}"
+    );
+    assert!((share(in_fewer, n) - 0.3).abs() < 0.02, "{in_fewer}");
+    assert!(
+        (share(holdout, in_retention) - 0.1).abs() < 0.02,
+        "{holdout}"
+    );
+}
+
+#[test]
+fn quiet_hours_wrap_midnight() {
+    let b = Bundle::load("../../policies").unwrap();
+    let q = b
+        .channel("push")
+        .and_then(|c| c.quiet_hours.as_ref())
+        .unwrap();
+    let t = |h, m| chrono::NaiveTime::from_hms_opt(h, m, 0).unwrap();
+    assert!(q.contains(t(23, 0)) && q.contains(t(22, 0)) && q.contains(t(7, 59)));
+    assert!(!q.contains(t(8, 0)) && !q.contains(t(12, 0)) && !q.contains(t(21, 59)));
+}

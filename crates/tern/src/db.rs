@@ -15,8 +15,19 @@ pub struct Database {
 }
 
 impl Database {
-    /// Connects to `url`, or starts an embedded cluster when `url` is `None`.
+    /// Connects to `url`, or starts an embedded cluster when `url` is `None`. An embedded cluster
+    /// is private to this process, so nobody else could migrate it: its schema is applied here.
     pub async fn open(url: Option<&str>) -> Result<Database> {
+        let db = Database::open_unmigrated(url).await?;
+        if db.cluster.is_some() {
+            db.store.migrate().await?;
+        }
+        Ok(db)
+    }
+
+    /// Like [`Database::open`], but leaves the schema of an embedded cluster alone (for
+    /// `tern migrate`, which reports what it applies).
+    pub async fn open_unmigrated(url: Option<&str>) -> Result<Database> {
         match url {
             Some(url) => {
                 let store = Store::connect(url).await?;

@@ -6,10 +6,13 @@
 //! - `db.rs`: `DATABASE_URL`, or a private throwaway PostgreSQL when it is unset.
 //! - `migrate.rs`: `tern migrate` and `tern migrate --status`.
 //! - `policy.rs`: `tern policy check|diff|schema` (no database).
+//! - `activate.rs`: following a policy directory and recording activations (`tern policy watch`,
+//!   and the daemon).
 //! - `bench.rs`: `tern bench ingest`, the ingest benchmark behind docs/benchmarks.md.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's convention).
 
+mod activate;
 mod bench;
 mod db;
 mod migrate;
@@ -38,8 +41,8 @@ enum Command {
     /// Apply the database migrations embedded in this binary (safe to run from several replicas
     /// at once), or list them with --status.
     Migrate(migrate::Args),
-    /// Check a policy bundle, diff two bundles, or print the policy language's JSON Schema (no
-    /// database needed).
+    /// Check a policy bundle, diff two bundles, print the policy language's JSON Schema, or
+    /// follow a bundle directory as the daemon does.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Measure tern's own hot paths against their naive baselines (release builds only).
@@ -72,8 +75,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Migrate(args) => migrate::run(url, args).await,
             Command::Bench(bench) => bench::run(url, bench).await,
-            // Reads files only; never opens a database.
-            Command::Policy(cmd) => Ok(policy::run(cmd)),
+            Command::Policy(cmd) => policy::run(url, cmd).await,
         }
     });
     match result {

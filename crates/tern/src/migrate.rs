@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub async fn run(url: Option<&str>, args: Args) -> Result<ExitCode> {
-    let db = Database::open(url).await?;
+    let db = Database::open_unmigrated(url).await?;
     let result = if args.status {
         status(&db, args.json).await
     } else {

@@ -1,6 +1,7 @@
 //! `tern policy`: check a policy bundle, diff two bundles, print the JSON Schema.
 //!
-//! These commands need no database and no async runtime: they read files and print. Exit codes
+//! `check`, `diff` and `schema` need no database: they read files and print; `watch` (in
+//! `activate.rs`) follows a directory and records activations in the database. Exit codes
 //! follow compilers and `diff(1)`: `check` exits 0 when the bundle is valid (warnings allowed),
 //! 1 when it has errors, 2 when the directory cannot be read; `diff` exits 0 when the bundles
 //! are semantically the same, 1 when they differ, 2 when either cannot be read or is invalid.
@@ -45,6 +46,9 @@ pub enum PolicyCommand {
     },
     /// Print the JSON Schema of policy documents, for editors (yaml-language-server).
     Schema {},
+    /// Follow a bundle directory as the daemon does: activate each valid change, record it in
+    /// the database, report each rejected one. Runs until SIGINT or SIGTERM.
+    Watch(crate::activate::WatchArgs),
 }
 
 /// `println!` through [`out`].
@@ -54,9 +58,9 @@ macro_rules! outln {
     };
 }
 
-/// Runs a `tern policy` command.
-pub fn run(cmd: PolicyCommand) -> ExitCode {
-    match cmd {
+/// Runs a `tern policy` command. Only `watch` opens the database.
+pub async fn run(database_url: Option<&str>, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    Ok(match cmd {
         PolicyCommand::Check { dir, format } => check(&dir, format),
         PolicyCommand::Diff { old, new, json } => diff(&old, &new, json),
         PolicyCommand::Schema {} => {
@@ -66,7 +70,8 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-    }
+        PolicyCommand::Watch(args) => return crate::activate::watch(database_url, args).await,
+    })
 }
 
 /// Writes to stdout, ignoring a closed pipe (`tern policy schema | head` must not panic the way

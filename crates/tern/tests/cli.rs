@@ -229,3 +229,122 @@ fn policy_schema_is_json_and_diff_of_a_bundle_with_itself_is_empty() {
     );
     assert_eq!(same.status.code(), Some(0), "{}", text(&same.stdout));
 }
+
+/// Copies the example bundle into a fresh directory that the test may edit.
+fn scratch_bundle(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tern-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(repo("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// `tern policy watch`: good → bad → good while running; every activation is recorded in the
+/// database and the rejected bundle never is.
+#[tokio::test]
+async fn policy_watch_activates_good_bundles_records_them_and_keeps_serving_through_bad_ones() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let dir = scratch_bundle("watch");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["policy", "watch", "--poll-ms", "20", "--settle-ms", "60"])
+        .arg(&dir)
+        .env("DATABASE_URL", &db.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next_event = |prefix: &str| -> String {
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no {prefix:?} line"));
+            if line.starts_with(prefix) {
+                return line.split_whitespace().nth(1).unwrap().to_string();
+            }
+        }
+    };
+    let versions = || async {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT version FROM policy_versions ORDER BY first_activated_at")
+                .fetch_all(db.store.pool())
+                .await
+                .unwrap();
+        rows.into_iter().map(|r| r.0).collect::<Vec<_>>()
+    };
+
+    let first = next_event("active ");
+    assert_eq!(versions().await, vec![first.clone()]);
+
+    std::fs::write(dir.join("zz.yaml"), "apiVersion: tern/v1\nkind: Nope\n").unwrap();
+    let rejected = next_event("rejected ");
+    assert_ne!(rejected, first);
+
+    std::fs::write(
+        dir.join("zz.yaml"),
+        "apiVersion: tern/v1\nkind: Category\nmetadata: { name: zz-news }\n",
+    )
+    .unwrap();
+    let second = next_event("activated ");
+    assert_ne!(second, first);
+    // The activation is recorded right after it is announced.
+    let mut recorded = versions().await;
+    for _ in 0..100 {
+        if recorded.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        recorded = versions().await;
+    }
+    assert_eq!(recorded, vec![first, second]);
+
+    // SIGTERM ends it cleanly.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn policy_watch_refuses_to_start_on_a_broken_bundle() {
+    let db = TestDb::new().await;
+    let dir = scratch_bundle("watch-broken");
+    std::fs::write(dir.join("zz.yaml"), "apiVersion: tern/v1\nkind: Nope\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["policy", "watch"])
+        .arg(&dir)
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("zz.yaml:2:7: error: unknown kind"),
+        "{}",
+        text(&out.stdout)
+    );
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM policy_versions")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -57,12 +57,14 @@ async fn follow(store: &Store, args: &WatchArgs) -> Result<ExitCode> {
     };
     let events = forward(&watcher);
     let active = watcher.active();
+    // Recorded before it is announced, so that whoever reads the announcement finds the row.
+    let unrecorded = record(store, &active).await.err().map(|()| active.clone());
     say(&format!(
         "active {} ({} documents)",
         active.version,
         active.documents().len()
     ));
-    run_loop(store, active, events).await;
+    run_loop(store, unrecorded, events).await;
     watcher.stop();
     Ok(ExitCode::SUCCESS)
 }
@@ -71,20 +73,15 @@ async fn follow(store: &Store, args: &WatchArgs) -> Result<ExitCode> {
 /// be recorded (the database is away) is retried until it is, and a newer one replaces it.
 async fn run_loop(
     store: &Store,
-    first: Arc<Bundle>,
+    mut unrecorded: Option<Arc<Bundle>>,
     mut events: mpsc::UnboundedReceiver<WatchEvent>,
 ) {
-    let mut unrecorded = Some(first);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         if let Some(bundle) = &unrecorded {
-            match store
-                .record_policy_activation(&bundle.version, &bundle.canonical_json(), Utc::now())
-                .await
-            {
-                Ok(()) => unrecorded = None,
-                Err(e) => eprintln!("warning: cannot record policy {} yet: {e}", bundle.version),
+            if record(store, bundle).await.is_ok() {
+                unrecorded = None;
             }
         }
         let retry = async {
@@ -99,8 +96,8 @@ async fn run_loop(
             () = retry => {}
             event = events.recv() => match event {
                 Some(WatchEvent::Activated(bundle)) => {
+                    unrecorded = record(store, &bundle).await.err().map(|()| bundle.clone());
                     say(&format!("activated {} ({} documents)", bundle.version, bundle.documents().len()));
-                    unrecorded = Some(bundle);
                 }
                 Some(WatchEvent::Rejected(rejected)) => {
                     say(&format!(
@@ -113,6 +110,14 @@ async fn run_loop(
             },
         }
     }
+}
+
+/// Records an activation; on failure says so and leaves the retry to the caller.
+async fn record(store: &Store, bundle: &Bundle) -> Result<(), ()> {
+    store
+        .record_policy_activation(&bundle.version, &bundle.canonical_json(), Utc::now())
+        .await
+        .map_err(|e| eprintln!("warning: cannot record policy {} yet: {e}", bundle.version))
 }
 
 /// The watcher reports on a std channel from its own thread; this thread hands its events to

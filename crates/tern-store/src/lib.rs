@@ -13,6 +13,7 @@
 //!   features count.
 //! - [`plans`]: publishing a plan's schedule in one transaction.
 //! - [`policies`]: the record of activated policy bundles, by content hash.
+//! - [`peer`]: the plain-SQL versions of tern's jobs that benchmarks compare against.
 //! - [`admin`]: creating and dropping scratch databases (tests, benchmarks).
 //! - [`leases`]: handing due schedule items to delivery services under a lease (`FOR UPDATE SKIP
 //!   LOCKED`), acks with lease tokens, lease extension.
@@ -30,6 +31,7 @@ pub mod history;
 pub mod leases;
 pub mod migrate;
 pub mod opportunities;
+pub mod peer;
 pub mod plans;
 pub mod policies;
 pub mod users;

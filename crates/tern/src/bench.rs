@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use chrono::{TimeDelta, Utc};
 use futures::future::join_all;
 use tern_core::NewOpportunity;
+use tern_planner::{synthetic, value_of, InlineScores, Planner, SYNTHETIC_NOW};
+use tern_store::peer::{PeerCandidate, PeerCaps};
 use tern_store::Store;
 
 use crate::db::Database;
@@ -21,6 +23,24 @@ pub enum Bench {
     /// Opportunity ingest: batched, idempotent `Store::ingest_opportunities` against one
     /// `INSERT` per row.
     Ingest(IngestArgs),
+    /// The planner: candidates planned per second (selection and send times, model excluded) on
+    /// one thread and on all, against the same selection written as SQL window functions.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    /// Opportunities per user.
+    #[arg(long, default_value_t = 8)]
+    opportunities: usize,
+    /// Channels per opportunity.
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Timed runs of each; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +66,7 @@ pub async fn run(url: Option<&str>, bench: Bench) -> Result<ExitCode> {
     let db = Database::open(url).await?;
     let result = match bench {
         Bench::Ingest(args) => ingest(&db, args).await,
+        Bench::Plan(args) => plan(&db, args).await,
     };
     db.close().await;
     result
@@ -176,4 +197,111 @@ fn thousands(x: f64) -> String {
         out.push(c);
     }
     out
+}
+
+async fn plan(db: &Database, args: PlanArgs) -> Result<ExitCode> {
+    ensure!(args.runs > 0, "--runs must be at least 1");
+    let (config, users) = synthetic(args.users, args.opportunities, args.channels, 1);
+    let candidates: usize = users
+        .iter()
+        .flat_map(|u| &u.opportunities)
+        .map(|o| o.channels.len())
+        .sum();
+    let planner = Planner::new(config.clone())?;
+    let now =
+        chrono::DateTime::from_timestamp(SYNTHETIC_NOW, 0).context("the synthetic instant")?;
+
+    let timed = |threads: usize| -> Result<(f64, u64)> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        let mut secs = Vec::new();
+        let mut chosen = 0;
+        for _ in 0..args.runs {
+            let started = Instant::now();
+            let plan = pool.install(|| planner.plan(&users, now, 7, &InlineScores))?;
+            secs.push(started.elapsed().as_secs_f64());
+            chosen = plan.stats.chosen.values().sum();
+        }
+        Ok((median(&mut secs), chosen))
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (one_secs, chosen) = timed(1)?;
+    let (all_secs, _) = timed(cores)?;
+
+    // The peer: the values precomputed under the default objective, loaded into a table, and
+    // the selection done by window functions. Only the query is timed.
+    let objective = &config.objectives["default"];
+    let mut rows = Vec::with_capacity(candidates);
+    for u in &users {
+        for o in &u.opportunities {
+            for (channel, scores) in o.channels.iter().zip(&o.scores) {
+                rows.push(PeerCandidate {
+                    user_id: u.user_id.clone(),
+                    opportunity_id: o.id,
+                    channel: channel.clone(),
+                    value: value_of(objective, scores),
+                });
+            }
+        }
+    }
+    let caps = PeerCaps {
+        per_channel: 2,
+        per_user: 6,
+        min_value: objective.min_value,
+    };
+    let scratch = format!("tern_bench_{}", std::process::id());
+    db.store.create_database(&scratch, None).await?;
+    let peer = async {
+        let store = Store::connect_to_database(&db.url, &scratch).await?;
+        store.peer_load(&rows).await?;
+        let mut secs = Vec::new();
+        let mut chosen = 0;
+        for _ in 0..args.runs {
+            let started = Instant::now();
+            chosen = store.peer_select(caps).await?;
+            secs.push(started.elapsed().as_secs_f64());
+        }
+        store.close().await;
+        anyhow::Ok((median(&mut secs), chosen))
+    }
+    .await;
+    db.store.drop_database(&scratch).await?;
+    let (sql_secs, sql_chosen) = peer?;
+
+    let rate = |secs: f64| thousands(candidates as f64 / secs);
+    println!(
+        "planning {} users x {} opportunities x {} channels = {} candidates (median of {})\n\
+         {:<40} {:>12} candidates/s  ({:.2} s, {} chosen)\n\
+         {:<40} {:>12} candidates/s  ({:.2} s)\n\
+         {:<40} {:>12} candidates/s  ({:.2} s, {} chosen)\n\
+         {:<40} {:>12.1}x\n\
+         {:<40} {:>12.1}x",
+        args.users,
+        args.opportunities,
+        args.channels,
+        candidates,
+        args.runs,
+        "tern planner, 1 thread",
+        rate(one_secs),
+        one_secs,
+        chosen,
+        format!("tern planner, {cores} threads"),
+        rate(all_secs),
+        all_secs,
+        "SQL window functions (PostgreSQL)",
+        rate(sql_secs),
+        sql_secs,
+        sql_chosen,
+        "ratio, 1 thread / SQL",
+        sql_secs / one_secs,
+        format!("ratio, {cores} threads / SQL"),
+        sql_secs / all_secs,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }

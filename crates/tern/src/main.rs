@@ -8,6 +8,7 @@
 //! - `policy.rs`: `tern policy check|diff|schema` (no database).
 //! - `activate.rs`: following a policy directory and recording activations (`tern policy watch`,
 //!   and the daemon).
+//! - `plan.rs`: `tern plan`, and the translation of a policy bundle into planner configuration.
 //! - `bench.rs`: `tern bench ingest`, the ingest benchmark behind docs/benchmarks.md.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's convention).
@@ -16,6 +17,7 @@ mod activate;
 mod bench;
 mod db;
 mod migrate;
+mod plan;
 mod policy;
 
 use std::process::ExitCode;
@@ -45,6 +47,9 @@ enum Command {
     /// follow a bundle directory as the daemon does.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run the planner offline on a JSON Lines file of users, under a policy bundle, and write
+    /// the schedule and the suppression reasons as JSON Lines (or explain one user's plan).
+    Plan(plan::PlanArgs),
     /// Measure tern's own hot paths against their naive baselines (release builds only).
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -55,7 +60,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -76,6 +81,7 @@ fn main() -> ExitCode {
             Command::Migrate(args) => migrate::run(url, args).await,
             Command::Bench(bench) => bench::run(url, bench).await,
             Command::Policy(cmd) => policy::run(url, cmd).await,
+            Command::Plan(args) => plan::run(args),
         }
     });
     match result {

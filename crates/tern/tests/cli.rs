@@ -348,3 +348,72 @@ async fn policy_watch_refuses_to_start_on_a_broken_bundle() {
     assert_eq!(recorded, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const PLANNER_USERS: &str = "crates/tern-planner/tests/fixtures/example.users.jsonl";
+
+#[test]
+fn tern_plan_writes_a_schedule_and_suppressions_as_json_lines() {
+    let args = [
+        "plan",
+        "--policies",
+        &repo("policies"),
+        "--input",
+        &repo(PLANNER_USERS),
+        "--now",
+        "2026-03-28T20:00:00Z",
+        "--seed",
+        "1",
+    ];
+    let first = tern(&args, None);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let lines: Vec<serde_json::Value> = text(&first.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().any(|l| l["kind"] == "choice"));
+    assert!(lines
+        .iter()
+        .any(|l| l["kind"] == "suppression" && l["reason"].is_string()));
+    for choice in lines.iter().filter(|l| l["kind"] == "choice") {
+        let p = choice["propensity"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0, "{choice}");
+    }
+    // The same inputs and seed give the same schedule.
+    assert_eq!(tern(&args, None).stdout, first.stdout);
+
+    let mut explain = args.to_vec();
+    explain.extend(["--explain", "ana"]);
+    let out = tern(&explain, None);
+    assert!(
+        text(&out.stdout).starts_with("user ana"),
+        "{}",
+        text(&out.stdout)
+    );
+    let last = explain.len() - 1;
+    explain[last] = "nobody";
+    assert_one_error_line(&tern(&explain, None), "user \"nobody\" is not in");
+}
+
+#[test]
+fn tern_plan_refuses_bad_input_with_its_line_number() {
+    let dir = std::env::temp_dir().join(format!("tern-plan-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("users.jsonl");
+    std::fs::write(
+        &input,
+        "{\"user_id\":\"a\",\"timezone\":\"UTC\"}\n{\"user_id\": 5}\n",
+    )
+    .unwrap();
+    let out = tern(
+        &[
+            "plan",
+            "--policies",
+            &repo("policies"),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_one_error_line(&out, "line 2");
+    let _ = std::fs::remove_dir_all(&dir);
+}

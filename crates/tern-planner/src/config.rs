@@ -1,0 +1,524 @@
+//! The planner's configuration: what the policy bundle says, as plain serde data.
+//!
+//! The policy crate converts its YAML documents into a [`PlannerConfig`]; tests and benchmarks
+//! build one directly. [`crate::Planner::new`] validates it and turns names into indices once,
+//! so that the hot path compares integers, never strings.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The keyword that makes a cap rule count every channel.
+pub const ANY_CHANNEL: &str = "any";
+
+/// Everything the planner needs from the active policy bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannerConfig {
+    /// The channels the planner may send on, with their quiet hours and budgets. A candidate on a
+    /// channel not listed here is suppressed with [`crate::Reason::UnknownChannel`].
+    pub channels: Vec<ChannelConfig>,
+    /// Per-user caps and minimum gaps, applied to every user not in an arm that overrides them.
+    #[serde(default)]
+    pub caps: Vec<CapRule>,
+    /// Priority classes (e.g. `transactional`) that no cap or minimum gap blocks. Their sends still
+    /// count toward every cap for the non-exempt sends around them.
+    #[serde(default)]
+    pub exempt_priorities: Vec<String>,
+    /// Named objectives. `default` is used for users outside any experiment and for arms that name
+    /// no objective.
+    pub objectives: BTreeMap<String, Objective>,
+    /// At most one experiment splits users into arms.
+    #[serde(default)]
+    pub experiment: Option<Experiment>,
+    /// The share ε of decisions drawn uniformly among the allowed candidates, in [0, 1).
+    #[serde(default)]
+    pub exploration: f64,
+    /// Whether one opportunity may be sent on several channels. Off by default: a user should not
+    /// get the same message by push and by email.
+    #[serde(default)]
+    pub multi_channel: bool,
+    /// How far ahead the plan schedules, in seconds. Items that cannot be placed before
+    /// `now + horizon` wait for a later plan ([`crate::Reason::Horizon`]).
+    pub horizon_secs: u64,
+    /// The longest send window handed to delivery, in seconds (60 to 3600, default 3600). Caps and
+    /// gaps are checked as if the send could happen anywhere in its window, so a shorter window
+    /// makes the planner less conservative.
+    #[serde(default = "default_send_window")]
+    pub send_window_secs: u64,
+}
+
+fn default_send_window() -> u64 {
+    3600
+}
+
+/// One delivery channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    pub name: String,
+    /// Local times (in the user's time zone) during which nothing is sent on this channel.
+    #[serde(default)]
+    pub quiet_hours: Option<QuietHours>,
+    /// A quota across all users, met with a price per channel.
+    #[serde(default)]
+    pub budget: Option<Budget>,
+}
+
+/// `from` and `to` are local wall-clock times `"HH:MM"`; `from > to` wraps midnight
+/// (`22:00`–`08:00`). `from == to` is refused as ambiguous.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHours {
+    pub from: String,
+    pub to: String,
+}
+
+/// At most `max` sends on the channel across all users in this plan. `per_secs` is the quota's
+/// window; the plan's own sends count against it, so the caller passes as `max` what is left of the
+/// current window (see `docs/planner.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub max: u64,
+    pub per_secs: u64,
+}
+
+/// A per-user limit. Either a count (`max` sends per rolling `window_secs`) or a minimum gap
+/// (`min_gap_secs` between two sends), over the sends that match `channel` (a name, or `any` /
+/// absent for every channel) and `category` (absent for every category).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CapRule {
+    /// Shown in suppression reasons and explanations; defaults to a description of the rule.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub category: Option<String>,
+    #[serde(default)]
+    pub max: Option<u32>,
+    #[serde(default)]
+    pub window_secs: Option<u64>,
+    #[serde(default)]
+    pub min_gap_secs: Option<u64>,
+}
+
+/// Weights over the model's predicted outcomes. The value of a candidate is
+/// `conversion·p(conv) + engagement·p(eng) + retention·retention_effect − reachability·p(loss)`:
+/// a positive `reachability` weight is a *penalty* on the probability of losing the channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Objective {
+    #[serde(default)]
+    pub conversion: f64,
+    #[serde(default)]
+    pub engagement: f64,
+    #[serde(default)]
+    pub retention: f64,
+    #[serde(default)]
+    pub reachability: f64,
+    /// Candidates worth less than this are not sent: sending nothing is a valid decision.
+    #[serde(default)]
+    pub min_value: f64,
+}
+
+/// Users are split into arms by a salted hash of their id (see [`crate::arm_point`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    pub name: String,
+    pub salt: String,
+    /// Shares must add up to 1; arm `i` takes the points in `[Σ_{j<i} share_j, Σ_{j≤i} share_j)`.
+    pub arms: Vec<Arm>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arm {
+    pub name: String,
+    pub share: f64,
+    /// The objective's name; `default` when absent.
+    #[serde(default)]
+    pub objective: Option<String>,
+    /// Replaces the top-level caps for this arm's users.
+    #[serde(default)]
+    pub caps: Option<Vec<CapRule>>,
+    /// Users in a holdout arm get nothing; the plan records what they would have got.
+    #[serde(default)]
+    pub holdout: bool,
+}
+
+/// Why a configuration was refused. Each message names the offending item.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("channel {0:?} is declared twice")]
+    DuplicateChannel(String),
+    #[error("channel name {0:?} is invalid (empty, or the reserved word \"any\")")]
+    BadChannelName(String),
+    #[error("the planner supports at most 32 channels")]
+    TooManyChannels,
+    #[error("channel {channel:?}: quiet hours {value:?} is not a local time \"HH:MM\"")]
+    BadQuietHours { channel: String, value: String },
+    #[error("channel {0:?}: quiet hours from and to are equal")]
+    EmptyQuietHours(String),
+    #[error("channel {0:?}: budget window must be positive")]
+    BadBudget(String),
+    #[error("cap rule {index} ({name}): {message}")]
+    BadCapRule {
+        index: usize,
+        name: String,
+        message: String,
+    },
+    #[error("at most 64 cap rules are supported")]
+    TooManyCapRules,
+    #[error("objective {name:?}: {message}")]
+    BadObjective { name: String, message: String },
+    #[error("no objective named \"default\"")]
+    NoDefaultObjective,
+    #[error("experiment {experiment:?}: {message}")]
+    BadExperiment { experiment: String, message: String },
+    #[error("exploration must be in [0, 1), got {0}")]
+    BadExploration(f64),
+    #[error("horizon must be between 1 second and 366 days")]
+    BadHorizon,
+    #[error("send window must be between 60 and 3600 seconds, got {0}")]
+    BadSendWindow(u64),
+}
+
+/// A validated, index-based form of [`PlannerConfig`]: what the hot path reads.
+#[derive(Debug, Clone)]
+pub(crate) struct Compiled {
+    pub channels: Vec<String>,
+    /// Quiet hours per channel as local seconds of day `[from, to)`, possibly wrapping.
+    pub quiet: Vec<Option<(u32, u32)>>,
+    pub budgets: Vec<Option<u64>>,
+    pub exempt: Vec<String>,
+    pub arms: Vec<CompiledArm>,
+    pub salt: Option<String>,
+    /// Cumulative upper bounds of arm shares, same order as `arms`.
+    pub cumulative: Vec<f64>,
+    pub exploration: f64,
+    pub multi_channel: bool,
+    pub horizon: i64,
+    pub window: i64,
+    /// Every distinct local second of day at which some channel's quiet hours start or end:
+    /// the boundaries at which the time pieces split besides whole local hours.
+    pub quiet_bounds: Vec<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledArm {
+    pub name: String,
+    pub objective: Objective,
+    pub rules: Vec<CompiledRule>,
+    pub holdout: bool,
+    /// Per channel: the rules (bits) whose channel is that one or any.
+    pub channel_masks: Vec<u64>,
+    /// The rules (bits) that match every category.
+    pub any_category: u64,
+}
+
+impl CompiledArm {
+    fn new(
+        name: String,
+        objective: Objective,
+        rules: Vec<CompiledRule>,
+        holdout: bool,
+        channels: usize,
+    ) -> Self {
+        let channel_masks = (0..channels)
+            .map(|c| {
+                rules.iter().enumerate().fold(0u64, |m, (i, r)| {
+                    if r.channel.is_none_or(|rc| rc as usize == c) {
+                        m | 1 << i
+                    } else {
+                        m
+                    }
+                })
+            })
+            .collect();
+        let any_category =
+            rules.iter().enumerate().fold(
+                0u64,
+                |m, (i, r)| if r.category.is_none() { m | 1 << i } else { m },
+            );
+        CompiledArm {
+            name,
+            objective,
+            rules,
+            holdout,
+            channel_masks,
+            any_category,
+        }
+    }
+
+    /// The rules that count a send on `channel` (None: an unknown channel) in `category`.
+    pub fn mask(&self, channel: Option<u16>, category: &str) -> u64 {
+        let mut m = match channel {
+            Some(c) => self.channel_masks.get(c as usize).copied().unwrap_or(0),
+            None => self.rules.iter().enumerate().fold(0u64, |m, (i, r)| {
+                if r.channel.is_none() {
+                    m | 1 << i
+                } else {
+                    m
+                }
+            }),
+        };
+        let mut cat = self.any_category;
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.category.as_deref() == Some(category) {
+                cat |= 1 << i;
+            }
+        }
+        m &= cat;
+        m
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledRule {
+    pub label: String,
+    /// `None`: any channel.
+    pub channel: Option<u16>,
+    pub category: Option<String>,
+    pub limit: Limit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    Max { max: u32, window: i64 },
+    MinGap { gap: i64 },
+}
+
+pub(crate) fn parse_hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let h: u32 = h.parse().ok()?;
+    let m: u32 = m.parse().ok()?;
+    (h < 24 && m < 60).then_some(h * 3600 + m * 60)
+}
+
+impl CapRule {
+    /// A readable description: `push max 2 per 86400s`, `any min gap 14400s`.
+    pub fn describe(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let mut s = self.channel.clone().unwrap_or_else(|| ANY_CHANNEL.into());
+        if let Some(c) = &self.category {
+            s.push('/');
+            s.push_str(c);
+        }
+        match (self.max, self.window_secs, self.min_gap_secs) {
+            (_, _, Some(g)) => format!("{s} min gap {g}s"),
+            (Some(m), Some(w), _) => format!("{s} max {m} per {w}s"),
+            _ => s,
+        }
+    }
+}
+
+impl PlannerConfig {
+    /// Validates the configuration and resolves names to indices.
+    pub(crate) fn compile(&self) -> Result<Compiled, ConfigError> {
+        if self.channels.len() > 32 {
+            return Err(ConfigError::TooManyChannels);
+        }
+        let mut channels = Vec::new();
+        let mut quiet = Vec::new();
+        let mut budgets = Vec::new();
+        let mut quiet_bounds = Vec::new();
+        for ch in &self.channels {
+            if ch.name.is_empty() || ch.name == ANY_CHANNEL {
+                return Err(ConfigError::BadChannelName(ch.name.clone()));
+            }
+            if channels.contains(&ch.name) {
+                return Err(ConfigError::DuplicateChannel(ch.name.clone()));
+            }
+            channels.push(ch.name.clone());
+            let q = match &ch.quiet_hours {
+                None => None,
+                Some(q) => {
+                    let bad = |value: &str| ConfigError::BadQuietHours {
+                        channel: ch.name.clone(),
+                        value: value.to_string(),
+                    };
+                    let from = parse_hhmm(&q.from).ok_or_else(|| bad(&q.from))?;
+                    let to = parse_hhmm(&q.to).ok_or_else(|| bad(&q.to))?;
+                    if from == to {
+                        return Err(ConfigError::EmptyQuietHours(ch.name.clone()));
+                    }
+                    quiet_bounds.extend([from, to]);
+                    Some((from, to))
+                }
+            };
+            quiet.push(q);
+            budgets.push(match &ch.budget {
+                None => None,
+                Some(b) if b.per_secs == 0 => return Err(ConfigError::BadBudget(ch.name.clone())),
+                Some(b) => Some(b.max),
+            });
+        }
+        quiet_bounds.sort_unstable();
+        quiet_bounds.dedup();
+
+        if !(0.0..1.0).contains(&self.exploration) {
+            return Err(ConfigError::BadExploration(self.exploration));
+        }
+        if self.horizon_secs == 0 || self.horizon_secs > 366 * 86400 {
+            return Err(ConfigError::BadHorizon);
+        }
+        if !(60..=3600).contains(&self.send_window_secs) {
+            return Err(ConfigError::BadSendWindow(self.send_window_secs));
+        }
+        for (name, o) in &self.objectives {
+            let finite = [
+                o.conversion,
+                o.engagement,
+                o.retention,
+                o.reachability,
+                o.min_value,
+            ]
+            .iter()
+            .all(|x| x.is_finite());
+            if !finite {
+                return Err(ConfigError::BadObjective {
+                    name: name.clone(),
+                    message: "every weight and minValue must be a finite number".into(),
+                });
+            }
+        }
+        let default = self
+            .objectives
+            .get("default")
+            .ok_or(ConfigError::NoDefaultObjective)?;
+        let default_rules = compile_rules(&self.caps, &channels)?;
+
+        let (arms, cumulative, salt) = match &self.experiment {
+            None => (
+                vec![CompiledArm::new(
+                    "default".into(),
+                    default.clone(),
+                    default_rules,
+                    false,
+                    channels.len(),
+                )],
+                vec![1.0],
+                None,
+            ),
+            Some(exp) => {
+                let bad = |message: String| ConfigError::BadExperiment {
+                    experiment: exp.name.clone(),
+                    message,
+                };
+                if exp.arms.is_empty() {
+                    return Err(bad("an experiment needs at least one arm".into()));
+                }
+                let mut arms = Vec::new();
+                let mut cumulative = Vec::new();
+                let mut total = 0.0;
+                for arm in &exp.arms {
+                    if !(arm.share.is_finite() && arm.share >= 0.0) {
+                        return Err(bad(format!("arm {:?}: share must be ≥ 0", arm.name)));
+                    }
+                    if arms.iter().any(|a: &CompiledArm| a.name == arm.name) {
+                        return Err(bad(format!("arm {:?} is declared twice", arm.name)));
+                    }
+                    let objective_name = arm.objective.as_deref().unwrap_or("default");
+                    let objective = self.objectives.get(objective_name).ok_or_else(|| {
+                        bad(format!(
+                            "arm {:?}: no objective named {objective_name:?}",
+                            arm.name
+                        ))
+                    })?;
+                    let rules = match &arm.caps {
+                        Some(caps) => compile_rules(caps, &channels)?,
+                        None => default_rules.clone(),
+                    };
+                    total += arm.share;
+                    cumulative.push(total);
+                    arms.push(CompiledArm::new(
+                        arm.name.clone(),
+                        objective.clone(),
+                        rules,
+                        arm.holdout,
+                        channels.len(),
+                    ));
+                }
+                if (total - 1.0).abs() > 1e-9 {
+                    return Err(bad(format!("arm shares add up to {total}, not 1")));
+                }
+                // The last bound is exactly 1 so that every point in [0, 1) finds an arm.
+                if let Some(last) = cumulative.last_mut() {
+                    *last = 1.0;
+                }
+                (arms, cumulative, Some(exp.salt.clone()))
+            }
+        };
+
+        Ok(Compiled {
+            channels,
+            quiet,
+            budgets,
+            exempt: self.exempt_priorities.clone(),
+            arms,
+            salt,
+            cumulative,
+            exploration: self.exploration,
+            multi_channel: self.multi_channel,
+            horizon: self.horizon_secs as i64,
+            window: self.send_window_secs as i64,
+            quiet_bounds,
+        })
+    }
+}
+
+fn compile_rules(rules: &[CapRule], channels: &[String]) -> Result<Vec<CompiledRule>, ConfigError> {
+    if rules.len() > 64 {
+        return Err(ConfigError::TooManyCapRules);
+    }
+    const MAX_WINDOW: u64 = 366 * 86400;
+    rules
+        .iter()
+        .enumerate()
+        .map(|(index, r)| {
+            let bad = |message: &str| ConfigError::BadCapRule {
+                index,
+                name: r.describe(),
+                message: message.into(),
+            };
+            let channel = match r.channel.as_deref() {
+                None | Some(ANY_CHANNEL) => None,
+                Some(name) => Some(
+                    channels
+                        .iter()
+                        .position(|c| c == name)
+                        .ok_or_else(|| bad("names a channel that is not declared"))?
+                        as u16,
+                ),
+            };
+            let limit =
+                match (r.max, r.window_secs, r.min_gap_secs) {
+                    (None, None, Some(g)) if g > 0 && g <= MAX_WINDOW => {
+                        Limit::MinGap { gap: g as i64 }
+                    }
+                    (Some(m), Some(w), None) if w > 0 && w <= MAX_WINDOW => Limit::Max {
+                        max: m,
+                        window: w as i64,
+                    },
+                    _ => return Err(bad(
+                        "give either max and window_secs, or min_gap_secs (windows up to 366 days)",
+                    )),
+                };
+            Ok(CompiledRule {
+                label: r.describe(),
+                channel,
+                category: r.category.clone(),
+                limit,
+            })
+        })
+        .collect()
+}

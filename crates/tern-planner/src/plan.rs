@@ -1,0 +1,886 @@
+//! The selection loop: values, caps, exploration, send times, and the budget prices around it.
+//!
+//! [`Planner::plan`] runs [`Planner::plan_user`] for every user in parallel, given one price per
+//! channel. Users are independent given the prices, so the only global step is the budget search:
+//! bisection on each binding channel's price, then an exact fit that drops the lowest-margin
+//! choices. See `docs/planner.md` for the rules in prose.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use rayon::prelude::*;
+
+use crate::config::{Compiled, CompiledArm, ConfigError, Limit, PlannerConfig};
+use crate::random::{arm_point, SplitMix};
+use crate::time::{build_pieces, Piece};
+use crate::types::*;
+
+/// How many bisection passes the budget search runs once a budget binds. Each pass plans every
+/// user, so this bounds the cost of a binding budget at `1 + BUDGET_ROUNDS + 1` passes.
+pub const BUDGET_ROUNDS: u32 = 20;
+
+/// A validated configuration, ready to plan.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    config: PlannerConfig,
+    pub(crate) c: Compiled,
+}
+
+/// Why a plan could not run at all. Everything else about bad input is reported per user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("user {0:?} appears more than once in the input")]
+    DuplicateUser(String),
+}
+
+/// One candidate inside the selection loop.
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    opp: u32,
+    ch: u16,
+    exempt: bool,
+    done: bool,
+    /// Where in the piece order placement resumes: every earlier piece was unusable or blocked,
+    /// and stays so, because choices only add sends.
+    cursor: u16,
+    /// The reason seen at the most preferred blocked piece so far.
+    blocked: Option<Reason>,
+    value: f64,
+    margin: f64,
+    mask: u64,
+    earliest: i64,
+    latest: i64,
+    expires: i64,
+    scores: Scores,
+}
+
+/// Buffers reused from user to user on one thread, so the hot path allocates only the output.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    scores: Vec<Scores>,
+    segs: Vec<(i64, i32)>,
+    pieces: Vec<Piece>,
+    order: Vec<u16>,
+    cands: Vec<Cand>,
+    points: Vec<Vec<i64>>,
+    allowed: Vec<(usize, i64, i64)>,
+    memo: Memo,
+}
+
+/// Cap-check results per (rule mask, piece start), valid until the next choice changes the
+/// counts. Candidates that share a channel and category share a mask, so a user whose caps are
+/// exhausted pays for each piece once per mask instead of once per candidate.
+#[derive(Default)]
+struct Memo {
+    masks: Vec<u64>,
+    pieces: usize,
+    cells: Vec<Cell>,
+}
+
+#[derive(Clone, Copy)]
+enum Cell {
+    Unknown,
+    Pass,
+    Block(Reason),
+}
+
+impl Memo {
+    fn reset(&mut self, pieces: usize) {
+        self.masks.clear();
+        self.cells.clear();
+        self.pieces = pieces;
+    }
+
+    fn invalidate(&mut self) {
+        self.cells.fill(Cell::Unknown);
+    }
+
+    fn base(&mut self, mask: u64) -> usize {
+        let i = match self.masks.iter().position(|&m| m == mask) {
+            Some(i) => i,
+            None => {
+                self.masks.push(mask);
+                self.cells
+                    .resize(self.masks.len() * self.pieces, Cell::Unknown);
+                self.masks.len() - 1
+            }
+        };
+        i * self.pieces
+    }
+}
+
+fn ts(t: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(t, 0).unwrap_or_default()
+}
+
+/// The value of a candidate under an objective. The reachability weight is a penalty on the
+/// probability of losing the channel, hence the minus.
+pub fn value_of(o: &crate::config::Objective, s: &Scores) -> f64 {
+    o.conversion * s.conversion + o.engagement * s.engagement + o.retention * s.retention
+        - o.reachability * s.reachability_loss
+}
+
+impl Planner {
+    pub fn new(config: PlannerConfig) -> Result<Self, ConfigError> {
+        let c = config.compile()?;
+        Ok(Planner { config, c })
+    }
+
+    pub fn config(&self) -> &PlannerConfig {
+        &self.config
+    }
+
+    /// The experiment arm of a user (index into the compiled arms).
+    pub(crate) fn arm_index(&self, user_id: &str) -> usize {
+        match &self.c.salt {
+            None => 0,
+            Some(salt) => {
+                let p = arm_point(salt, user_id);
+                self.c
+                    .cumulative
+                    .iter()
+                    .position(|&b| p < b)
+                    .unwrap_or(self.c.arms.len() - 1)
+            }
+        }
+    }
+
+    pub(crate) fn arm(&self, name: &str) -> Option<&CompiledArm> {
+        self.c.arms.iter().find(|a| a.name == name)
+    }
+
+    /// The name of the arm a user is assigned to (`default` without an experiment).
+    pub fn arm_of(&self, user_id: &str) -> &str {
+        &self.c.arms[self.arm_index(user_id)].name
+    }
+
+    /// Plans every user. The result depends only on the arguments: not on the number of threads,
+    /// nor on the order of `users` (the output is sorted by user id).
+    pub fn plan(
+        &self,
+        users: &[UserInput],
+        now: DateTime<Utc>,
+        seed: u64,
+        predictor: &dyn Predictor,
+    ) -> Result<Plan, PlanError> {
+        let now = now.timestamp();
+        let mut order: Vec<usize> = (0..users.len()).collect();
+        order.sort_by(|&a, &b| users[a].user_id.cmp(&users[b].user_id));
+        for w in order.windows(2) {
+            if users[w[0]].user_id == users[w[1]].user_id {
+                return Err(PlanError::DuplicateUser(users[w[0]].user_id.clone()));
+            }
+        }
+        let nch = self.c.channels.len();
+        let run = |prices: &[f64]| -> Vec<UserPlan> {
+            order
+                .par_iter()
+                .map_init(Scratch::default, |s, &i| {
+                    self.plan_user(&users[i], now, seed, prices, predictor, s)
+                })
+                .collect()
+        };
+        let mut prices = vec![0.0; nch];
+        let mut plans = run(&prices);
+        let mut passes = 1;
+        let budgets = &self.c.budgets;
+        let over = |plans: &[UserPlan], ch: usize| -> bool {
+            budgets[ch].is_some_and(|b| count_chosen(plans, ch as u16) > b)
+        };
+
+        if (0..nch).any(|ch| over(&plans, ch)) {
+            // Bisection per binding channel on [lo, hi]: at hi the channel's volume fitted (or
+            // nothing is chosen there at all), at lo it did not.
+            let max_min_value = self
+                .c
+                .arms
+                .iter()
+                .map(|a| a.objective.min_value.abs())
+                .fold(0.0, f64::max);
+            let mut bounds: Vec<Option<(f64, f64)>> = vec![None; nch];
+            let activate =
+                |plans: &[UserPlan], bounds: &mut Vec<Option<(f64, f64)>>, prices: &[f64]| {
+                    for ch in 0..nch {
+                        if bounds[ch].is_none() && over(plans, ch) {
+                            let top = max_chosen_value(plans, ch as u16);
+                            bounds[ch] =
+                                Some((prices[ch], top.max(prices[ch]) + 2.0 * max_min_value + 1.0));
+                        }
+                    }
+                };
+            activate(&plans, &mut bounds, &prices);
+            let mut exact = false;
+            for _ in 0..BUDGET_ROUNDS {
+                for ch in 0..nch {
+                    if let Some((lo, hi)) = bounds[ch] {
+                        prices[ch] = (lo + hi) / 2.0;
+                    }
+                }
+                plans = run(&prices);
+                passes += 1;
+                // Every bracketed channel exactly at its budget: these prices are the answer.
+                let mut all_exact = true;
+                for ch in 0..nch {
+                    if let Some((lo, hi)) = bounds[ch] {
+                        let n = count_chosen(&plans, ch as u16);
+                        let budget = budgets[ch].unwrap_or(u64::MAX);
+                        all_exact &= n == budget;
+                        bounds[ch] = Some(if n > budget {
+                            (prices[ch], hi)
+                        } else {
+                            (lo, prices[ch])
+                        });
+                    }
+                }
+                let active = bounds.iter().filter(|b| b.is_some()).count();
+                activate(&plans, &mut bounds, &prices);
+                if all_exact && active == bounds.iter().filter(|b| b.is_some()).count() {
+                    exact = true;
+                    break;
+                }
+            }
+            if !exact {
+                // The final pass runs at the low end, where the volume (just) exceeds the budget,
+                // and the exact fit below removes the lowest margins. Running at the high end
+                // instead could leave the budget underused when many candidates tie in value.
+                for ch in 0..nch {
+                    if let Some((lo, _)) = bounds[ch] {
+                        prices[ch] = lo;
+                    }
+                }
+                plans = run(&prices);
+                passes += 1;
+            }
+        }
+
+        let mut budget_dropped = vec![0u64; nch];
+        for ch in 0..nch {
+            if let Some(b) = budgets[ch] {
+                budget_dropped[ch] = exact_fit(&mut plans, ch as u16, b, prices[ch]);
+            }
+        }
+
+        let mut stats = Stats {
+            users: plans.len() as u64,
+            passes,
+            ..Stats::default()
+        };
+        for u in users {
+            stats.candidates += u
+                .opportunities
+                .iter()
+                .map(|o| o.channels.len() as u64)
+                .sum::<u64>();
+        }
+        for (ch, name) in self.c.channels.iter().enumerate() {
+            stats
+                .chosen
+                .insert(name.clone(), count_chosen(&plans, ch as u16));
+            stats.prices.insert(name.clone(), prices[ch]);
+            if budget_dropped[ch] > 0 {
+                stats
+                    .budget_dropped
+                    .insert(name.clone(), budget_dropped[ch]);
+            }
+        }
+        for p in &plans {
+            for s in &p.suppressions {
+                *stats
+                    .suppressed
+                    .entry(s.reason.as_str().to_string())
+                    .or_default() += 1;
+            }
+        }
+        Ok(Plan {
+            channels: self.c.channels.clone(),
+            users: plans,
+            stats,
+        })
+    }
+
+    /// Plans one user given the channel prices.
+    pub(crate) fn plan_user(
+        &self,
+        user: &UserInput,
+        now: i64,
+        seed: u64,
+        prices: &[f64],
+        predictor: &dyn Predictor,
+        s: &mut Scratch,
+    ) -> UserPlan {
+        let c = &self.c;
+        let arm = &c.arms[self.arm_index(&user.user_id)];
+        let mut up = UserPlan {
+            user_id: user.user_id.clone(),
+            arm: arm.name.clone(),
+            // Sized once: growing these by doubling was a fifth of the run time in malloc.
+            choices: Vec::with_capacity(4),
+            suppressions: Vec::with_capacity(
+                user.opportunities.iter().map(|o| o.channels.len()).sum(),
+            ),
+            error: None,
+        };
+        let suppress = |up: &mut UserPlan,
+                        opp: i64,
+                        channel: Option<u16>,
+                        reason: Reason,
+                        value: Option<f64>| {
+            up.suppressions.push(Suppression {
+                opportunity: opp,
+                channel,
+                reason,
+                value,
+                counterfactual: None,
+            })
+        };
+
+        let tz: Result<Tz, _> = user.timezone.parse();
+        let profile = &user.send_time_profile;
+        let profile_ok = profile.is_empty()
+            || (profile.len() == 24 && profile.iter().all(|w| w.is_finite() && *w >= 0.0));
+        let tz = match (tz, profile_ok) {
+            (Ok(tz), true) => tz,
+            (tz, _) => {
+                up.error = Some(if tz.is_err() {
+                    format!("unknown time zone {:?}", user.timezone)
+                } else {
+                    "send_time_profile must be empty or 24 finite, non-negative weights".into()
+                });
+                for o in &user.opportunities {
+                    suppress(&mut up, o.id, None, Reason::BadInput, None);
+                }
+                return up;
+            }
+        };
+
+        let horizon_end = now + c.horizon;
+        let window = c.window;
+        s.scores.clear();
+        predictor.predict(user, &mut s.scores);
+        build_pieces(tz, now, horizon_end, c, &mut s.segs, &mut s.pieces);
+        s.memo.reset(s.pieces.len());
+        s.order.clear();
+        s.order.extend(0..s.pieces.len() as u16);
+        if !profile.is_empty() {
+            let pieces = &s.pieces;
+            // Stable: equally good pieces stay in time order, so the earliest wins.
+            s.order.sort_by(|&a, &b| {
+                profile[pieces[b as usize].hour as usize]
+                    .total_cmp(&profile[pieces[a as usize].hour as usize])
+            });
+        }
+
+        // Every send the caps count: history now, this plan's choices as they are made.
+        let nrules = arm.rules.len();
+        if s.points.len() < nrules {
+            s.points.resize_with(nrules, Vec::new);
+        }
+        for p in &mut s.points[..nrules] {
+            p.clear();
+        }
+        if nrules > 0 {
+            for h in &user.history {
+                let ch = c
+                    .channels
+                    .iter()
+                    .position(|n| *n == h.channel)
+                    .map(|i| i as u16);
+                let mut m = arm.mask(ch, &h.category);
+                let t = h.sent_at.timestamp();
+                while m != 0 {
+                    let r = m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    s.points[r].push(t);
+                }
+            }
+            for p in &mut s.points[..nrules] {
+                p.sort_unstable();
+            }
+        }
+
+        // Candidates: everything that survives the checks that do not depend on other choices.
+        s.cands.clear();
+        let objective = &arm.objective;
+        let mut k = 0;
+        for (oi, o) in user.opportunities.iter().enumerate() {
+            let base = k;
+            k += o.channels.len();
+            let expires = o.expires_at.timestamp();
+            let created = o.created_at.timestamp();
+            if expires <= now || expires <= created {
+                suppress(&mut up, o.id, None, Reason::Expired, None);
+                continue;
+            }
+            if user.opted_out_categories.contains(&o.category) {
+                suppress(&mut up, o.id, None, Reason::OptedOutCategory, None);
+                continue;
+            }
+            let earliest = now.max(created);
+            let latest = expires.min(horizon_end);
+            let exempt = c.exempt.contains(&o.priority);
+            let cat_mask = self.category_mask(arm, &o.category);
+            for (j, name) in o.channels.iter().enumerate() {
+                let Some(ch) = c.channels.iter().position(|n| n == name) else {
+                    suppress(&mut up, o.id, None, Reason::UnknownChannel, None);
+                    continue;
+                };
+                let ch = ch as u16;
+                if o.channels[..j].contains(name) {
+                    suppress(
+                        &mut up,
+                        o.id,
+                        Some(ch),
+                        Reason::Duplicate { chosen_channel: ch },
+                        None,
+                    );
+                    continue;
+                }
+                if user.opted_out_channels.contains(name) {
+                    suppress(&mut up, o.id, Some(ch), Reason::OptedOut, None);
+                    continue;
+                }
+                if user.unreachable_channels.contains(name) {
+                    suppress(&mut up, o.id, Some(ch), Reason::Unreachable, None);
+                    continue;
+                }
+                let scores = s.scores.get(base + j).copied().unwrap_or_default();
+                let value = value_of(objective, &scores);
+                // NaN from a broken model is refused too.
+                if value.is_nan() || value < objective.min_value {
+                    let v = value.is_finite().then_some(value);
+                    suppress(&mut up, o.id, Some(ch), Reason::BelowMinValue, v);
+                    continue;
+                }
+                if earliest >= latest {
+                    suppress(&mut up, o.id, Some(ch), Reason::Horizon, Some(value));
+                    continue;
+                }
+                // Exempt sends are not priced: a password reset must not lose to a price. They
+                // still count toward the budget, and the exact fit drops them last.
+                let price = if exempt { 0.0 } else { prices[ch as usize] };
+                let margin = value - price;
+                if margin.is_nan() || margin < objective.min_value {
+                    suppress(
+                        &mut up,
+                        o.id,
+                        Some(ch),
+                        Reason::Budget { price },
+                        Some(value),
+                    );
+                    continue;
+                }
+                let chan_mask = arm.channel_masks.get(ch as usize).copied().unwrap_or(0);
+                s.cands.push(Cand {
+                    opp: oi as u32,
+                    ch,
+                    exempt,
+                    done: false,
+                    cursor: 0,
+                    blocked: None,
+                    value,
+                    margin,
+                    mask: chan_mask & cat_mask,
+                    earliest,
+                    latest,
+                    expires,
+                    scores,
+                });
+            }
+        }
+        let opps = &user.opportunities;
+        s.cands.sort_by(|a, b| {
+            b.exempt
+                .cmp(&a.exempt)
+                .then(b.margin.total_cmp(&a.margin))
+                .then(opps[a.opp as usize].id.cmp(&opps[b.opp as usize].id))
+                .then(a.ch.cmp(&b.ch))
+        });
+
+        // Decisions. Exempt candidates first and deterministically: nothing blocks them, and
+        // placing them first means every later check already counts them.
+        let eps = c.exploration;
+        let mut rng = SplitMix::for_user(seed, &user.user_id);
+        let n = s.cands.len();
+        let mut i = 0;
+        while i < n && s.cands[i].exempt {
+            let cand = s.cands[i];
+            self.decide_fixed(user, arm, cand, window, horizon_end, s, &mut up);
+            i += 1;
+        }
+        if eps == 0.0 {
+            // Without exploration the greedy decision at each step is the first remaining
+            // candidate that can still be placed; one that cannot be placed now never can later,
+            // because choices only add sends. So one pass in margin order is the greedy loop.
+            while i < n {
+                let cand = s.cands[i];
+                self.decide_fixed(user, arm, cand, window, horizon_end, s, &mut up);
+                i += 1;
+            }
+        } else {
+            let start = i;
+            loop {
+                s.allowed.clear();
+                for j in start..n {
+                    let cand = s.cands[j];
+                    if cand.done {
+                        continue;
+                    }
+                    let id = opps[cand.opp as usize].id;
+                    if let Some(dup) = self.duplicate_of(&up, id) {
+                        suppress(
+                            &mut up,
+                            id,
+                            Some(cand.ch),
+                            Reason::Duplicate {
+                                chosen_channel: dup,
+                            },
+                            Some(cand.value),
+                        );
+                        s.cands[j].done = true;
+                        continue;
+                    }
+                    match place(
+                        arm,
+                        &mut s.cands[j],
+                        window,
+                        horizon_end,
+                        &s.pieces,
+                        &s.order,
+                        &s.points,
+                        &mut s.memo,
+                    ) {
+                        Ok((a, b)) => s.allowed.push((j, a, b)),
+                        Err(reason) => {
+                            suppress(&mut up, id, Some(cand.ch), reason, Some(cand.value));
+                            s.cands[j].done = true;
+                        }
+                    }
+                }
+                if s.allowed.is_empty() {
+                    break;
+                }
+                let len = s.allowed.len();
+                let explore = rng.next_f64() < eps;
+                let pick = if explore { rng.below(len) } else { 0 };
+                let propensity = if pick == 0 { 1.0 - eps } else { 0.0 } + eps / len as f64;
+                let (j, a, b) = s.allowed[pick];
+                s.cands[j].done = true;
+                let cand = s.cands[j];
+                self.choose(
+                    user,
+                    arm,
+                    &cand,
+                    a,
+                    b,
+                    propensity,
+                    explore,
+                    &mut s.points,
+                    &mut up,
+                );
+                s.memo.invalidate();
+            }
+        }
+
+        up.choices.sort_by(|a, b| {
+            (a.send_after, a.opportunity, a.channel).cmp(&(b.send_after, b.opportunity, b.channel))
+        });
+        if arm.holdout {
+            // A holdout measures what the policy's choices do; exempt (transactional) messages
+            // are not the policy's choice, so they still go out.
+            let (exempt, held): (Vec<Choice>, Vec<Choice>) = std::mem::take(&mut up.choices)
+                .into_iter()
+                .partition(|c| c.exempt);
+            up.choices = exempt;
+            for ch in held {
+                up.suppressions.push(Suppression {
+                    opportunity: ch.opportunity,
+                    channel: Some(ch.channel),
+                    reason: Reason::Holdout,
+                    value: Some(ch.value),
+                    counterfactual: Some(Box::new(ch)),
+                });
+            }
+        }
+        up.suppressions.sort_by_key(|a| (a.opportunity, a.channel));
+        up
+    }
+
+    fn category_mask(&self, arm: &CompiledArm, category: &str) -> u64 {
+        let mut m = arm.any_category;
+        for (i, r) in arm.rules.iter().enumerate() {
+            if r.category.as_deref() == Some(category) {
+                m |= 1 << i;
+            }
+        }
+        m
+    }
+
+    fn duplicate_of(&self, up: &UserPlan, opp: i64) -> Option<u16> {
+        if self.c.multi_channel {
+            return None;
+        }
+        up.choices
+            .iter()
+            .find(|c| c.opportunity == opp)
+            .map(|c| c.channel)
+    }
+
+    /// One deterministic decision: choose `cand` if it can be placed (propensity 1), or record why
+    /// not.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_fixed(
+        &self,
+        user: &UserInput,
+        arm: &CompiledArm,
+        mut cand: Cand,
+        window: i64,
+        horizon_end: i64,
+        s: &mut Scratch,
+        up: &mut UserPlan,
+    ) {
+        let id = user.opportunities[cand.opp as usize].id;
+        let reason = if let Some(dup) = self.duplicate_of(up, id) {
+            Reason::Duplicate {
+                chosen_channel: dup,
+            }
+        } else {
+            match place(
+                arm,
+                &mut cand,
+                window,
+                horizon_end,
+                &s.pieces,
+                &s.order,
+                &s.points,
+                &mut s.memo,
+            ) {
+                Ok((a, b)) => {
+                    self.choose(user, arm, &cand, a, b, 1.0, false, &mut s.points, up);
+                    s.memo.invalidate();
+                    return;
+                }
+                Err(r) => r,
+            }
+        };
+        up.suppressions.push(Suppression {
+            opportunity: id,
+            channel: Some(cand.ch),
+            reason,
+            value: Some(cand.value),
+            counterfactual: None,
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn choose(
+        &self,
+        user: &UserInput,
+        arm: &CompiledArm,
+        cand: &Cand,
+        a: i64,
+        b: i64,
+        propensity: f64,
+        explored: bool,
+        points: &mut [Vec<i64>],
+        up: &mut UserPlan,
+    ) {
+        let _ = arm;
+        let mut m = cand.mask;
+        while m != 0 {
+            let r = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let p = &mut points[r];
+            let at = p.partition_point(|&x| x <= a);
+            p.insert(at, a);
+        }
+        up.choices.push(Choice {
+            opportunity: user.opportunities[cand.opp as usize].id,
+            channel: cand.ch,
+            send_after: ts(a),
+            send_before: ts(b),
+            value: cand.value,
+            margin: cand.margin,
+            propensity,
+            explored,
+            exempt: cand.exempt,
+            scores: cand.scores,
+        });
+    }
+}
+
+/// The best allowed send window for a candidate: the first piece in preference order that is
+/// outside the channel's quiet hours, overlaps `[earliest, latest)`, and passes every cap and gap
+/// at its start. On failure, the reason seen at the most preferred piece that was otherwise open.
+#[allow(clippy::too_many_arguments)]
+fn place(
+    arm: &CompiledArm,
+    cand: &mut Cand,
+    window: i64,
+    horizon_end: i64,
+    pieces: &[Piece],
+    order: &[u16],
+    points: &[Vec<i64>],
+    memo: &mut Memo,
+) -> Result<(i64, i64), Reason> {
+    let base = if cand.exempt { 0 } else { memo.base(cand.mask) };
+    let from = cand.cursor as usize;
+    for (k, &pi) in order.iter().enumerate().skip(from) {
+        let p = pieces[pi as usize];
+        if p.quiet >> cand.ch & 1 == 1 {
+            continue;
+        }
+        let a = p.start.max(cand.earliest);
+        let b = p.end.min(cand.latest).min(a + window);
+        if a >= b {
+            continue;
+        }
+        if cand.exempt {
+            cand.cursor = k as u16;
+            return Ok((a, b));
+        }
+        let verdict = if a == p.start {
+            match memo.cells[base + pi as usize] {
+                Cell::Pass => None,
+                Cell::Block(r) => Some(r),
+                Cell::Unknown => {
+                    let v = check_caps(arm, cand.mask, a, window, points);
+                    memo.cells[base + pi as usize] = v.map_or(Cell::Pass, Cell::Block);
+                    v
+                }
+            }
+        } else {
+            check_caps(arm, cand.mask, a, window, points)
+        };
+        match verdict {
+            None => {
+                cand.cursor = k as u16;
+                return Ok((a, b));
+            }
+            Some(r) => {
+                if cand.blocked.is_none() {
+                    cand.blocked = Some(r);
+                }
+            }
+        }
+    }
+    cand.cursor = order.len() as u16;
+    Err(cand.blocked.unwrap_or(if cand.expires <= horizon_end {
+        Reason::QuietHours
+    } else {
+        Reason::Horizon
+    }))
+}
+
+/// Whether a send at `t` keeps every rule in `mask`. Each send is treated as a point at its window
+/// start, and every window is widened by the send window, so that however late in its window
+/// delivery actually sends, no window of the rule's true length holds more than `max`.
+#[inline]
+fn check_caps(
+    arm: &CompiledArm,
+    mask: u64,
+    t: i64,
+    window: i64,
+    points: &[Vec<i64>],
+) -> Option<Reason> {
+    let mut m = mask;
+    while m != 0 {
+        let r = m.trailing_zeros() as usize;
+        m &= m - 1;
+        let pts = &points[r];
+        match arm.rules[r].limit {
+            Limit::Max { max, window: w } => {
+                let w = w + window;
+                let lo = pts.partition_point(|&p| p <= t - w);
+                let mid = lo + pts[lo..].partition_point(|&p| p <= t);
+                let hi = mid + pts[mid..].partition_point(|&p| p < t + w);
+                // Windows (e - w, e] that contain t end at t or at a later point before t + w.
+                let mut fullest = mid - lo;
+                let mut start = lo;
+                for j in mid..hi {
+                    let e = pts[j];
+                    while pts[start] <= e - w {
+                        start += 1;
+                    }
+                    fullest = fullest.max(j + 1 - start);
+                }
+                if fullest as u64 + 1 > max as u64 {
+                    return Some(Reason::Cap {
+                        rule: r as u16,
+                        count: (fullest + 1) as u32,
+                        max,
+                    });
+                }
+            }
+            Limit::MinGap { gap } => {
+                let g = gap + window;
+                let i = pts.partition_point(|&p| p <= t - g);
+                if i < pts.len() && pts[i] < t + g {
+                    return Some(Reason::MinGap { rule: r as u16 });
+                }
+            }
+        }
+    }
+    None
+}
+
+fn count_chosen(plans: &[UserPlan], ch: u16) -> u64 {
+    plans
+        .iter()
+        .map(|p| p.choices.iter().filter(|c| c.channel == ch).count() as u64)
+        .sum()
+}
+
+fn max_chosen_value(plans: &[UserPlan], ch: u16) -> f64 {
+    plans
+        .iter()
+        .flat_map(|p| p.choices.iter())
+        .filter(|c| c.channel == ch)
+        .map(|c| c.value)
+        .fold(0.0, f64::max)
+}
+
+/// Drops the lowest-margin choices on `ch` until at most `budget` remain: non-exempt ones first,
+/// exempt ones only if they alone exceed the budget. Ties: the later user id (byte order), then
+/// the larger opportunity id, is dropped first. Returns how many were dropped.
+fn exact_fit(plans: &mut [UserPlan], ch: u16, budget: u64, price: f64) -> u64 {
+    let count = count_chosen(plans, ch);
+    if count <= budget {
+        return 0;
+    }
+    let excess = (count - budget) as usize;
+    let mut all: Vec<(bool, f64, usize, i64)> = Vec::with_capacity(count as usize);
+    for (u, p) in plans.iter().enumerate() {
+        for c in p.choices.iter().filter(|c| c.channel == ch) {
+            all.push((c.exempt, c.margin, u, c.opportunity));
+        }
+    }
+    // Users are sorted by id, so a larger index is a later id.
+    all.sort_by(|a, b| {
+        (a.0.cmp(&b.0))
+            .then(a.1.total_cmp(&b.1))
+            .then(b.2.cmp(&a.2))
+            .then(b.3.cmp(&a.3))
+    });
+    let mut drop: Vec<(usize, i64)> = all[..excess].iter().map(|x| (x.2, x.3)).collect();
+    drop.sort_unstable();
+    for (u, opp) in drop {
+        let p = &mut plans[u];
+        if let Some(i) = p
+            .choices
+            .iter()
+            .position(|c| c.channel == ch && c.opportunity == opp)
+        {
+            let c = p.choices.remove(i);
+            p.suppressions.push(Suppression {
+                opportunity: c.opportunity,
+                channel: Some(ch),
+                reason: Reason::Budget { price },
+                value: Some(c.value),
+                counterfactual: None,
+            });
+        }
+    }
+    for p in plans.iter_mut() {
+        p.suppressions.sort_by_key(|a| (a.opportunity, a.channel));
+    }
+    excess as u64
+}

@@ -1,0 +1,246 @@
+//! The planner's input and output: plain data, serde-(de)serializable.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One user as the planner sees it: where they are, when they respond, what they allow, what they
+/// were sent, and what could be sent to them now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserInput {
+    pub user_id: String,
+    /// An IANA zone name such as `Europe/Stockholm`.
+    pub timezone: String,
+    /// 24 non-negative weights, one per local hour (0 = midnight to 1 am): how likely this user is
+    /// to respond at that hour. Empty means every hour is as good as any other.
+    #[serde(default)]
+    pub send_time_profile: Vec<f64>,
+    #[serde(default)]
+    pub opted_out_channels: Vec<String>,
+    /// Channels with no working address (no push token, bounced email).
+    #[serde(default)]
+    pub unreachable_channels: Vec<String>,
+    #[serde(default)]
+    pub opted_out_categories: Vec<String>,
+    /// Past sends, plus items currently leased (counted as sent at their send time), in any order.
+    #[serde(default)]
+    pub history: Vec<PastSend>,
+    #[serde(default)]
+    pub opportunities: Vec<OpportunityInput>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PastSend {
+    pub channel: String,
+    pub category: String,
+    #[serde(default)]
+    pub priority: String,
+    pub sent_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpportunityInput {
+    pub id: i64,
+    pub category: String,
+    pub priority: String,
+    pub channels: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default)]
+    pub template: String,
+    /// Predictions per channel, parallel to `channels`, read by [`InlineScores`]. A missing entry
+    /// counts as all zeros.
+    #[serde(default)]
+    pub scores: Vec<Scores>,
+}
+
+/// The model's predictions for one candidate (opportunity × channel).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scores {
+    /// Probability that the message leads to a conversion.
+    #[serde(default)]
+    pub conversion: f64,
+    /// Probability of an open or click.
+    #[serde(default)]
+    pub engagement: f64,
+    /// Predicted effect on long-term retention (may be negative).
+    #[serde(default)]
+    pub retention: f64,
+    /// Probability that the user is lost on this channel (unsubscribes, disables push, complains).
+    #[serde(default)]
+    pub reachability_loss: f64,
+}
+
+/// Where predictions come from. Tests and benchmarks feed fixed ones; the model implements this.
+pub trait Predictor: Sync {
+    /// Pushes one [`Scores`] per candidate of `user` onto `out` (which arrives empty): opportunity
+    /// by opportunity in input order, and within one, channel by channel as listed in its
+    /// `channels`. Missing trailing entries count as all zeros.
+    fn predict(&self, user: &UserInput, out: &mut Vec<Scores>);
+}
+
+/// Reads the predictions carried in [`OpportunityInput::scores`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InlineScores;
+
+impl Predictor for InlineScores {
+    fn predict(&self, user: &UserInput, out: &mut Vec<Scores>) {
+        for opp in &user.opportunities {
+            for i in 0..opp.channels.len() {
+                out.push(opp.scores.get(i).copied().unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// A chosen candidate: send `opportunity` on `channel` within `[send_after, send_before)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub opportunity: i64,
+    /// Index into [`Plan::channels`].
+    pub channel: u16,
+    pub send_after: DateTime<Utc>,
+    pub send_before: DateTime<Utc>,
+    /// The weighted sum of predicted outcomes under the user's objective.
+    pub value: f64,
+    /// `value` minus the channel's budget price.
+    pub margin: f64,
+    /// The exact probability with which this candidate was chosen at its decision, in (0, 1].
+    pub propensity: f64,
+    /// Whether the exploration draw (rather than the greedy rule) picked it.
+    pub explored: bool,
+    /// Whether its priority class is exempt from caps and minimum gaps.
+    pub exempt: bool,
+    pub scores: Scores,
+}
+
+/// A candidate (or a whole opportunity, when `channel` is `None`) that was not chosen, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suppression {
+    pub opportunity: i64,
+    pub channel: Option<u16>,
+    pub reason: Reason,
+    /// The candidate's value, where it was computed.
+    pub value: Option<f64>,
+    /// For holdout users: what the policy would have sent.
+    pub counterfactual: Option<Box<Choice>>,
+}
+
+/// Why a candidate was not chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Reason {
+    /// The opportunity expired before the plan's `now`.
+    Expired,
+    /// It could only be placed after the plan's horizon; a later plan will consider it.
+    Horizon,
+    /// Every remaining moment before it expires is inside the channel's quiet hours.
+    QuietHours,
+    /// The user opted out of the channel.
+    OptedOut,
+    /// The user opted out of the opportunity's category (applies to every channel).
+    OptedOutCategory,
+    /// The user has no working address on the channel.
+    Unreachable,
+    /// The channel is not in the configuration.
+    UnknownChannel,
+    /// The user's time zone or send-time profile is malformed (see [`UserPlan::error`]).
+    BadInput,
+    /// Its value is below the objective's `min_value`.
+    BelowMinValue,
+    /// A count cap (rule index into the arm's rules) would be exceeded: `count` sends (this one
+    /// included) in the fullest window, over `max`.
+    Cap { rule: u16, count: u32, max: u32 },
+    /// A minimum gap (rule index) to another send would be violated.
+    MinGap { rule: u16 },
+    /// Its value minus the channel's budget price is below `min_value`, or the budget's final
+    /// exact fit dropped it.
+    Budget { price: f64 },
+    /// The same opportunity is already chosen on another channel.
+    Duplicate { chosen_channel: u16 },
+    /// The user is in a holdout arm; `counterfactual` says what would have been sent.
+    Holdout,
+}
+
+impl Reason {
+    /// A stable lowercase name, used in stats and in the JSON Lines output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::Expired => "expired",
+            Reason::Horizon => "horizon",
+            Reason::QuietHours => "quiet_hours",
+            Reason::OptedOut => "opted_out",
+            Reason::OptedOutCategory => "opted_out_category",
+            Reason::Unreachable => "unreachable",
+            Reason::UnknownChannel => "unknown_channel",
+            Reason::BadInput => "bad_input",
+            Reason::BelowMinValue => "below_min_value",
+            Reason::Cap { .. } => "cap",
+            Reason::MinGap { .. } => "min_gap",
+            Reason::Budget { .. } => "budget",
+            Reason::Duplicate { .. } => "duplicate",
+            Reason::Holdout => "holdout",
+        }
+    }
+}
+
+/// What the plan decided for one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserPlan {
+    pub user_id: String,
+    /// The experiment arm (`default` without an experiment).
+    pub arm: String,
+    /// Sorted by send time, then opportunity, then channel.
+    pub choices: Vec<Choice>,
+    /// Sorted by opportunity, then channel (opportunity-wide entries first).
+    pub suppressions: Vec<Suppression>,
+    /// Why the user's input could not be used, when every candidate is suppressed as `bad_input`.
+    pub error: Option<String>,
+}
+
+/// The result of one planning run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Channel names; [`Choice::channel`] and friends index into this.
+    pub channels: Vec<String>,
+    /// One entry per input user, sorted by user id (byte order).
+    pub users: Vec<UserPlan>,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Stats {
+    pub users: u64,
+    /// Opportunity × listed channel pairs.
+    pub candidates: u64,
+    /// Chosen sends per channel name (holdout counterfactuals excluded).
+    pub chosen: BTreeMap<String, u64>,
+    /// Suppressions per reason name.
+    pub suppressed: BTreeMap<String, u64>,
+    /// The final budget price per channel name (0 where the budget does not bind).
+    pub prices: BTreeMap<String, f64>,
+    /// How many full selection passes the budget search ran (1 when no budget binds).
+    pub passes: u32,
+    /// Choices dropped by the final exact fit, per channel name.
+    pub budget_dropped: BTreeMap<String, u64>,
+}
+
+impl Plan {
+    /// The name of channel index `i`.
+    pub fn channel_name(&self, i: u16) -> &str {
+        self.channels.get(i as usize).map_or("?", String::as_str)
+    }
+
+    /// The plan of one user, if the input had it.
+    pub fn user(&self, user_id: &str) -> Option<&UserPlan> {
+        self.users
+            .binary_search_by(|u| u.user_id.as_str().cmp(user_id))
+            .ok()
+            .map(|i| &self.users[i])
+    }
+}

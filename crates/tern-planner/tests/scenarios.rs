@@ -1,0 +1,537 @@
+//! Hand-built scenarios, one promise each: caps with history, exemptions, quiet hours across
+//! daylight-saving changes, budgets, holdouts, duplicates, exploration statistics, bad input.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use tern_planner::*;
+
+fn ts(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn base_config() -> PlannerConfig {
+    PlannerConfig {
+        channels: vec![
+            ChannelConfig {
+                name: "push".into(),
+                quiet_hours: Some(QuietHours {
+                    from: "22:00".into(),
+                    to: "08:00".into(),
+                }),
+                budget: None,
+            },
+            ChannelConfig {
+                name: "email".into(),
+                quiet_hours: None,
+                budget: None,
+            },
+        ],
+        caps: vec![],
+        exempt_priorities: vec!["transactional".into()],
+        objectives: BTreeMap::from([(
+            "default".into(),
+            Objective {
+                conversion: 1.0,
+                engagement: 0.0,
+                retention: 0.0,
+                reachability: 1.0,
+                min_value: 0.01,
+            },
+        )]),
+        experiment: None,
+        exploration: 0.0,
+        multi_channel: false,
+        horizon_secs: 2 * 86400,
+        send_window_secs: 3600,
+    }
+}
+
+fn opp(
+    id: i64,
+    channels: &[&str],
+    conversion: f64,
+    created: &str,
+    expires: &str,
+) -> OpportunityInput {
+    OpportunityInput {
+        id,
+        category: "marketing".into(),
+        priority: "marketing".into(),
+        channels: channels.iter().map(|c| c.to_string()).collect(),
+        created_at: ts(created),
+        expires_at: ts(expires),
+        template: format!("t{id}"),
+        scores: channels
+            .iter()
+            .map(|_| Scores {
+                conversion,
+                ..Scores::default()
+            })
+            .collect(),
+    }
+}
+
+fn user(id: &str, tz: &str, opportunities: Vec<OpportunityInput>) -> UserInput {
+    UserInput {
+        user_id: id.into(),
+        timezone: tz.into(),
+        send_time_profile: vec![],
+        opted_out_channels: vec![],
+        unreachable_channels: vec![],
+        opted_out_categories: vec![],
+        history: vec![],
+        opportunities,
+    }
+}
+
+fn run(config: &PlannerConfig, users: &[UserInput], now: &str) -> Plan {
+    let planner = Planner::new(config.clone()).unwrap();
+    let plan = planner.plan(users, ts(now), 1, &InlineScores).unwrap();
+    common::check(config, users, &plan, ts(now)).unwrap();
+    plan
+}
+
+#[test]
+fn caps_count_history_and_this_plan_and_the_checker_catches_a_breach() {
+    let mut config = base_config();
+    config.caps = vec![CapRule {
+        channel: Some("push".into()),
+        max: Some(2),
+        window_secs: Some(86400),
+        ..CapRule::default()
+    }];
+    let now = "2026-06-01T10:00:00Z";
+    let mut u = user(
+        "u1",
+        "UTC",
+        (1..=3)
+            .map(|i| opp(i, &["push"], 0.1 * i as f64, now, "2026-06-01T20:00:00Z"))
+            .collect(),
+    );
+    u.history.push(PastSend {
+        channel: "push".into(),
+        category: "content".into(),
+        priority: "marketing".into(),
+        sent_at: ts("2026-06-01T07:00:00Z"),
+    });
+    let plan = run(&config, std::slice::from_ref(&u), now);
+    let up = &plan.users[0];
+    assert_eq!(up.choices.len(), 1, "{up:#?}");
+    assert_eq!(up.choices[0].opportunity, 3, "the most valuable wins");
+    assert_eq!(up.choices[0].send_after, ts(now));
+    for s in &up.suppressions {
+        assert_eq!(
+            s.reason,
+            Reason::Cap {
+                rule: 0,
+                count: 3,
+                max: 2
+            }
+        );
+    }
+    // A plan that breaks the cap is caught by the independent checker.
+    let mut broken = plan.clone();
+    let mut extra = broken.users[0].choices[0].clone();
+    extra.opportunity = 2;
+    broken.users[0].choices.push(extra);
+    broken.users[0].suppressions.retain(|s| s.opportunity != 2);
+    assert!(common::check(&config, &[u], &broken, ts(now)).is_err());
+}
+
+#[test]
+fn exempt_sends_are_not_blocked_but_count() {
+    let mut config = base_config();
+    config.caps = vec![CapRule {
+        channel: Some("any".into()),
+        max: Some(1),
+        window_secs: Some(86400),
+        ..CapRule::default()
+    }];
+    let now = "2026-06-01T10:00:00Z";
+    let mut tx = opp(1, &["email"], 0.05, now, "2026-06-02T10:00:00Z");
+    tx.priority = "transactional".into();
+    let mut u = user(
+        "u1",
+        "UTC",
+        vec![tx, opp(2, &["email"], 0.9, now, "2026-06-02T10:00:00Z")],
+    );
+    u.history.push(PastSend {
+        channel: "email".into(),
+        category: "marketing".into(),
+        priority: "marketing".into(),
+        sent_at: ts("2026-06-01T09:00:00Z"),
+    });
+    let plan = run(&config, &[u], now);
+    let up = &plan.users[0];
+    assert_eq!(up.choices.len(), 1);
+    assert_eq!(up.choices[0].opportunity, 1);
+    assert!(up.choices[0].exempt);
+    assert!(matches!(up.suppressions[0].reason, Reason::Cap { .. }));
+}
+
+/// An item created during quiet hours waits for the first allowed local time, and that time is
+/// right across daylight-saving changes.
+#[test]
+fn quiet_hours_wait_and_follow_daylight_saving() {
+    let config = base_config();
+    let cases = [
+        // Stockholm springs forward on 2026-03-29 (02:00 CET → 03:00 CEST): 08:00 CEST is 06:00 UTC.
+        (
+            "Europe/Stockholm",
+            "2026-03-28T22:00:00Z",
+            "2026-03-29T06:00:00Z",
+        ),
+        // Stockholm falls back on 2026-10-25 (03:00 CEST → 02:00 CET): 08:00 CET is 07:00 UTC.
+        (
+            "Europe/Stockholm",
+            "2026-10-24T21:00:00Z",
+            "2026-10-25T07:00:00Z",
+        ),
+        // New York springs forward on 2026-03-08: 08:00 EDT is 12:00 UTC.
+        (
+            "America/New_York",
+            "2026-03-08T03:00:00Z",
+            "2026-03-08T12:00:00Z",
+        ),
+        // New York falls back on 2026-11-01: 08:00 EST is 13:00 UTC.
+        (
+            "America/New_York",
+            "2026-11-01T03:00:00Z",
+            "2026-11-01T13:00:00Z",
+        ),
+    ];
+    for (tz, now, expected) in cases {
+        let u = user(
+            "u",
+            tz,
+            vec![opp(1, &["push"], 0.5, now, "2026-12-31T00:00:00Z")],
+        );
+        let plan = run(&config, &[u], now);
+        let c = &plan.users[0].choices[0];
+        assert_eq!(c.send_after, ts(expected), "{tz} at {now}");
+        assert_eq!(
+            c.send_before,
+            ts(expected) + chrono::Duration::hours(1),
+            "{tz}"
+        );
+    }
+}
+
+#[test]
+fn an_item_that_expires_inside_quiet_hours_is_suppressed_for_quiet_hours() {
+    let config = base_config();
+    let now = "2026-06-01T21:00:00Z"; // 23:00 in Stockholm
+    let u = user(
+        "u",
+        "Europe/Stockholm",
+        vec![opp(1, &["push"], 0.5, now, "2026-06-02T04:00:00Z")],
+    );
+    let plan = run(&config, &[u], now);
+    assert_eq!(plan.users[0].suppressions[0].reason, Reason::QuietHours);
+}
+
+/// The send-time profile picks the best local hour; on the fall-back day the repeated hour
+/// 02:00 exists twice and the earlier one wins; on the spring-forward day it does not exist.
+#[test]
+fn the_profile_picks_the_best_local_hour_across_daylight_saving() {
+    let mut config = base_config();
+    config.channels[0].quiet_hours = None;
+    let mut profile = vec![0.1; 24];
+    profile[2] = 1.0;
+    profile[5] = 0.5;
+    for (now, expected) in [
+        ("2026-10-24T20:00:00Z", "2026-10-25T00:00:00Z"), // 02:00 CEST, the first of the two
+        ("2026-03-28T20:00:00Z", "2026-03-29T03:00:00Z"), // no 02:00: 05:00 CEST is the next best
+    ] {
+        let mut u = user(
+            "u",
+            "Europe/Stockholm",
+            vec![opp(1, &["push"], 0.5, now, "2026-12-31T00:00:00Z")],
+        );
+        u.send_time_profile = profile.clone();
+        config.horizon_secs = 12 * 3600;
+        let plan = run(&config, &[u], now);
+        assert_eq!(plan.users[0].choices[0].send_after, ts(expected), "{now}");
+    }
+}
+
+#[test]
+fn the_same_opportunity_goes_out_once_unless_the_policy_allows_more() {
+    let mut config = base_config();
+    let now = "2026-06-01T10:00:00Z";
+    let u = user(
+        "u",
+        "UTC",
+        vec![opp(1, &["push", "email"], 0.5, now, "2026-06-02T00:00:00Z")],
+    );
+    let plan = run(&config, std::slice::from_ref(&u), now);
+    assert_eq!(plan.users[0].choices.len(), 1);
+    assert!(matches!(
+        plan.users[0].suppressions[0].reason,
+        Reason::Duplicate { .. }
+    ));
+    config.multi_channel = true;
+    let plan = run(&config, &[u], now);
+    assert_eq!(plan.users[0].choices.len(), 2);
+}
+
+#[test]
+fn budgets_hold_exactly_and_the_most_valuable_sends_win() {
+    let mut config = base_config();
+    config.channels[1].budget = Some(Budget {
+        max: 10,
+        per_secs: 86400,
+    });
+    let now = "2026-06-01T10:00:00Z";
+    // Many ties: values repeat every 7 users, so the exact fit decides among equals.
+    let users: Vec<UserInput> = (0..60)
+        .map(|i| {
+            user(
+                &format!("u{i:02}"),
+                "UTC",
+                vec![opp(
+                    i,
+                    &["email"],
+                    0.05 + (i % 7) as f64 * 0.1,
+                    now,
+                    "2026-06-02T00:00:00Z",
+                )],
+            )
+        })
+        .collect();
+    let plan = run(&config, &users, now);
+    assert_eq!(plan.stats.chosen["email"], 10);
+    let chosen_min = plan
+        .users
+        .iter()
+        .flat_map(|u| &u.choices)
+        .map(|c| c.value)
+        .fold(f64::MAX, f64::min);
+    let dropped_max = plan
+        .users
+        .iter()
+        .flat_map(|u| &u.suppressions)
+        .filter(|s| matches!(s.reason, Reason::Budget { .. }))
+        .filter_map(|s| s.value)
+        .fold(f64::MIN, f64::max);
+    assert!(chosen_min >= dropped_max, "{chosen_min} < {dropped_max}");
+    assert!(plan.stats.prices["email"] > 0.0);
+    assert!(plan.stats.passes > 1);
+}
+
+#[test]
+fn holdout_users_get_nothing_but_the_counterfactual_is_recorded() {
+    let mut config = base_config();
+    config.experiment = Some(Experiment {
+        name: "e".into(),
+        salt: "x".into(),
+        arms: vec![
+            Arm {
+                name: "control".into(),
+                share: 0.5,
+                objective: None,
+                caps: None,
+                holdout: false,
+            },
+            Arm {
+                name: "holdout".into(),
+                share: 0.5,
+                objective: None,
+                caps: None,
+                holdout: true,
+            },
+        ],
+    });
+    let now = "2026-06-01T10:00:00Z";
+    let users: Vec<UserInput> = (0..40)
+        .map(|i| {
+            user(
+                &format!("u{i}"),
+                "UTC",
+                vec![opp(i, &["email"], 0.5, now, "2026-06-02T00:00:00Z")],
+            )
+        })
+        .collect();
+    let plan = run(&config, &users, now);
+    let holdouts: Vec<&UserPlan> = plan.users.iter().filter(|u| u.arm == "holdout").collect();
+    assert!(
+        holdouts.len() > 5 && holdouts.len() < 35,
+        "{}",
+        holdouts.len()
+    );
+    for u in holdouts {
+        assert!(u.choices.is_empty());
+        let s = &u.suppressions[0];
+        assert_eq!(s.reason, Reason::Holdout);
+        let would = s.counterfactual.as_ref().unwrap();
+        assert_eq!(would.send_after, ts(now));
+    }
+    assert_eq!(
+        plan.stats.chosen["email"],
+        plan.users.iter().filter(|u| u.arm == "control").count() as u64
+    );
+}
+
+/// With exploration ε among `n` allowed candidates, the greedy one is chosen with probability
+/// 1 − ε + ε/n and each other with ε/n; the recorded propensities say exactly that, and the
+/// empirical frequencies match them.
+#[test]
+fn exploration_frequencies_match_the_recorded_propensities() {
+    let mut config = base_config();
+    config.exploration = 0.3;
+    config.caps = vec![CapRule {
+        channel: Some("any".into()),
+        max: Some(1),
+        window_secs: Some(86400),
+        ..CapRule::default()
+    }];
+    let now = "2026-06-01T10:00:00Z";
+    let n_users = 20_000;
+    let users: Vec<UserInput> = (0..n_users)
+        .map(|i| {
+            user(
+                &format!("u{i:05}"),
+                "UTC",
+                (1..=4)
+                    .map(|k| opp(k, &["email"], 0.1 * k as f64, now, "2026-06-02T00:00:00Z"))
+                    .collect(),
+            )
+        })
+        .collect();
+    let plan = run(&config, &users, now);
+    let mut counts = [0usize; 5];
+    let mut explored = 0;
+    for u in &plan.users {
+        assert_eq!(u.choices.len(), 1);
+        let c = &u.choices[0];
+        let expected = if c.opportunity == 4 {
+            0.7 + 0.3 / 4.0
+        } else {
+            0.3 / 4.0
+        };
+        assert!((c.propensity - expected).abs() < 1e-12, "{}", c.propensity);
+        counts[c.opportunity as usize] += 1;
+        explored += c.explored as usize;
+    }
+    let n = n_users as f64;
+    // Five standard deviations: a false alarm is far rarer than one in a million runs.
+    let within = |observed: usize, p: f64| {
+        (observed as f64 - n * p).abs() < 5.0 * (n * p * (1.0 - p)).sqrt()
+    };
+    assert!(within(explored, 0.3), "explored {explored}");
+    assert!(within(counts[4], 0.775), "greedy {}", counts[4]);
+    for (k, &count) in counts.iter().enumerate().take(4).skip(1) {
+        assert!(within(count, 0.075), "opportunity {k}: {count}");
+    }
+}
+
+#[test]
+fn bad_user_input_is_reported_not_panicked_on() {
+    let config = base_config();
+    let now = "2026-06-01T10:00:00Z";
+    let mut bad_profile = user(
+        "b",
+        "UTC",
+        vec![opp(2, &["push"], 0.5, now, "2026-06-02T00:00:00Z")],
+    );
+    bad_profile.send_time_profile = vec![f64::NAN; 3];
+    let users = vec![
+        user(
+            "a",
+            "Mars/Olympus",
+            vec![opp(1, &["push"], 0.5, now, "2026-06-02T00:00:00Z")],
+        ),
+        bad_profile,
+        user(
+            "c",
+            "UTC",
+            vec![opp(3, &["fax"], 0.5, now, "2026-06-01T09:00:00Z")],
+        ),
+    ];
+    let plan = run(&config, &users, now);
+    assert!(plan.users[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("Mars/Olympus"));
+    assert_eq!(plan.users[1].suppressions[0].reason, Reason::BadInput);
+    assert_eq!(plan.users[2].suppressions[0].reason, Reason::Expired);
+    let planner = Planner::new(config).unwrap();
+    let dup = vec![users[0].clone(), users[0].clone()];
+    assert!(matches!(
+        planner.plan(&dup, ts(now), 1, &InlineScores),
+        Err(PlanError::DuplicateUser(_))
+    ));
+}
+
+#[test]
+fn bad_configurations_say_what_is_wrong() {
+    let mut c = base_config();
+    c.channels[0].quiet_hours = Some(QuietHours {
+        from: "25:00".into(),
+        to: "08:00".into(),
+    });
+    assert!(Planner::new(c).unwrap_err().to_string().contains("25:00"));
+    let mut c = base_config();
+    c.caps.push(CapRule {
+        channel: Some("fax".into()),
+        max: Some(1),
+        window_secs: Some(60),
+        ..CapRule::default()
+    });
+    assert!(Planner::new(c)
+        .unwrap_err()
+        .to_string()
+        .contains("not declared"));
+    let mut c = base_config();
+    c.caps.push(CapRule {
+        max: Some(1),
+        ..CapRule::default()
+    });
+    assert!(Planner::new(c)
+        .unwrap_err()
+        .to_string()
+        .contains("either max"));
+    let mut c = base_config();
+    c.objectives.clear();
+    assert_eq!(
+        Planner::new(c).unwrap_err(),
+        ConfigError::NoDefaultObjective
+    );
+    let mut c = base_config();
+    c.exploration = 1.0;
+    assert!(matches!(
+        Planner::new(c).unwrap_err(),
+        ConfigError::BadExploration(_)
+    ));
+    let mut c = base_config();
+    c.experiment = Some(Experiment {
+        name: "e".into(),
+        salt: "s".into(),
+        arms: vec![Arm {
+            name: "a".into(),
+            share: 0.5,
+            objective: None,
+            caps: None,
+            holdout: false,
+        }],
+    });
+    assert!(Planner::new(c)
+        .unwrap_err()
+        .to_string()
+        .contains("add up to 0.5"));
+}
+
+#[test]
+fn the_arm_hash_is_the_documented_one() {
+    // SHA-256("2026-q4:user-1") begins 0x…; the point is its first 8 bytes over 2^64.
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(b"2026-q4:user-1");
+    let x = u64::from_be_bytes(d[..8].try_into().unwrap());
+    let expected = (x >> 11) as f64 / (1u64 << 53) as f64;
+    assert_eq!(arm_point("2026-q4", "user-1"), expected);
+    assert!((0.0..1.0).contains(&expected));
+}

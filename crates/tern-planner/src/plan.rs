@@ -308,7 +308,14 @@ impl Planner {
         s: &mut Scratch,
     ) -> UserPlan {
         let c = &self.c;
-        let arm = &c.arms[self.arm_index(&user.user_id)];
+        let named = user
+            .arm
+            .as_ref()
+            .map(|name| c.arms.iter().find(|a| &a.name == name).ok_or(name));
+        let arm = match named {
+            Some(Ok(arm)) => arm,
+            _ => &c.arms[self.arm_index(&user.user_id)],
+        };
         let mut up = UserPlan {
             user_id: user.user_id.clone(),
             arm: arm.name.clone(),
@@ -337,10 +344,16 @@ impl Planner {
         let profile = &user.send_time_profile;
         let profile_ok = profile.is_empty()
             || (profile.len() == 24 && profile.iter().all(|w| w.is_finite() && *w >= 0.0));
-        let tz = match (tz, profile_ok) {
-            (Ok(tz), true) => tz,
-            (tz, _) => {
-                up.error = Some(if tz.is_err() {
+        let unknown_arm = match named {
+            Some(Err(name)) => Some(format!("unknown experiment arm {name:?}")),
+            _ => None,
+        };
+        let tz = match (tz, profile_ok, unknown_arm) {
+            (Ok(tz), true, None) => tz,
+            (tz, _, unknown_arm) => {
+                up.error = Some(if let Some(message) = unknown_arm {
+                    message
+                } else if tz.is_err() {
                     format!("unknown time zone {:?}", user.timezone)
                 } else {
                     "send_time_profile must be empty or 24 finite, non-negative weights".into()

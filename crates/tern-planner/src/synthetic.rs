@@ -186,6 +186,7 @@ pub fn synthetic(
         out.push(UserInput {
             user_id: format!("user-{u:08}"),
             timezone: ZONES[rng.below(ZONES.len())].into(),
+            arm: None,
             send_time_profile: profile,
             opted_out_channels: if rng.below(10) == 0 {
                 vec![chan[rng.below(channels)].clone()]

@@ -13,6 +13,11 @@ pub struct UserInput {
     pub user_id: String,
     /// An IANA zone name such as `Europe/Stockholm`.
     pub timezone: String,
+    /// The experiment arm the caller assigned, by name. The daemon and `tern plan` set it from the
+    /// policy bundle's assignment (experiments, traffic and exclusive layers), which is the one
+    /// source of truth; when absent, the planner places the user by [`crate::arm_point`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
     /// 24 non-negative weights, one per local hour (0 = midnight to 1 am): how likely this user is
     /// to respond at that hour. Empty means every hour is as good as any other.
     #[serde(default)]

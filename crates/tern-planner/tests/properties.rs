@@ -250,6 +250,7 @@ fn user(now: i64, i: usize) -> impl Strategy<Value = UserInput> {
             move |(tz, profile, out, unreach, outcat, history, opps)| UserInput {
                 user_id: format!("u{i:03}"),
                 timezone: tz.into(),
+                arm: None,
                 send_time_profile: profile,
                 opted_out_channels: out.into_iter().map(String::from).collect(),
                 unreachable_channels: unreach.into_iter().map(String::from).collect(),

@@ -78,6 +78,7 @@ fn user(id: &str, tz: &str, opportunities: Vec<OpportunityInput>) -> UserInput {
     UserInput {
         user_id: id.into(),
         timezone: tz.into(),
+        arm: None,
         send_time_profile: vec![],
         opted_out_channels: vec![],
         unreachable_channels: vec![],
@@ -534,4 +535,60 @@ fn the_arm_hash_is_the_documented_one() {
     let expected = (x >> 11) as f64 / (1u64 << 53) as f64;
     assert_eq!(arm_point("2026-q4", "user-1"), expected);
     assert!((0.0..1.0).contains(&expected));
+}
+
+#[test]
+fn an_arm_named_by_the_caller_overrides_the_hash_and_an_unknown_one_is_refused() {
+    let mut config = base_config();
+    config.experiment = Some(Experiment {
+        name: "e".into(),
+        salt: "x".into(),
+        arms: vec![
+            Arm {
+                name: "control".into(),
+                share: 1.0,
+                objective: None,
+                caps: None,
+                holdout: false,
+            },
+            Arm {
+                name: "holdout".into(),
+                share: 0.0,
+                objective: None,
+                caps: None,
+                holdout: true,
+            },
+        ],
+    });
+    let opportunity = || {
+        vec![opp(
+            1,
+            &["push"],
+            0.5,
+            "2026-03-02T09:00:00Z",
+            "2026-03-03T09:00:00Z",
+        )]
+    };
+    let mut named = user("u1", "UTC", opportunity());
+    named.arm = Some("holdout".into());
+    let hashed = user("u2", "UTC", opportunity());
+    let mut unknown = user("u3", "UTC", opportunity());
+    unknown.arm = Some("nope".into());
+    let planner = Planner::new(config).unwrap();
+    let plan = planner
+        .plan(
+            &[named, hashed, unknown],
+            ts("2026-03-02T10:00:00Z"),
+            1,
+            &InlineScores,
+        )
+        .unwrap();
+    let u1 = plan.user("u1").unwrap();
+    assert_eq!(u1.arm, "holdout");
+    assert!(u1.choices.is_empty());
+    assert!(u1.suppressions.iter().all(|s| s.reason == Reason::Holdout));
+    assert_eq!(plan.user("u2").unwrap().arm, "control");
+    let u3 = plan.user("u3").unwrap();
+    assert_eq!(u3.error.as_deref(), Some("unknown experiment arm \"nope\""));
+    assert!(u3.suppressions.iter().all(|s| s.reason == Reason::BadInput));
 }

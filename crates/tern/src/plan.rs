@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
 use tern_planner::{
     explain, jsonl, Arm, Budget, CapRule, ChannelConfig, Experiment, InlineScores, Objective,
-    Planner, PlannerConfig, QuietHours,
+    Planner, PlannerConfig, QuietHours, UserInput,
 };
 use tern_policy::{Bundle, ChannelScope};
 
@@ -58,8 +58,9 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
     let planner = Planner::new(config).context("the policy cannot be planned with")?;
     let input =
         File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
-    let users = jsonl::read_users(BufReader::new(input))
+    let mut users = jsonl::read_users(BufReader::new(input))
         .with_context(|| format!("{} is not valid planner input", args.input.display()))?;
+    assign_arms(&bundle, planner.config(), &mut users);
     let now = args.now.unwrap_or_else(Utc::now);
     let plan = planner.plan(&users, now, args.seed, &InlineScores)?;
 
@@ -95,9 +96,10 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
 /// hours and budgets, the `default` cap set, every objective, one experiment, and the horizon and
 /// exploration share of one Replan document.
 ///
-/// An experiment's `traffic` (the share of users in it) becomes an extra arm, `outside`, with the
-/// remaining share and no overrides, so that users outside the experiment get the default
-/// objective and caps.
+/// The experiment's arms keep their shares scaled by its `traffic`, and an extra arm, `outside`,
+/// with no overrides takes the users the experiment does not admit, who get the default
+/// objective and caps. Who is in which arm is decided by the policy ([`assign_arms`]), not by
+/// these shares.
 pub fn planner_config(
     bundle: &Bundle,
     replan: Option<&str>,
@@ -150,15 +152,19 @@ pub fn planner_config(
                     holdout: arm.holdout,
                 });
             }
-            if e.traffic < 1.0 {
-                arms.push(Arm {
-                    name: "outside".into(),
-                    share: 1.0 - e.traffic,
-                    objective: None,
-                    caps: None,
-                    holdout: false,
-                });
+            if e.arms.iter().any(|a| a.name == OUTSIDE) {
+                bail!(
+                    "experiment {:?} has an arm named {OUTSIDE:?}, a name tern plan reserves",
+                    e.metadata.name
+                );
             }
+            arms.push(Arm {
+                name: OUTSIDE.into(),
+                share: (1.0 - e.traffic).max(0.0),
+                objective: None,
+                caps: None,
+                holdout: false,
+            });
             Some(Experiment {
                 name: e.metadata.name.clone(),
                 salt: e.salt.clone(),
@@ -212,6 +218,26 @@ pub fn planner_config(
         horizon_secs: replan.horizon.num_seconds().max(1) as u64,
         send_window_secs: 3600,
     })
+}
+
+/// The name of the arm for users that the applied experiment does not admit.
+pub const OUTSIDE: &str = "outside";
+
+/// Sets each user's arm from the policy bundle's assignment (the experiment's traffic, its layer
+/// and its salted hash), so that the planner and every other reader of the bundle agree on who
+/// is in which arm.
+pub fn assign_arms(bundle: &Bundle, config: &PlannerConfig, users: &mut [UserInput]) {
+    let Some(experiment) = &config.experiment else {
+        return;
+    };
+    for user in users {
+        let arm = bundle
+            .assignments(&user.user_id)
+            .into_iter()
+            .find(|(e, _)| e.metadata.name == experiment.name)
+            .map_or(OUTSIDE, |(_, arm)| arm.name.as_str());
+        user.arm = Some(arm.to_string());
+    }
 }
 
 fn cap_rules(rules: &[tern_policy::CapRule]) -> Vec<CapRule> {
@@ -274,5 +300,52 @@ mod tests {
             .experiment
             .is_none());
         assert!(planner_config(&bundle, Some("nope"), None).is_err());
+    }
+}
+
+#[cfg(test)]
+mod assignment_tests {
+    use super::*;
+
+    #[test]
+    fn arms_follow_the_policy_assignment() {
+        let bundle = Bundle::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies")).unwrap();
+        let config = planner_config(&bundle, None, None).unwrap();
+        let name = config.experiment.as_ref().unwrap().name.clone();
+        let mut users: Vec<UserInput> = (0..2000)
+            .map(|i| UserInput {
+                user_id: format!("user-{i}"),
+                timezone: "UTC".into(),
+                arm: None,
+                send_time_profile: vec![],
+                opted_out_channels: vec![],
+                unreachable_channels: vec![],
+                opted_out_categories: vec![],
+                history: vec![],
+                opportunities: vec![],
+            })
+            .collect();
+        assign_arms(&bundle, &config, &mut users);
+        let mut outside = 0;
+        for u in &users {
+            let expected = bundle
+                .assignments(&u.user_id)
+                .into_iter()
+                .find(|(e, _)| e.metadata.name == name)
+                .map(|(_, a)| a.name.clone());
+            match expected {
+                Some(arm) => assert_eq!(u.arm.as_deref(), Some(arm.as_str())),
+                None => {
+                    assert_eq!(u.arm.as_deref(), Some(OUTSIDE));
+                    outside += 1;
+                }
+            }
+        }
+        assert!(outside > 0 && outside < users.len(), "{outside} outside");
+        let plan = Planner::new(config)
+            .unwrap()
+            .plan(&users, Utc::now(), 1, &InlineScores)
+            .unwrap();
+        assert!(plan.users.iter().all(|u| u.error.is_none()));
     }
 }

@@ -34,8 +34,19 @@ fn quiet_at(q: &QuietHours, sod: i64) -> bool {
     }
 }
 
-/// The arm's rules by the documented hash, computed here from scratch.
-fn arm_for<'a>(config: &'a PlannerConfig, user: &str) -> (String, &'a [CapRule], bool) {
+/// The arm's rules: the arm the caller named, or else the one the documented hash gives,
+/// computed here from scratch.
+fn arm_for<'a>(config: &'a PlannerConfig, user: &UserInput) -> (String, &'a [CapRule], bool) {
+    if let (Some(e), Some(name)) = (&config.experiment, &user.arm) {
+        if let Some(a) = e.arms.iter().find(|a| &a.name == name) {
+            return (
+                a.name.clone(),
+                a.caps.as_deref().unwrap_or(&config.caps),
+                a.holdout,
+            );
+        }
+    }
+    let user = user.user_id.as_str();
     match &config.experiment {
         None => ("default".into(), &config.caps, false),
         Some(e) => {
@@ -94,7 +105,7 @@ pub fn check(
     let eps = config.exploration;
     for up in &plan.users {
         let user = users.iter().find(|u| u.user_id == up.user_id).unwrap();
-        let (arm, rules, holdout) = arm_for(config, &user.user_id);
+        let (arm, rules, holdout) = arm_for(config, user);
         if arm != up.arm {
             return Err(format!(
                 "{}: arm {} but the hash says {arm}",

@@ -228,6 +228,9 @@ pub const OUTSIDE: &str = "outside";
 /// is in which arm.
 pub fn assign_arms(bundle: &Bundle, config: &PlannerConfig, users: &mut [UserInput]) {
     let Some(experiment) = &config.experiment else {
+        for user in users {
+            user.arm = None;
+        }
         return;
     };
     for user in users {

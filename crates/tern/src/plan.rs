@@ -30,10 +30,6 @@ pub struct PlanArgs {
     /// absent.
     #[arg(long)]
     replan: Option<String>,
-    /// The Experiment document to apply (the planner applies one at a time); the first by name
-    /// when absent, none with `--experiment none`.
-    #[arg(long)]
-    experiment: Option<String>,
     /// The planning instant (RFC 3339); now when absent.
     #[arg(long)]
     now: Option<DateTime<Utc>>,
@@ -54,13 +50,13 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
             args.policies.display()
         )
     })?;
-    let config = planner_config(&bundle, args.replan.as_deref(), args.experiment.as_deref())?;
+    let config = planner_config(&bundle, args.replan.as_deref())?;
     let planner = Planner::new(config).context("the policy cannot be planned with")?;
     let input =
         File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
     let mut users = jsonl::read_users(BufReader::new(input))
         .with_context(|| format!("{} is not valid planner input", args.input.display()))?;
-    assign_arms(&bundle, planner.config(), &mut users);
+    assign_arms(&bundle, &mut users);
     let now = args.now.unwrap_or_else(Utc::now);
     let plan = planner.plan(&users, now, args.seed, &InlineScores)?;
 
@@ -93,18 +89,14 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
 }
 
 /// Translates a policy bundle into the planner's configuration: the channels with their quiet
-/// hours and budgets, the `default` cap set, every objective, one experiment, and the horizon and
-/// exploration share of one Replan document.
+/// hours and budgets, the `default` cap set, every objective, every experiment, and the horizon
+/// and exploration share of one Replan document.
 ///
-/// The experiment's arms keep their shares scaled by its `traffic`, and an extra arm, `outside`,
-/// with no overrides takes the users the experiment does not admit, who get the default
-/// objective and caps. Who is in which arm is decided by the policy ([`assign_arms`]), not by
-/// these shares.
-pub fn planner_config(
-    bundle: &Bundle,
-    replan: Option<&str>,
-    experiment: Option<&str>,
-) -> Result<PlannerConfig> {
+/// The planner sees the bundle's experiments as one: its arms are every experiment's arms, named
+/// `experiment/arm`, plus [`OUTSIDE`] for users in no arm that changes anything. Their shares are
+/// irrelevant (zero, and one for `outside`): who is in which arm is decided by the policy's own
+/// assignment ([`assign_arms`]), which the planner is then told per user.
+pub fn planner_config(bundle: &Bundle, replan: Option<&str>) -> Result<PlannerConfig> {
     let replan = match replan {
         Some(name) => bundle
             .replans
@@ -115,17 +107,6 @@ pub fn planner_config(
             .replans
             .first()
             .ok_or_else(|| anyhow!("the bundle has no Replan document"))?,
-    };
-    let experiment = match experiment {
-        Some("none") => None,
-        Some(name) => Some(
-            bundle
-                .experiments
-                .iter()
-                .find(|e| e.metadata.name == name)
-                .ok_or_else(|| anyhow!("the bundle has no Experiment named {name:?}"))?,
-        ),
-        None => bundle.experiments.first(),
     };
 
     let caps_of = |name: &str| -> Result<Vec<CapRule>> {
@@ -139,38 +120,33 @@ pub fn planner_config(
         .map(|set| set.exempt.iter().map(|p| p.as_str().to_string()).collect())
         .unwrap_or_default();
 
-    let experiment = match experiment {
-        None => None,
-        Some(e) => {
-            let mut arms = Vec::new();
+    let experiment = if bundle.experiments.is_empty() {
+        None
+    } else {
+        let mut arms = Vec::new();
+        for e in &bundle.experiments {
             for arm in &e.arms {
                 arms.push(Arm {
-                    name: arm.name.clone(),
-                    share: arm.share * e.traffic,
+                    name: arm_name(&e.metadata.name, &arm.name),
+                    share: 0.0,
                     objective: arm.objective.clone(),
                     caps: arm.caps.as_deref().map(caps_of).transpose()?,
                     holdout: arm.holdout,
                 });
             }
-            if e.arms.iter().any(|a| a.name == OUTSIDE) {
-                bail!(
-                    "experiment {:?} has an arm named {OUTSIDE:?}, a name tern plan reserves",
-                    e.metadata.name
-                );
-            }
-            arms.push(Arm {
-                name: OUTSIDE.into(),
-                share: (1.0 - e.traffic).max(0.0),
-                objective: None,
-                caps: None,
-                holdout: false,
-            });
-            Some(Experiment {
-                name: e.metadata.name.clone(),
-                salt: e.salt.clone(),
-                arms,
-            })
         }
+        arms.push(Arm {
+            name: OUTSIDE.into(),
+            share: 1.0,
+            objective: None,
+            caps: None,
+            holdout: false,
+        });
+        Some(Experiment {
+            name: "policy".into(),
+            salt: String::new(),
+            arms,
+        })
     };
 
     if bundle.default_objective().is_none() {
@@ -220,26 +196,33 @@ pub fn planner_config(
     })
 }
 
-/// The name of the arm for users that the applied experiment does not admit.
+/// The arm of users in no experiment arm that changes their objective, caps or delivery.
+/// (`experiment/arm` names contain a slash, so it cannot collide with one.)
 pub const OUTSIDE: &str = "outside";
 
-/// Sets each user's arm from the policy bundle's assignment (the experiment's traffic, its layer
-/// and its salted hash), so that the planner and every other reader of the bundle agree on who
-/// is in which arm.
-pub fn assign_arms(bundle: &Bundle, config: &PlannerConfig, users: &mut [UserInput]) {
-    let Some(experiment) = &config.experiment else {
-        for user in users {
-            user.arm = None;
-        }
-        return;
-    };
+fn arm_name(experiment: &str, arm: &str) -> String {
+    format!("{experiment}/{arm}")
+}
+
+/// Sets each user's arm from the policy bundle's assignment (each experiment's traffic, its
+/// layer and its salted hash), so that the planner and every other reader of the bundle agree on
+/// who is in which arm. A user in several experiments (in different layers) gets the first, by
+/// experiment name, whose arm changes something: a holdout, an objective or caps.
+pub fn assign_arms(bundle: &Bundle, users: &mut [UserInput]) {
     for user in users {
-        let arm = bundle
-            .assignments(&user.user_id)
-            .into_iter()
-            .find(|(e, _)| e.metadata.name == experiment.name)
-            .map_or(OUTSIDE, |(_, arm)| arm.name.as_str());
-        user.arm = Some(arm.to_string());
+        let assignments = bundle.assignments(&user.user_id);
+        let effective = assignments
+            .iter()
+            .find(|(_, arm)| arm.holdout || arm.objective.is_some() || arm.caps.is_some())
+            .or(assignments.first());
+        user.arm = Some(match effective {
+            Some((e, arm)) => arm_name(&e.metadata.name, &arm.name),
+            None if bundle.experiments.is_empty() => {
+                user.arm = None;
+                continue;
+            }
+            None => OUTSIDE.to_string(),
+        });
     }
 }
 
@@ -271,51 +254,8 @@ mod tests {
         Bundle::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies")).expect("valid")
     }
 
-    #[test]
-    fn the_example_bundle_translates_into_a_valid_planner_config() {
-        let bundle = example();
-        let config = planner_config(&bundle, None, None).unwrap();
-        assert_eq!(config.channels.len(), bundle.channels.len());
-        assert!(config.objectives.contains_key("default"));
-        assert!(config
-            .exempt_priorities
-            .contains(&"transactional".to_string()));
-        let experiment = config.experiment.as_ref().unwrap();
-        let total: f64 = experiment.arms.iter().map(|a| a.share).sum();
-        assert!((total - 1.0).abs() < 1e-9, "arm shares sum to {total}");
-        Planner::new(config).expect("the planner accepts it");
-    }
-
-    #[test]
-    fn every_replan_and_experiment_of_the_example_can_be_chosen() {
-        let bundle = example();
-        for r in &bundle.replans {
-            for e in &bundle.experiments {
-                let config =
-                    planner_config(&bundle, Some(&r.metadata.name), Some(&e.metadata.name))
-                        .unwrap();
-                assert_eq!(config.horizon_secs as i64, r.horizon.num_seconds());
-                Planner::new(config).unwrap();
-            }
-        }
-        assert!(planner_config(&bundle, None, Some("none"))
-            .unwrap()
-            .experiment
-            .is_none());
-        assert!(planner_config(&bundle, Some("nope"), None).is_err());
-    }
-}
-
-#[cfg(test)]
-mod assignment_tests {
-    use super::*;
-
-    #[test]
-    fn arms_follow_the_policy_assignment() {
-        let bundle = Bundle::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies")).unwrap();
-        let config = planner_config(&bundle, None, None).unwrap();
-        let name = config.experiment.as_ref().unwrap().name.clone();
-        let mut users: Vec<UserInput> = (0..2000)
+    fn users(n: usize) -> Vec<UserInput> {
+        (0..n)
             .map(|i| UserInput {
                 user_id: format!("user-{i}"),
                 timezone: "UTC".into(),
@@ -327,24 +267,68 @@ mod assignment_tests {
                 history: vec![],
                 opportunities: vec![],
             })
-            .collect();
-        assign_arms(&bundle, &config, &mut users);
-        let mut outside = 0;
-        for u in &users {
-            let expected = bundle
-                .assignments(&u.user_id)
-                .into_iter()
-                .find(|(e, _)| e.metadata.name == name)
-                .map(|(_, a)| a.name.clone());
-            match expected {
-                Some(arm) => assert_eq!(u.arm.as_deref(), Some(arm.as_str())),
-                None => {
-                    assert_eq!(u.arm.as_deref(), Some(OUTSIDE));
-                    outside += 1;
-                }
-            }
+            .collect()
+    }
+
+    #[test]
+    fn the_example_bundle_translates_into_a_valid_planner_config() {
+        let bundle = example();
+        let config = planner_config(&bundle, None).unwrap();
+        assert_eq!(config.channels.len(), bundle.channels.len());
+        assert!(config.objectives.contains_key("default"));
+        assert!(config
+            .exempt_priorities
+            .contains(&"transactional".to_string()));
+        let arms = &config.experiment.as_ref().unwrap().arms;
+        let declared: usize = bundle.experiments.iter().map(|e| e.arms.len()).sum();
+        assert_eq!(arms.len(), declared + 1);
+        Planner::new(config).expect("the planner accepts it");
+    }
+
+    #[test]
+    fn every_replan_of_the_example_can_be_chosen() {
+        let bundle = example();
+        for r in &bundle.replans {
+            let config = planner_config(&bundle, Some(&r.metadata.name)).unwrap();
+            assert_eq!(config.horizon_secs as i64, r.horizon.num_seconds());
+            assert_eq!(config.exploration, r.exploration);
+            Planner::new(config).unwrap();
         }
-        assert!(outside > 0 && outside < users.len(), "{outside} outside");
+        assert!(planner_config(&bundle, Some("nope")).is_err());
+    }
+
+    #[test]
+    fn arms_follow_the_policy_assignment_across_experiments() {
+        let bundle = example();
+        let config = planner_config(&bundle, None).unwrap();
+        let mut users = users(3000);
+        assign_arms(&bundle, &mut users);
+        let mut seen = std::collections::BTreeSet::new();
+        for u in &users {
+            let assigned = bundle.assignments(&u.user_id);
+            let arm = u.arm.as_deref().unwrap();
+            match assigned.first() {
+                None => assert_eq!(arm, OUTSIDE),
+                Some(_) => assert!(
+                    assigned
+                        .iter()
+                        .any(|(e, a)| arm == arm_name(&e.metadata.name, &a.name)),
+                    "{arm} is not among {} assignments",
+                    assigned.len()
+                ),
+            }
+            seen.insert(arm.to_string());
+        }
+        // Both experiments of the example (one layer) and the users outside them all occur.
+        assert!(
+            seen.iter().any(|a| a.starts_with("retention-weights/")),
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter().any(|a| a.starts_with("fewer-pushes/")),
+            "{seen:?}"
+        );
+        assert!(seen.contains(OUTSIDE), "{seen:?}");
         let plan = Planner::new(config)
             .unwrap()
             .plan(&users, Utc::now(), 1, &InlineScores)

@@ -4,6 +4,7 @@ mod history;
 mod ingest;
 mod leases;
 mod migrate;
+mod models;
 mod plans;
 mod users;
 

@@ -11,6 +11,7 @@
 //! - [`users`]: users with timezone, attributes, reachability and opt-outs.
 //! - [`history`]: messages sent and their outcomes, and the per-user history windows that caps and
 //!   features count.
+//! - [`models`]: the model registry: artifacts, metrics, promotion and rollback.
 //! - [`plans`]: publishing a plan's schedule in one transaction.
 //! - [`policies`]: the record of activated policy bundles, by content hash.
 //! - [`peer`]: the plain-SQL versions of tern's jobs that benchmarks compare against.
@@ -30,6 +31,7 @@ pub mod admin;
 pub mod history;
 pub mod leases;
 pub mod migrate;
+pub mod models;
 pub mod opportunities;
 pub mod peer;
 pub mod plans;
@@ -45,6 +47,7 @@ use tern_core::InvalidInput;
 pub use history::{HistoryWindow, NewMessage, NewOutcome, OutcomeReport, UserHistory, WindowCount};
 pub use leases::{Ack, AckResult, LeaseRequest, LeasedItem};
 pub use migrate::{MigrationState, MigrationStatus};
+pub use models::{ModelInfo, NewModel};
 pub use opportunities::{IngestReport, RowStatus};
 pub use plans::{NewPlan, NewScheduleItem, PublishedPlan, Supersede};
 pub use policies::PolicyVersion;

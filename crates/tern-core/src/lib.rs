@@ -9,8 +9,11 @@
 //!   validation ([`NewOpportunity::validate`]) every entry point applies before anything is stored.
 //! - [`OutcomeKind`], [`AckStatus`], [`ItemState`], [`OpportunityState`]: the closed sets of states
 //!   and outcomes, each with a stable lowercase wire/database name (`as_str` / `FromStr`).
+//! - [`SplitMix64`]: the seeded generator behind every random draw (exploration, training).
 //! - [`validate_name`]: the rule for channel, category and priority-class names, which policies
 //!   declare freely (`push`, `email`, `in_app`, `sms`, ...).
+
+mod random;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +21,8 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+pub use random::SplitMix64;
 
 /// Users are identified by the upstream system's id, as an opaque string. Every per-user table is
 /// keyed by it first, which is what lets the data be distributed by user.

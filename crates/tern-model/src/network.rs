@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
-use crate::rng::Rng;
+use crate::rng;
 use crate::HEADS;
 
 /// The network's shape. Stored in every artifact so that loading can rebuild it.
@@ -70,7 +70,7 @@ impl Network {
     /// Fresh weights drawn from the caller's seed: uniform in `±1/√fan_in` for weights and
     /// biases, PyTorch's default for linear layers.
     pub(crate) fn init(arch: &Architecture, seed: u64, device: &Device) -> Network {
-        let mut rng = Rng::derive(seed, 1, 0);
+        let mut rng = rng::derive(seed, 1, 0);
         let params: Vec<Vec<f32>> = arch
             .param_shapes()
             .iter()

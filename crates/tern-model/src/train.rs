@@ -31,7 +31,7 @@ use crate::eval::{self, Accumulator, HeadEval};
 use crate::features::FeatureSpec;
 use crate::model::Model;
 use crate::network::{to_vec, Architecture, Network};
-use crate::rng::Rng;
+use crate::rng;
 use crate::HEADS;
 
 /// Training settings. Stored in the artifact.
@@ -160,7 +160,7 @@ pub fn train(
                 }
             }
             let mut order: Vec<usize> = (0..batch.rows()).collect();
-            Rng::derive(config.seed, 2, ((epoch as u64) << 32) | batch_index as u64)
+            rng::derive(config.seed, 2, ((epoch as u64) << 32) | batch_index as u64)
                 .shuffle(&mut order);
             for index in order.chunks(config.batch_size) {
                 let (x, y, w) = minibatch(&batch, index);

@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 use rayon::prelude::*;
 
 use crate::config::{Compiled, CompiledArm, ConfigError, Limit, PlannerConfig};
-use crate::random::{arm_point, SplitMix};
+use crate::random::{arm_point, user_stream};
 use crate::time::{build_pieces, Piece};
 use crate::types::*;
 
@@ -511,7 +511,7 @@ impl Planner {
         // Decisions. Exempt candidates first and deterministically: nothing blocks them, and
         // placing them first means every later check already counts them.
         let eps = c.exploration;
-        let mut rng = SplitMix::for_user(seed, &user.user_id);
+        let mut rng = user_stream(seed, &user.user_id);
         let n = s.cands.len();
         let mut i = 0;
         while i < n && s.cands[i].exempt {

@@ -5,6 +5,7 @@
 //! the logged propensities unreproducible.
 
 use sha2::{Digest, Sha256};
+use tern_core::SplitMix64;
 
 /// The point of a user in `[0, 1)` for an experiment with `salt`: the first 8 bytes of
 /// `SHA-256(salt ":" user_id)`, read big-endian, divided by 2⁶⁴. In PostgreSQL:
@@ -32,37 +33,10 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// SplitMix64: tiny, fast, and fully specified, so the stream is the same everywhere.
-#[derive(Debug, Clone)]
-pub(crate) struct SplitMix(u64);
-
-impl SplitMix {
-    /// The stream of one user in one plan: independent of which thread plans the user.
-    pub fn for_user(seed: u64, user_id: &str) -> Self {
-        let mut s = SplitMix(seed ^ fnv1a(user_id.as_bytes()).rotate_left(17));
-        s.next_u64();
-        s
-    }
-
-    pub fn new(seed: u64) -> Self {
-        SplitMix(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..n` (`n > 0`), by multiply-shift; the bias is below 2⁻⁵⁰ for small `n`.
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
+/// The random stream of one user in one plan: keyed by the seed and the user id, so it does not
+/// depend on which thread plans the user.
+pub(crate) fn user_stream(seed: u64, user_id: &str) -> SplitMix64 {
+    let mut s = SplitMix64::new(seed ^ fnv1a(user_id.as_bytes()).rotate_left(17));
+    s.next_u64();
+    s
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use chrono::DateTime;
 
 use crate::config::*;
-use crate::random::SplitMix;
 use crate::types::*;
+use tern_core::SplitMix64;
 
 /// The `now` the synthetic data set is built around (2026-03-29 00:00 UTC, the night Europe
 /// springs forward, so that the benchmark also crosses a daylight-saving change).
@@ -137,7 +137,7 @@ pub fn synthetic(
     };
 
     let ts = |t: i64| DateTime::from_timestamp(t, 0).unwrap_or_default();
-    let mut rng = SplitMix::new(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut out = Vec::with_capacity(users);
     let mut next_id = 1i64;
     for u in 0..users {

@@ -56,7 +56,6 @@ struct Cand {
 /// Buffers reused from user to user on one thread, so the hot path allocates only the output.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    scores: Vec<Scores>,
     segs: Vec<(i64, i32)>,
     pieces: Vec<Piece>,
     order: Vec<u16>,
@@ -171,11 +170,13 @@ impl Planner {
             }
         }
         let nch = self.c.channels.len();
+        let scores = score(users, &order, predictor);
         let run = |prices: &[f64]| -> Vec<UserPlan> {
             order
                 .par_iter()
-                .map_init(Scratch::default, |s, &i| {
-                    self.plan_user(&users[i], now, seed, prices, predictor, s)
+                .zip(&scores)
+                .map_init(Scratch::default, |s, (&i, scores)| {
+                    self.plan_user(&users[i], now, seed, prices, scores, s)
                 })
                 .collect()
         };
@@ -304,7 +305,7 @@ impl Planner {
         now: i64,
         seed: u64,
         prices: &[f64],
-        predictor: &dyn Predictor,
+        scores: &[Scores],
         s: &mut Scratch,
     ) -> UserPlan {
         let c = &self.c;
@@ -367,8 +368,6 @@ impl Planner {
 
         let horizon_end = now + c.horizon;
         let window = c.window;
-        s.scores.clear();
-        predictor.predict(user, &mut s.scores);
         build_pieces(tz, now, horizon_end, c, &mut s.segs, &mut s.pieces);
         s.memo.reset(s.pieces.len());
         s.order.clear();
@@ -455,7 +454,7 @@ impl Planner {
                     suppress(&mut up, o.id, Some(ch), Reason::Unreachable, None);
                     continue;
                 }
-                let scores = s.scores.get(base + j).copied().unwrap_or_default();
+                let scores = scores.get(base + j).copied().unwrap_or_default();
                 let value = value_of(objective, &scores);
                 // NaN from a broken model is refused too.
                 if value.is_nan() || value < objective.min_value {
@@ -896,4 +895,33 @@ fn exact_fit(plans: &mut [UserPlan], ch: u16, budget: u64, price: f64) -> u64 {
         p.suppressions.sort_by_key(|a| (a.opportunity, a.channel));
     }
     excess as u64
+}
+
+/// Users per [`Predictor::predict_many`] call: about 2,000 to 4,000 candidates, the batch size
+/// at which the model's inference is fastest per row.
+const PREDICT_CHUNK_USERS: usize = 128;
+
+/// Every user's predictions, in `order`: computed once per plan (budget passes reuse them), in
+/// parallel chunks.
+fn score(users: &[UserInput], order: &[usize], predictor: &dyn Predictor) -> Vec<Vec<Scores>> {
+    order
+        .par_chunks(PREDICT_CHUNK_USERS)
+        .flat_map_iter(|chunk| {
+            let batch: Vec<&UserInput> = chunk.iter().map(|&i| &users[i]).collect();
+            let mut flat = Vec::with_capacity(batch.iter().map(|u| candidates(u)).sum());
+            predictor.predict_many(&batch, &mut flat);
+            // A predictor that returns too few scores leaves the rest at zero rather than
+            // shifting them onto the next user.
+            let mut flat = flat.into_iter();
+            batch
+                .into_iter()
+                .map(|u| {
+                    let n = candidates(u);
+                    let mut mine: Vec<Scores> = flat.by_ref().take(n).collect();
+                    mine.resize(n, Scores::default());
+                    mine
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

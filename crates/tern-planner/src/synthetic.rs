@@ -152,6 +152,7 @@ pub fn synthetic(
                 category: CATEGORIES[rng.below(CATEGORIES.len())].into(),
                 priority: "marketing".into(),
                 sent_at: ts(SYNTHETIC_NOW - 1 - rng.below(7 * 86400) as i64),
+                opened_at: None,
             })
             .collect();
         let opportunities = (0..opps_per_user)
@@ -180,6 +181,7 @@ pub fn synthetic(
                             reachability_loss: (rng.next_f64() * 0.02),
                         })
                         .collect(),
+                    signals: Default::default(),
                 }
             })
             .collect();
@@ -201,6 +203,7 @@ pub fn synthetic(
             },
             history,
             opportunities,
+            activity: Default::default(),
         });
     }
     (config, out)

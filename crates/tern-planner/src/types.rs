@@ -34,6 +34,32 @@ pub struct UserInput {
     pub history: Vec<PastSend>,
     #[serde(default)]
     pub opportunities: Vec<OpportunityInput>,
+    /// What the user does in the product, independent of messages. The planner itself never
+    /// reads it; predictors do (tenure and recent activity are model features).
+    #[serde(default, skip_serializing_if = "Activity::is_unknown")]
+    pub activity: Activity,
+}
+
+/// A user's activity in the product, as of the plan: facts a predictor reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Activity {
+    /// When the user first appeared; tenure is measured from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen_at: Option<DateTime<Utc>>,
+    /// The end of the last day on which the user was active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active_at: Option<DateTime<Utc>>,
+    /// Days with any activity among the 28 before the plan.
+    #[serde(default)]
+    pub active_days_28d: u32,
+}
+
+impl Activity {
+    /// Nothing is known (what an input without the field means).
+    pub fn is_unknown(&self) -> bool {
+        *self == Activity::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +70,9 @@ pub struct PastSend {
     #[serde(default)]
     pub priority: String,
     pub sent_at: DateTime<Utc>,
+    /// When the message was first opened or clicked, if it was (fatigue features read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +90,10 @@ pub struct OpportunityInput {
     /// counts as all zeros.
     #[serde(default)]
     pub scores: Vec<Scores>,
+    /// The value signals the upstream system submitted with the opportunity (e.g. `relevance`),
+    /// by name. The planner does not read them; the model does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub signals: BTreeMap<String, f64>,
 }
 
 /// The model's predictions for one candidate (opportunity × channel).
@@ -87,6 +120,25 @@ pub trait Predictor: Sync {
     /// by opportunity in input order, and within one, channel by channel as listed in its
     /// `channels`. Missing trailing entries count as all zeros.
     fn predict(&self, user: &UserInput, out: &mut Vec<Scores>);
+
+    /// Scores several users at once: exactly one [`Scores`] per candidate, user after user, in
+    /// the order of [`predict`](Predictor::predict). The planner calls this (once per plan, on
+    /// chunks of users, however many budget passes follow) so that a model can score a few
+    /// thousand rows per call instead of one user's dozen. The default asks user by user.
+    fn predict_many(&self, users: &[&UserInput], out: &mut Vec<Scores>) {
+        let mut one = Vec::new();
+        for user in users {
+            one.clear();
+            self.predict(user, &mut one);
+            one.resize(candidates(user), Scores::default());
+            out.extend_from_slice(&one);
+        }
+    }
+}
+
+/// Number of candidates (opportunity × channel) of one user.
+pub fn candidates(user: &UserInput) -> usize {
+    user.opportunities.iter().map(|o| o.channels.len()).sum()
 }
 
 /// Reads the predictions carried in [`OpportunityInput::scores`].

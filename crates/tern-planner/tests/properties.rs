@@ -217,6 +217,7 @@ fn user(now: i64, i: usize) -> impl Strategy<Value = UserInput> {
                 category: cat.into(),
                 priority: "marketing".into(),
                 sent_at: ts(now + dt),
+                opened_at: None,
             }),
         0..8,
     );
@@ -274,10 +275,12 @@ fn user(now: i64, i: usize) -> impl Strategy<Value = UserInput> {
                                 expires_at: ts(now + created + life),
                                 template: "t".into(),
                                 scores: scores[..channels.len()].to_vec(),
+                                signals: Default::default(),
                             }
                         },
                     )
                     .collect(),
+                activity: Default::default(),
             },
         )
 }

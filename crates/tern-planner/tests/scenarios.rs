@@ -71,6 +71,7 @@ fn opp(
                 ..Scores::default()
             })
             .collect(),
+        signals: Default::default(),
     }
 }
 
@@ -85,6 +86,7 @@ fn user(id: &str, tz: &str, opportunities: Vec<OpportunityInput>) -> UserInput {
         opted_out_categories: vec![],
         history: vec![],
         opportunities,
+        activity: Default::default(),
     }
 }
 
@@ -117,6 +119,7 @@ fn caps_count_history_and_this_plan_and_the_checker_catches_a_breach() {
         category: "content".into(),
         priority: "marketing".into(),
         sent_at: ts("2026-06-01T07:00:00Z"),
+        opened_at: None,
     });
     let plan = run(&config, std::slice::from_ref(&u), now);
     let up = &plan.users[0];
@@ -164,6 +167,7 @@ fn exempt_sends_are_not_blocked_but_count() {
         category: "marketing".into(),
         priority: "marketing".into(),
         sent_at: ts("2026-06-01T09:00:00Z"),
+        opened_at: None,
     });
     let plan = run(&config, &[u], now);
     let up = &plan.users[0];

@@ -266,6 +266,7 @@ mod tests {
                 opted_out_categories: vec![],
                 history: vec![],
                 opportunities: vec![],
+                activity: Default::default(),
             })
             .collect()
     }

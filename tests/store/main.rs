@@ -6,6 +6,7 @@ mod leases;
 mod migrate;
 mod models;
 mod plans;
+mod training;
 mod users;
 
 use std::collections::BTreeMap;

@@ -11,6 +11,8 @@
 //! - [`users`]: users with timezone, attributes, reachability and opt-outs.
 //! - [`history`]: messages sent and their outcomes, and the per-user history windows that caps and
 //!   features count.
+//! - [`training`]: days of user activity, and each user's messages with their outcomes streamed
+//!   user by user for `tern train`.
 //! - [`models`]: the model registry: artifacts, metrics, promotion and rollback.
 //! - [`plans`]: publishing a plan's schedule in one transaction.
 //! - [`policies`]: the record of activated policy bundles, by content hash.
@@ -36,6 +38,7 @@ pub mod opportunities;
 pub mod peer;
 pub mod plans;
 pub mod policies;
+pub mod training;
 pub mod users;
 
 use std::time::Duration;
@@ -51,6 +54,7 @@ pub use models::{ModelInfo, NewModel};
 pub use opportunities::{IngestReport, RowStatus};
 pub use plans::{NewPlan, NewScheduleItem, PublishedPlan, Supersede};
 pub use policies::PolicyVersion;
+pub use training::{TrainingMessage, TrainingUser};
 pub use users::{ChannelState, User};
 
 /// Everything that can go wrong in the store, phrased for the operator who reads it.

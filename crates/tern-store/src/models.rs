@@ -106,6 +106,16 @@ impl Store {
         row.as_ref().map(info).transpose()
     }
 
+    /// One model's artifact.
+    pub async fn model_artifact(&self, version: &str) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT weights FROM models WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// The active model's version and artifact, if any model is active.
     pub async fn active_model(&self) -> Result<Option<(String, Vec<u8>)>> {
         Ok(

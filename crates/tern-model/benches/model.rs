@@ -157,7 +157,7 @@ fn main() {
     if let Ok(chunk) = std::env::var("TERN_CHUNK_ROWS") {
         model.set_chunk_rows(chunk.parse().expect("TERN_CHUNK_ROWS is a number"));
     }
-    // `infer` is the default engine (fused); `infer-burn` is burn's Flex backend on the module.
+    // `infer` is the fused engine; `infer-burn` is burn's Flex backend on the module (the default).
     for (engine, prefix) in [(Engine::Fused, "infer"), (Engine::Burn, "infer-burn")] {
         model.set_engine(engine);
         for batch in [1usize, 256, 4096, 65_536] {

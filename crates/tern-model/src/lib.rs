@@ -20,8 +20,8 @@
 //! - [`model`]: [`Model`], the trained network with its spec and metrics: parallel batched
 //!   inference without autodiff ([`Model::predict`]), and the artifact bytes
 //!   ([`Model::to_bytes`], [`Model::from_bytes`]).
-//! - [`fused`]: the fused CPU forward pass ([`Engine::Fused`]) that scores at replan scale over
-//!   the same weights as burn's module ([`Engine::Burn`]).
+//! - [`fused`]: the fused CPU forward pass ([`Engine::Fused`]) over the same weights as burn's
+//!   module ([`Engine::Burn`], the default), for callers that score few rows at a time.
 //!
 //! # Invariants
 //! - A model scores only rows encoded under its own feature version; anything else is

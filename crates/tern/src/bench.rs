@@ -26,6 +26,23 @@ pub enum Bench {
     /// The planner: candidates planned per second (selection and send times, model excluded) on
     /// one thread and on all, against the same selection written as SQL window functions.
     Plan(PlanArgs),
+    /// The model at replan scale: the seconds a replan of --users × --opportunities × --channels
+    /// candidates spends encoding features and scoring them, the way the planner calls it.
+    Model(ModelArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// 420,000 users × 8 × 3 is about 10 million candidates.
+    #[arg(long, default_value_t = 420_000)]
+    users: usize,
+    #[arg(long, default_value_t = 8)]
+    opportunities: usize,
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Timed runs; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,8 +80,13 @@ pub async fn run(url: Option<&str>, bench: Bench) -> Result<ExitCode> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; figures from it are not representative");
     }
+    if let Bench::Model(args) = bench {
+        // No database: the model is scored in memory.
+        return model(args);
+    }
     let db = Database::open(url).await?;
     let result = match bench {
+        Bench::Model(_) => unreachable!("handled above"),
         Bench::Ingest(args) => ingest(&db, args).await,
         Bench::Plan(args) => plan(&db, args).await,
     };
@@ -304,4 +326,107 @@ async fn plan(db: &Database, args: PlanArgs) -> Result<ExitCode> {
 fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
+}
+
+/// Scores every candidate of a synthetic population through the planner's predictor (feature
+/// encoding plus inference, chunked and parallel as in a replan), then the inference alone on
+/// the already encoded rows. The weights come from one quick training epoch on random rows: the
+/// architecture is the real one, and speed does not depend on what the weights learned.
+fn model(args: ModelArgs) -> Result<ExitCode> {
+    use rayon::prelude::*;
+    use tern_model::{Batch, FeatureSpec, InMemory, TrainConfig, HEADS};
+    use tern_planner::{Predictor, Scores, UserInput};
+
+    ensure!(args.runs > 0, "--runs must be at least 1");
+    let spec = FeatureSpec::default();
+    let width = spec.width();
+    let mut rng = tern_core::SplitMix64::new(1);
+    let rows = 4096;
+    let x: Vec<f32> = (0..rows * width).map(|_| rng.next_f64() as f32).collect();
+    let y: Vec<[f32; HEADS]> = (0..rows)
+        .map(|_| [f32::from(u8::from(rng.below(2) == 0)); HEADS])
+        .collect();
+    let data = || {
+        InMemory(vec![Batch::new(
+            width,
+            x.clone(),
+            y.clone(),
+            vec![[true; HEADS]; rows],
+        )
+        .unwrap()])
+    };
+    let config = TrainConfig {
+        max_epochs: 1,
+        ..TrainConfig::default()
+    };
+    let model = tern_model::train(&spec, &config, &mut data(), &mut data(), None)?;
+    let (_, mut users) = synthetic(args.users, args.opportunities, args.channels, 1);
+    for u in &mut users {
+        for o in &mut u.opportunities {
+            o.signals.insert("relevance".into(), 0.5);
+        }
+    }
+    let candidates: usize = users.iter().map(tern_planner::candidates).sum();
+    let now =
+        chrono::DateTime::from_timestamp(SYNTHETIC_NOW, 0).context("the synthetic instant")?;
+    let predictor = crate::predict::ModelPredictor::new(model.clone(), now);
+
+    let mut whole = Vec::new();
+    for _ in 0..args.runs {
+        let started = Instant::now();
+        let scored: usize = users
+            .par_chunks(128)
+            .map(|chunk| {
+                let refs: Vec<&UserInput> = chunk.iter().collect();
+                let mut out: Vec<Scores> = Vec::new();
+                predictor.predict_many(&refs, &mut out);
+                out.len()
+            })
+            .sum();
+        whole.push(started.elapsed().as_secs_f64());
+        ensure!(
+            scored == candidates,
+            "scored {scored} of {candidates} candidates"
+        );
+    }
+
+    let mut rng = tern_core::SplitMix64::new(2);
+    let mut row = vec![0.0f32; width];
+    let mut raw = Vec::with_capacity(candidates * width);
+    for _ in 0..candidates {
+        for v in row.iter_mut() {
+            *v = rng.next_f64() as f32;
+        }
+        raw.extend_from_slice(&row);
+    }
+    let matrix = tern_model::FeatureMatrix::from_raw(&spec, raw)?;
+    let mut out = vec![[0.0f32; HEADS]; candidates];
+    let mut infer = Vec::new();
+    for _ in 0..args.runs {
+        let started = Instant::now();
+        model.predict(&matrix, &mut out)?;
+        infer.push(started.elapsed().as_secs_f64());
+    }
+    let whole = median(&mut whole);
+    let infer = median(&mut infer);
+    let threads = rayon::current_num_threads();
+    println!(
+        "scoring {} users x {} opportunities x {} channels = {} candidates, {} threads, engine {:?} (median of {})\n\
+         {:<44} {:>8.2} s  {:>12} candidates/s\n\
+         {:<44} {:>8.2} s  {:>12} rows/s",
+        args.users,
+        args.opportunities,
+        args.channels,
+        candidates,
+        threads,
+        model.engine(),
+        args.runs,
+        "encode + infer, as the planner calls it",
+        whole,
+        thousands(candidates as f64 / whole),
+        "infer only (rows already encoded)",
+        infer,
+        thousands(candidates as f64 / infer),
+    );
+    Ok(ExitCode::SUCCESS)
 }

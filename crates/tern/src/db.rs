@@ -25,6 +25,21 @@ impl Database {
         Ok(db)
     }
 
+    /// Connects to the database in `url` for a command that reads what tern has stored (history,
+    /// the model registry): a private throwaway database would be empty, so `url` is required,
+    /// and the schema must be the one this binary expects.
+    pub async fn open_existing(url: Option<&str>, command: &str) -> Result<Database> {
+        let url = url.with_context(|| {
+            format!(
+                "`{command}` needs DATABASE_URL (or --database-url): it works on what tern has \
+                 stored, and a private throwaway database would be empty"
+            )
+        })?;
+        let db = Database::open_unmigrated(Some(url)).await?;
+        db.store.check_schema().await?;
+        Ok(db)
+    }
+
     /// Like [`Database::open`], but leaves the schema of an embedded cluster alone (for
     /// `tern migrate`, which reports what it applies).
     pub async fn open_unmigrated(url: Option<&str>) -> Result<Database> {

@@ -9,16 +9,25 @@
 //! - `activate.rs`: following a policy directory and recording activations (`tern policy watch`,
 //!   and the daemon).
 //! - `plan.rs`: `tern plan`, and the translation of a policy bundle into planner configuration.
-//! - `bench.rs`: `tern bench ingest`, the ingest benchmark behind docs/benchmarks.md.
+//! - `features.rs`: history, activity and time into the model's inputs, one way for training
+//!   and scoring alike.
+//! - `train.rs`: `tern train`: history from PostgreSQL to a registered model.
+//! - `registry.rs`: `tern model list|show|promote|rollback|export`.
+//! - `predict.rs`: the model behind the planner's `Predictor` trait.
+//! - `bench.rs`: `tern bench ingest|plan`, the benchmarks behind docs/benchmarks.md.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's convention).
 
 mod activate;
 mod bench;
 mod db;
+mod features;
 mod migrate;
 mod plan;
 mod policy;
+mod predict;
+mod registry;
+mod train;
 
 use std::process::ExitCode;
 
@@ -50,6 +59,12 @@ enum Command {
     /// Run the planner offline on a JSON Lines file of users, under a policy bundle, and write
     /// the schedule and the suppression reasons as JSON Lines (or explain one user's plan).
     Plan(plan::PlanArgs),
+    /// Learn the outcome model from the history in the database, evaluate it on a later period
+    /// beside two baselines, and register it (optionally promote it).
+    Train(train::TrainArgs),
+    /// List, inspect, promote, roll back and export registered models.
+    #[command(subcommand)]
+    Model(registry::ModelCommand),
     /// Measure tern's own hot paths against their naive baselines (release builds only).
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -82,6 +97,8 @@ fn main() -> ExitCode {
             Command::Bench(bench) => bench::run(url, bench).await,
             Command::Policy(cmd) => policy::run(url, cmd).await,
             Command::Plan(args) => plan::run(args),
+            Command::Train(args) => train::run(url, args).await,
+            Command::Model(cmd) => registry::run(url, cmd).await,
         }
     });
     match result {

@@ -8,10 +8,13 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
+use tern_model::Model;
 use tern_planner::{
     explain, jsonl, Arm, Budget, CapRule, ChannelConfig, Experiment, InlineScores, Objective,
-    Planner, PlannerConfig, QuietHours, UserInput,
+    Planner, PlannerConfig, Predictor, QuietHours, UserInput,
 };
+
+use crate::predict::ModelPredictor;
 use tern_policy::{Bundle, ChannelScope};
 
 #[derive(Debug, clap::Args)]
@@ -36,6 +39,10 @@ pub struct PlanArgs {
     /// Seed of the exploration draws: the same inputs and seed give the same schedule.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Score candidates with this model artifact (from `tern train --output` or `tern model
+    /// export`) instead of the predictions carried in the input.
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
     /// Instead of the schedule, print why this user got what they got.
     #[arg(long, value_name = "USER")]
     explain: Option<String>,
@@ -58,7 +65,17 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
         .with_context(|| format!("{} is not valid planner input", args.input.display()))?;
     assign_arms(&bundle, &mut users);
     let now = args.now.unwrap_or_else(Utc::now);
-    let plan = planner.plan(&users, now, args.seed, &InlineScores)?;
+    let predictor: Box<dyn Predictor> = match &args.model {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the model {}", path.display()))?;
+            let model = Model::from_bytes(&bytes)
+                .with_context(|| format!("{} is not a tern model", path.display()))?;
+            Box::new(ModelPredictor::new(model, now))
+        }
+        None => Box::new(InlineScores),
+    };
+    let plan = planner.plan(&users, now, args.seed, predictor.as_ref())?;
 
     if let Some(user) = &args.explain {
         let text = users

@@ -1,0 +1,97 @@
+//! The model behind the planner's [`Predictor`] trait: candidates become feature rows (built by
+//! [`crate::features`], as in training) and are scored in batches of a few thousand rows.
+
+use chrono::{DateTime, Utc};
+use tern_model::{Head, Model, HEADS};
+use tern_planner::{candidates, Predictor, Scores, UserInput};
+
+use crate::features::{self, Candidate, Past};
+
+/// Scores candidates with a trained model, as if each were sent at the planning instant.
+///
+/// The planner places a message in time after scoring, so the model sees the candidate at `now`
+/// (its fatigue, its local hour); the planner's send-time profile then chooses the hour.
+pub struct ModelPredictor {
+    model: Model,
+    now: DateTime<Utc>,
+    /// The retention head predicts the probability that the user is still active at the horizon
+    /// after this message. The planner weighs an *effect*, so the rate over the training data is
+    /// subtracted: a message that predicts better retention than the average send counts for
+    /// it, one that predicts worse (the fatigued user) counts against it.
+    retention_base_rate: f64,
+}
+
+impl ModelPredictor {
+    pub fn new(model: Model, now: DateTime<Utc>) -> ModelPredictor {
+        let retention_base_rate = model
+            .training
+            .as_ref()
+            .map_or(0.0, |t| t.train_base_rates[Head::Retention.index()]);
+        ModelPredictor {
+            model,
+            now,
+            retention_base_rate,
+        }
+    }
+}
+
+impl Predictor for ModelPredictor {
+    fn predict(&self, user: &UserInput, out: &mut Vec<Scores>) {
+        self.predict_many(&[user], out);
+    }
+
+    fn predict_many(&self, users: &[&UserInput], out: &mut Vec<Scores>) {
+        let spec = self.model.spec();
+        let channels = &spec.declaration().channels;
+        let total: usize = users.iter().map(|u| candidates(u)).sum();
+        let mut rows = spec.matrix(total);
+        let mut history = Vec::with_capacity(channels.len());
+        let mut encoded = true;
+        for user in users {
+            let tz = features::zone(Some(&user.timezone));
+            let past: Vec<Past<'_>> = user
+                .history
+                .iter()
+                .map(|p| Past {
+                    channel: &p.channel,
+                    sent_at: p.sent_at,
+                    opened_at: p.opened_at,
+                })
+                .collect();
+            features::channel_history(channels, &past, self.now, &mut history);
+            let context = features::user_context(&user.activity, tz, self.now);
+            for o in &user.opportunities {
+                for channel in &o.channels {
+                    let ctx = features::context(
+                        &Candidate {
+                            channel,
+                            category: &o.category,
+                            template: &o.template,
+                            signals: &o.signals,
+                            created_at: o.created_at,
+                            expires_at: o.expires_at,
+                        },
+                        context,
+                        &history,
+                        tz,
+                        self.now,
+                    );
+                    encoded &= rows.push(spec, &ctx).is_ok();
+                }
+            }
+        }
+        let mut p = vec![[0.0f32; HEADS]; rows.rows()];
+        if !encoded || self.model.predict(&rows, &mut p).is_err() {
+            // Unreachable with the model's own spec; zeros make every candidate worthless
+            // rather than acting on garbage.
+            out.resize(out.len() + total, Scores::default());
+            return;
+        }
+        out.extend(p.iter().map(|p| Scores {
+            conversion: f64::from(p[Head::Conversion.index()]),
+            engagement: f64::from(p[Head::Engagement.index()]),
+            retention: f64::from(p[Head::Retention.index()]) - self.retention_base_rate,
+            reachability_loss: f64::from(p[Head::ReachabilityLoss.index()]),
+        }));
+    }
+}

@@ -1,0 +1,177 @@
+//! `tern model list|show|promote|rollback|export`: which trained model the daemon uses.
+//!
+//! Promotion applies the model crate's rule ([`tern_model::promotion_refusals`]) to the metrics
+//! inside the artifact itself, not to the registry's copy: the artifact is what would serve.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use tern_model::{promotion_refusals, Model};
+
+use crate::db::Database;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ModelCommand {
+    /// Every registered model, newest first, with its status and validation summary.
+    List {
+        /// One JSON object per model, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One model's metrics per head beside the baselines, and its training window.
+    Show {
+        #[arg(id = "model_version", value_name = "VERSION")]
+        version: String,
+    },
+    /// Make a model the active one (the daemon picks it up without a restart). Refuses a model
+    /// that does worse than the base rate on its validation period unless --force.
+    Promote {
+        #[arg(id = "model_version", value_name = "VERSION")]
+        version: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-activate the model that was active before the current one.
+    Rollback,
+    /// Write a model's artifact to a file (for `tern plan --model`).
+    Export {
+        #[arg(id = "model_version", value_name = "VERSION")]
+        version: String,
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+}
+
+pub async fn run(url: Option<&str>, cmd: ModelCommand) -> Result<ExitCode> {
+    let db = Database::open_existing(url, "tern model").await?;
+    let store = &db.store;
+    match cmd {
+        ModelCommand::List { json } => {
+            let models = store.list_models().await?;
+            if json {
+                for m in &models {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "version": m.version,
+                            "status": m.status,
+                            "feature_version": m.feature_version,
+                            "created_at": m.created_at,
+                            "promoted_at": m.promoted_at,
+                            "train_from": m.train_from,
+                            "train_until": m.train_until,
+                            "metrics": m.metrics,
+                        })
+                    );
+                }
+            } else if models.is_empty() {
+                println!("no models registered; train one with `tern train`");
+            } else {
+                println!(
+                    "{:<32} {:<9} {:<20} {:<25} validation log loss (model / base rate) per head",
+                    "version", "status", "features", "trained until"
+                );
+                for m in &models {
+                    println!(
+                        "{:<32} {:<9} {:<20} {:<25} {}",
+                        m.version,
+                        m.status,
+                        m.feature_version,
+                        m.train_until
+                            .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M UTC").to_string()),
+                        summary(&m.metrics)
+                    );
+                }
+            }
+        }
+        ModelCommand::Show { version } => {
+            let model = load(store, &version).await?;
+            let info = store
+                .model(&version)
+                .await?
+                .with_context(|| format!("no model {version:?} is registered"))?;
+            println!("model {version} ({})", info.status);
+            println!("features: {}", model.feature_version());
+            if let Some(w) = model.window {
+                println!(
+                    "trained on {} .. {}, validated on {} .. {}",
+                    w.train_from, w.valid_from, w.valid_from, w.valid_until
+                );
+            }
+            if let Some(labels) = info.metrics.get("labels") {
+                println!("labels: {labels}");
+            }
+            print!("{}", crate::train::metrics_table(&model));
+        }
+        ModelCommand::Promote { version, force } => {
+            let model = load(store, &version).await?;
+            let refusals = match &model.metrics {
+                Some(m) => promotion_refusals(m),
+                None => vec!["the model carries no validation metrics".to_string()],
+            };
+            if !refusals.is_empty() {
+                if !force {
+                    bail!(
+                        "model {version} is not promoted: {} (use --force to promote it anyway)",
+                        refusals.join("; ")
+                    );
+                }
+                eprintln!(
+                    "warning: promoting {version} despite: {}",
+                    refusals.join("; ")
+                );
+            }
+            store.promote_model(&version, Utc::now()).await?;
+            println!("model {version} is now the active model");
+        }
+        ModelCommand::Rollback => {
+            let version = store.rollback_model(Utc::now()).await?;
+            println!("rolled back: model {version} is now the active model");
+        }
+        ModelCommand::Export { version, output } => {
+            let bytes = artifact(store, &version).await?;
+            Model::from_bytes(&bytes)
+                .with_context(|| format!("the stored artifact of {version} is not readable"))?;
+            std::fs::write(&output, &bytes)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            println!("wrote model {version} to {}", output.display());
+        }
+    }
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn artifact(store: &tern_store::Store, version: &str) -> Result<Vec<u8>> {
+    store
+        .model_artifact(version)
+        .await?
+        .with_context(|| format!("no model {version:?} is registered; see `tern model list`"))
+}
+
+async fn load(store: &tern_store::Store, version: &str) -> Result<Model> {
+    let bytes = artifact(store, version).await?;
+    Model::from_bytes(&bytes)
+        .with_context(|| format!("the stored artifact of {version} is not readable"))
+}
+
+/// `engagement 0.412/0.455, ...` from the registry's metrics JSON (as `tern train` stores it).
+fn summary(metrics: &serde_json::Value) -> String {
+    let Some(heads) = metrics
+        .pointer("/validation/heads")
+        .and_then(|h| h.as_array())
+    else {
+        return "-".into();
+    };
+    heads
+        .iter()
+        .filter_map(|h| {
+            let name = h.get("head")?.as_str()?;
+            let model = h.pointer("/model/log_loss")?.as_f64()?;
+            let base = h.pointer("/base_rate/log_loss")?.as_f64()?;
+            Some(format!("{name} {model:.3}/{base:.3}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

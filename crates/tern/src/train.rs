@@ -39,8 +39,9 @@ pub struct TrainArgs {
     /// instant is used: later outcomes and activity are ignored, unfinished labels are masked.
     #[arg(long)]
     until: Option<DateTime<Utc>>,
-    /// Days of history before --until.
-    #[arg(long, default_value_t = 28, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    /// Days of history before --until. Retention labels exist only for sends older than the
+    /// retention horizon, so this should be well over it (the default: 90 days against 28).
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3650))]
     days: u32,
     /// The share of the period (its end) held out for validation and early stopping.
     #[arg(long, default_value_t = 0.2)]
@@ -228,7 +229,14 @@ pub fn metrics_table(model: &Model) -> String {
         "validation ({} rows)     labels  positive   log loss: model   base rate    logistic   AUC: model  logistic   calibration error",
         m.rows
     );
-    for h in &m.heads {
+    for h in m.heads.iter().filter(|h| h.labels == 0) {
+        let _ = writeln!(
+            out,
+            "  {:<22} not evaluated: no label of the validation period is observable yet (its window is longer than the time since the period began)",
+            h.head.as_str()
+        );
+    }
+    for h in m.heads.iter().filter(|h| h.labels > 0) {
         let auc = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{a:.3}"));
         let _ = writeln!(
             out,

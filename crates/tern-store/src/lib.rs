@@ -14,6 +14,8 @@
 //! - [`training`]: days of user activity, and each user's messages with their outcomes streamed
 //!   user by user for `tern train`.
 //! - [`models`]: the model registry: artifacts, metrics, promotion and rollback.
+//! - [`planning`]: what a replan reads ([`Store::planning_input`]), the replan lock that lets one
+//!   replica plan at a time, recent plans and one user's schedule.
 //! - [`plans`]: publishing a plan's schedule in one transaction.
 //! - [`policies`]: the record of activated policy bundles, by content hash.
 //! - [`peer`]: the plain-SQL versions of tern's jobs that benchmarks compare against.
@@ -36,6 +38,7 @@ pub mod migrate;
 pub mod models;
 pub mod opportunities;
 pub mod peer;
+pub mod planning;
 pub mod plans;
 pub mod policies;
 pub mod training;
@@ -52,6 +55,9 @@ pub use leases::{Ack, AckResult, LeaseRequest, LeasedItem};
 pub use migrate::{MigrationState, MigrationStatus};
 pub use models::{ModelInfo, NewModel};
 pub use opportunities::{IngestReport, RowStatus};
+pub use planning::{
+    OpenOpportunity, PastSend, PlanRecord, PlanningUser, ReplanLock, UserScheduleItem,
+};
 pub use plans::{NewPlan, NewScheduleItem, PublishedPlan, Supersede};
 pub use policies::PolicyVersion;
 pub use training::{TrainingMessage, TrainingUser};

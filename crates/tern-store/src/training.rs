@@ -184,13 +184,7 @@ impl Merge<'_> {
 
 fn message(row: &PgRow) -> Result<TrainingMessage> {
     let signals: serde_json::Value = row.try_get("signals")?;
-    let signals = match signals {
-        serde_json::Value::Object(map) => map
-            .into_iter()
-            .filter_map(|(k, v)| v.as_f64().map(|v| (k, v)))
-            .collect(),
-        _ => BTreeMap::new(),
-    };
+    let signals = crate::planning::numbers(signals);
     let kinds: Option<Vec<String>> = row.try_get("kinds")?;
     let times: Option<Vec<DateTime<Utc>>> = row.try_get("times")?;
     let outcomes = kinds

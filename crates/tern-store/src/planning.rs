@@ -1,0 +1,305 @@
+//! What a replan reads, what operators ask about plans and schedules, and the lock that lets
+//! only one replica plan at a time.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use sqlx::{Postgres, Row, Transaction};
+use tern_core::OpportunityId;
+
+use crate::{Result, Store};
+
+/// One user as a replan needs them: preferences, recent history and open opportunities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanningUser {
+    pub user_id: String,
+    /// `UTC` when no user row exists.
+    pub timezone: String,
+    pub opted_out_channels: Vec<String>,
+    pub unreachable_channels: Vec<String>,
+    pub opted_out_categories: Vec<String>,
+    pub first_seen_at: Option<DateTime<Utc>>,
+    /// Active days since the start of the history window, ascending.
+    pub active_days: Vec<NaiveDate>,
+    /// Messages sent inside the history window, and items leased now (counted as sent at their
+    /// send time: a leased item will most likely be sent, and caps must hold if it is).
+    pub history: Vec<PastSend>,
+    pub opportunities: Vec<OpenOpportunity>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PastSend {
+    pub channel: String,
+    pub category: String,
+    pub priority: String,
+    pub sent_at: DateTime<Utc>,
+    /// When it was first opened or clicked; `None` for leased items and unopened messages.
+    pub opened_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenOpportunity {
+    pub opportunity_id: OpportunityId,
+    pub template: String,
+    pub category: String,
+    pub priority: String,
+    pub channels: Vec<String>,
+    pub signals: BTreeMap<String, f64>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A published plan, as operators see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanRecord {
+    pub plan_id: i64,
+    pub trigger: String,
+    pub policy_version: String,
+    pub model_version: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub published_at: Option<DateTime<Utc>>,
+    pub stats: serde_json::Value,
+}
+
+/// One schedule item of a user, for support tooling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserScheduleItem {
+    pub item_id: i64,
+    pub opportunity_id: OpportunityId,
+    pub plan_id: i64,
+    pub channel: String,
+    pub template: String,
+    pub state: String,
+    pub send_after: DateTime<Utc>,
+    pub send_before: DateTime<Utc>,
+    pub value: f64,
+    pub propensity: f64,
+}
+
+/// Held while a replan runs: a transaction-scoped advisory lock, released when this is dropped
+/// (rolled back) or when the holder's connection dies, so a killed replica never blocks the
+/// others.
+pub struct ReplanLock {
+    _tx: Transaction<'static, Postgres>,
+}
+
+/// The advisory lock key of replans: "tern" and a 1.
+const REPLAN_LOCK: i64 = 0x7465_726e_0000_0001;
+
+impl Store {
+    /// Takes the replan lock, waiting for a replan in progress elsewhere to finish.
+    pub async fn lock_replans(&self) -> Result<ReplanLock> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(REPLAN_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(ReplanLock { _tx: tx })
+    }
+
+    /// Takes the replan lock if nobody holds it; `None` when another replan is running.
+    pub async fn try_lock_replans(&self) -> Result<Option<ReplanLock>> {
+        let mut tx = self.pool.begin().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(REPLAN_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok(got.then_some(ReplanLock { _tx: tx }))
+    }
+
+    /// Everything a replan at `now` needs about the users who have open opportunities (only
+    /// `users`, when given): opportunities that are open, unexpired and not already leased or
+    /// sent; preferences; messages sent since `now - history` and items leased now; active days.
+    pub async fn planning_input(
+        &self,
+        now: DateTime<Utc>,
+        history: TimeDelta,
+        users: Option<&[String]>,
+    ) -> Result<Vec<PlanningUser>> {
+        let rows = sqlx::query(
+            "SELECT o.user_id, o.opportunity_id, o.template, o.category, o.priority, o.channels, \
+                    o.signals, o.created_at, o.expires_at \
+             FROM opportunities o \
+             WHERE o.state = 'open' AND o.expires_at > $1 \
+               AND ($2::text[] IS NULL OR o.user_id = ANY($2)) \
+               AND NOT EXISTS (SELECT 1 FROM schedule_items s \
+                               WHERE s.user_id = o.user_id AND s.opportunity_id = o.opportunity_id \
+                                 AND s.state IN ('leased', 'sent')) \
+             ORDER BY o.user_id, o.opportunity_id",
+        )
+        .bind(now)
+        .bind(users)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<PlanningUser> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for row in &rows {
+            let user_id: String = row.try_get("user_id")?;
+            let at = *index.entry(user_id.clone()).or_insert_with(|| {
+                out.push(PlanningUser {
+                    user_id,
+                    timezone: "UTC".into(),
+                    opted_out_channels: Vec::new(),
+                    unreachable_channels: Vec::new(),
+                    opted_out_categories: Vec::new(),
+                    first_seen_at: None,
+                    active_days: Vec::new(),
+                    history: Vec::new(),
+                    opportunities: Vec::new(),
+                });
+                out.len() - 1
+            });
+            let signals: serde_json::Value = row.try_get("signals")?;
+            out[at].opportunities.push(OpenOpportunity {
+                opportunity_id: row.try_get("opportunity_id")?,
+                template: row.try_get("template")?,
+                category: row.try_get("category")?,
+                priority: row.try_get("priority")?,
+                channels: row.try_get("channels")?,
+                signals: numbers(signals),
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+            });
+        }
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let ids: Vec<String> = out.iter().map(|u| u.user_id.clone()).collect();
+
+        for row in sqlx::query(
+            "SELECT u.user_id, u.timezone, u.opted_out_categories, u.created_at, \
+                    array(SELECT c.channel::text FROM user_channels c \
+                          WHERE c.user_id = u.user_id AND c.opted_out ORDER BY c.channel) AS opted_out, \
+                    array(SELECT c.channel::text FROM user_channels c \
+                          WHERE c.user_id = u.user_id AND NOT c.reachable ORDER BY c.channel) AS unreachable \
+             FROM users u WHERE u.user_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let user_id: &str = row.try_get("user_id")?;
+            if let Some(&at) = index.get(user_id) {
+                let u = &mut out[at];
+                u.timezone = row.try_get("timezone")?;
+                u.opted_out_categories = row.try_get("opted_out_categories")?;
+                u.first_seen_at = row.try_get("created_at")?;
+                u.opted_out_channels = row.try_get("opted_out")?;
+                u.unreachable_channels = row.try_get("unreachable")?;
+            }
+        }
+
+        for row in sqlx::query(
+            "SELECT m.user_id, m.channel, m.category, m.priority, m.sent_at, \
+                    (SELECT min(x.occurred_at) FROM outcomes x \
+                     WHERE x.user_id = m.user_id AND x.message_id = m.message_id \
+                       AND x.kind IN ('opened', 'clicked') AND x.occurred_at <= $3) AS opened_at \
+             FROM messages m WHERE m.user_id = ANY($1) AND m.sent_at >= $2 AND m.sent_at <= $3 \
+             UNION ALL \
+             SELECT s.user_id, s.channel, o.category, o.priority, s.send_after, NULL \
+             FROM schedule_items s \
+             JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+             WHERE s.user_id = ANY($1) AND s.state = 'leased'",
+        )
+        .bind(&ids)
+        .bind(now - history)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let user_id: &str = row.try_get("user_id")?;
+            if let Some(&at) = index.get(user_id) {
+                out[at].history.push(PastSend {
+                    channel: row.try_get("channel")?,
+                    category: row.try_get("category")?,
+                    priority: row.try_get("priority")?,
+                    sent_at: row.try_get("sent_at")?,
+                    opened_at: row.try_get("opened_at")?,
+                });
+            }
+        }
+
+        for row in sqlx::query(
+            "SELECT user_id, array_agg(day ORDER BY day) AS days FROM user_activity \
+             WHERE user_id = ANY($1) AND day >= $2 AND day <= $3 GROUP BY user_id",
+        )
+        .bind(&ids)
+        .bind((now - history).date_naive())
+        .bind(now.date_naive())
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let user_id: &str = row.try_get("user_id")?;
+            if let Some(&at) = index.get(user_id) {
+                out[at].active_days = row.try_get("days")?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The most recent plans, newest first.
+    pub async fn recent_plans(&self, limit: i64) -> Result<Vec<PlanRecord>> {
+        let rows = sqlx::query(
+            "SELECT plan_id, trigger, policy_version, model_version, started_at, published_at, stats \
+             FROM plans WHERE state = 'published' ORDER BY plan_id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PlanRecord {
+                    plan_id: r.try_get("plan_id")?,
+                    trigger: r.try_get("trigger")?,
+                    policy_version: r.try_get("policy_version")?,
+                    model_version: r.try_get("model_version")?,
+                    started_at: r.try_get("started_at")?,
+                    published_at: r.try_get("published_at")?,
+                    stats: r.try_get("stats")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A user's schedule items, newest first (at most `limit`).
+    pub async fn user_schedule(&self, user_id: &str, limit: i64) -> Result<Vec<UserScheduleItem>> {
+        let rows = sqlx::query(
+            "SELECT s.item_id, s.opportunity_id, s.plan_id, s.channel, o.template, s.state, \
+                    s.send_after, s.send_before, s.value, s.propensity \
+             FROM schedule_items s \
+             JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+             WHERE s.user_id = $1 ORDER BY s.item_id DESC LIMIT $2",
+        )
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UserScheduleItem {
+                    item_id: r.try_get("item_id")?,
+                    opportunity_id: r.try_get("opportunity_id")?,
+                    plan_id: r.try_get("plan_id")?,
+                    channel: r.try_get("channel")?,
+                    template: r.try_get("template")?,
+                    state: r.try_get("state")?,
+                    send_after: r.try_get("send_after")?,
+                    send_before: r.try_get("send_before")?,
+                    value: r.try_get("value")?,
+                    propensity: r.try_get("propensity")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The numeric entries of a JSON object (value signals); anything else is left out.
+pub(crate) fn numbers(v: serde_json::Value) -> BTreeMap<String, f64> {
+    match v {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter_map(|(k, v)| v.as_f64().map(|v| (k, v)))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}

@@ -64,19 +64,19 @@ async fn follow(store: &Store, args: &WatchArgs) -> Result<ExitCode> {
         active.version,
         active.documents().len()
     ));
-    run_loop(store, unrecorded, events).await;
+    run_loop(store, unrecorded, events, shutdown_signal()).await;
     watcher.stop();
     Ok(ExitCode::SUCCESS)
 }
 
 /// Records activations and reports rejections until a shutdown signal. An activation that cannot
 /// be recorded (the database is away) is retried until it is, and a newer one replaces it.
-async fn run_loop(
+pub(crate) async fn run_loop(
     store: &Store,
     mut unrecorded: Option<Arc<Bundle>>,
     mut events: mpsc::UnboundedReceiver<WatchEvent>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         if let Some(bundle) = &unrecorded {
@@ -113,7 +113,7 @@ async fn run_loop(
 }
 
 /// Records an activation; on failure says so and leaves the retry to the caller.
-async fn record(store: &Store, bundle: &Bundle) -> Result<(), ()> {
+pub(crate) async fn record(store: &Store, bundle: &Bundle) -> Result<(), ()> {
     store
         .record_policy_activation(&bundle.version, &bundle.canonical_json(), Utc::now())
         .await
@@ -122,7 +122,7 @@ async fn record(store: &Store, bundle: &Bundle) -> Result<(), ()> {
 
 /// The watcher reports on a std channel from its own thread; this thread hands its events to
 /// the async side.
-fn forward(watcher: &Watcher) -> mpsc::UnboundedReceiver<WatchEvent> {
+pub(crate) fn forward(watcher: &Watcher) -> mpsc::UnboundedReceiver<WatchEvent> {
     let (tx, rx) = mpsc::unbounded_channel();
     let events = watcher.subscribe();
     std::thread::spawn(move || {
@@ -136,7 +136,7 @@ fn forward(watcher: &Watcher) -> mpsc::UnboundedReceiver<WatchEvent> {
 }
 
 /// Prints one line (or block) to stdout and flushes it, so a pipe sees each event as it happens.
-fn say(text: &str) {
+pub(crate) fn say(text: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{text}");
@@ -144,7 +144,7 @@ fn say(text: &str) {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

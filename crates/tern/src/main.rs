@@ -14,12 +14,15 @@
 //! - `train.rs`: `tern train`: history from PostgreSQL to a registered model.
 //! - `registry.rs`: `tern model list|show|promote|rollback|export`.
 //! - `predict.rs`: the model behind the planner's `Predictor` trait.
+//! - `serve.rs`: `tern serve`, the daemon: the gRPC API, the policy watcher, graceful shutdown.
+//! - `daemon.rs`: replans and status behind the API (`tern_server::Control`).
 //! - `bench.rs`: `tern bench ingest|plan`, the benchmarks behind docs/benchmarks.md.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's convention).
 
 mod activate;
 mod bench;
+mod daemon;
 mod db;
 mod features;
 mod migrate;
@@ -27,6 +30,7 @@ mod plan;
 mod policy;
 mod predict;
 mod registry;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -59,6 +63,9 @@ enum Command {
     /// Run the planner offline on a JSON Lines file of users, under a policy bundle, and write
     /// the schedule and the suppression reasons as JSON Lines (or explain one user's plan).
     Plan(plan::PlanArgs),
+    /// Run the daemon: the gRPC API for upstream systems, delivery services and operators, the
+    /// policy watcher, and replans.
+    Serve(serve::ServeArgs),
     /// Learn the outcome model from the history in the database, evaluate it on a later period
     /// beside two baselines, and register it (optionally promote it).
     Train(train::TrainArgs),
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
             Command::Policy(cmd) => policy::run(url, cmd).await,
             Command::Plan(args) => plan::run(args),
             Command::Train(args) => train::run(url, args).await,
+            Command::Serve(args) => serve::run(url, args).await,
             Command::Model(cmd) => registry::run(url, cmd).await,
         }
     });

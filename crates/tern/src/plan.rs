@@ -71,7 +71,7 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
                 .with_context(|| format!("cannot read the model {}", path.display()))?;
             let model = Model::from_bytes(&bytes)
                 .with_context(|| format!("{} is not a tern model", path.display()))?;
-            Box::new(ModelPredictor::new(model, now))
+            Box::new(ModelPredictor::new(std::sync::Arc::new(model), now))
         }
         None => Box::new(InlineScores),
     };

@@ -1,6 +1,8 @@
 //! The model behind the planner's [`Predictor`] trait: candidates become feature rows (built by
 //! [`crate::features`], as in training) and are scored in batches of a few thousand rows.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use tern_model::{Head, Model, HEADS};
 use tern_planner::{candidates, Predictor, Scores, UserInput};
@@ -12,7 +14,7 @@ use crate::features::{self, Candidate, Past};
 /// The planner places a message in time after scoring, so the model sees the candidate at `now`
 /// (its fatigue, its local hour); the planner's send-time profile then chooses the hour.
 pub struct ModelPredictor {
-    model: Model,
+    model: Arc<Model>,
     now: DateTime<Utc>,
     /// The retention head predicts the probability that the user is still active at the horizon
     /// after this message. The planner weighs an *effect*, so the rate over the training data is
@@ -22,7 +24,7 @@ pub struct ModelPredictor {
 }
 
 impl ModelPredictor {
-    pub fn new(model: Model, now: DateTime<Utc>) -> ModelPredictor {
+    pub fn new(model: Arc<Model>, now: DateTime<Utc>) -> ModelPredictor {
         let retention_base_rate = model
             .training
             .as_ref()
@@ -93,5 +95,32 @@ impl Predictor for ModelPredictor {
             retention: f64::from(p[Head::Retention.index()]) - self.retention_base_rate,
             reachability_loss: f64::from(p[Head::ReachabilityLoss.index()]),
         }));
+    }
+}
+
+/// Predictions before any model is trained: a cautious prior, so that a new deployment sends a
+/// little (and so collects the outcomes the first model learns from) rather than nothing. The
+/// upstream `relevance` signal, when present and in [0, 1], raises the expected engagement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prior;
+
+impl Predictor for Prior {
+    fn predict(&self, user: &UserInput, out: &mut Vec<Scores>) {
+        for o in &user.opportunities {
+            let relevance = o
+                .signals
+                .get("relevance")
+                .copied()
+                .filter(|r| r.is_finite())
+                .map_or(0.25, |r| r.clamp(0.0, 1.0));
+            for _ in &o.channels {
+                out.push(Scores {
+                    conversion: 0.02 * relevance,
+                    engagement: 0.05 + 0.25 * relevance,
+                    retention: 0.0,
+                    reachability_loss: 0.002,
+                });
+            }
+        }
     }
 }

@@ -1,0 +1,485 @@
+//! The services. Each handler checks the whole request, converts it, makes one store call (or a
+//! few, for per-item acks) and converts the result; nothing here decides policy.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use chrono::TimeDelta;
+use tern_store::{Ack, AckResult, ChannelState, LeaseRequest, NewOutcome, RowStatus, Store, User};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{self, time};
+use crate::errors::{self, invalid};
+use crate::{pb, Clock, Control};
+
+/// Most rows in one Submit, Upsert, Report or ReportActivity.
+pub const MAX_BATCH: usize = 10_000;
+/// Most items in one Pull.
+pub const MAX_PULL: u32 = 1_000;
+const MIN_LEASE: TimeDelta = TimeDelta::seconds(1);
+const MAX_LEASE: TimeDelta = TimeDelta::hours(1);
+const DEFAULT_LEASE: TimeDelta = TimeDelta::seconds(60);
+
+/// Every tern.v1 service over one store.
+#[derive(Clone)]
+pub struct Api {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    control: Arc<dyn Control>,
+    /// False once shutdown began: new pulls get UNAVAILABLE so that no new lease starts while
+    /// the process is going away.
+    pub(crate) serving: Arc<AtomicBool>,
+}
+
+impl Api {
+    pub fn new(store: Store, clock: Arc<dyn Clock>, control: Arc<dyn Control>) -> Api {
+        Api {
+            store,
+            clock,
+            control,
+            serving: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Whether the server is still taking new work.
+    pub fn serving(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn batch_size(what: &str, n: usize) -> Result<(), Status> {
+    if n == 0 {
+        return Err(invalid(format!("{what}: the batch is empty")));
+    }
+    if n > MAX_BATCH {
+        return Err(invalid(format!(
+            "{what}: {n} rows is more than the limit of {MAX_BATCH}; split the batch"
+        )));
+    }
+    Ok(())
+}
+
+fn lease_duration(d: Option<&prost_types::Duration>) -> Result<TimeDelta, Status> {
+    let lease = match d {
+        None => DEFAULT_LEASE,
+        Some(d) => convert::from_duration(d, "lease").map_err(invalid)?,
+    };
+    if lease < MIN_LEASE || lease > MAX_LEASE {
+        return Err(invalid("lease must be between 1 second and 1 hour"));
+    }
+    Ok(lease)
+}
+
+fn token(s: &str, row: usize) -> Result<uuid::Uuid, Status> {
+    s.parse()
+        .map_err(|_| invalid(format!("ack {row}: lease_token is not a lease token")))
+}
+
+#[tonic::async_trait]
+impl pb::opportunity_service_server::OpportunityService for Api {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        let req = request.into_inner();
+        if req.source.is_empty() {
+            return Err(invalid("source is required"));
+        }
+        batch_size("opportunities", req.opportunities.len())?;
+        let now = self.clock.now();
+        let n = req.opportunities.len();
+        let mut results: Vec<Option<pb::row_result::Result>> = vec![None; n];
+        let mut rows = Vec::with_capacity(n);
+        let mut at = Vec::with_capacity(n);
+        for (i, o) in req.opportunities.into_iter().enumerate() {
+            match convert::opportunity(o, &req.source, now) {
+                Ok(o) => {
+                    rows.push(o);
+                    at.push(i);
+                }
+                Err(reason) => results[i] = Some(pb::row_result::Result::Rejected(reason)),
+            }
+        }
+        if !rows.is_empty() {
+            let report = self
+                .store
+                .ingest_opportunities(&rows)
+                .await
+                .map_err(errors::store)?;
+            for (status, i) in report.rows.into_iter().zip(at) {
+                results[i] = Some(match status {
+                    RowStatus::New(id) => pb::row_result::Result::CreatedId(id),
+                    RowStatus::Duplicate => pb::row_result::Result::Duplicate(true),
+                    RowStatus::Rejected(reason) => pb::row_result::Result::Rejected(reason),
+                });
+            }
+        }
+        let mut reply = pb::SubmitReply::default();
+        for (i, r) in results.into_iter().enumerate() {
+            match &r {
+                Some(pb::row_result::Result::CreatedId(_)) => reply.created += 1,
+                Some(pb::row_result::Result::Duplicate(_)) => reply.duplicates += 1,
+                Some(pb::row_result::Result::Rejected(reason)) => {
+                    reply.rejected.push(pb::RowError {
+                        index: i as u32,
+                        reason: reason.clone(),
+                    })
+                }
+                None => {}
+            }
+            reply.results.push(pb::RowResult { result: r });
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn submit_events(
+        &self,
+        _request: Request<pb::SubmitEventsRequest>,
+    ) -> Result<Response<pb::SubmitEventsReply>, Status> {
+        Err(Status::unimplemented(
+            "event-triggered generators are not available in this version",
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::user_service_server::UserService for Api {
+    async fn upsert(
+        &self,
+        request: Request<pb::UpsertUsersRequest>,
+    ) -> Result<Response<pb::UpsertUsersReply>, Status> {
+        let req = request.into_inner();
+        batch_size("users", req.users.len())?;
+        let mut users = Vec::with_capacity(req.users.len());
+        for (i, u) in req.users.into_iter().enumerate() {
+            if u.timezone.parse::<chrono_tz::Tz>().is_err() {
+                return Err(invalid(format!(
+                    "user {i}: unknown time zone {:?} (an IANA name such as Europe/Stockholm)",
+                    u.timezone
+                )));
+            }
+            let attributes = if u.attributes_json.is_empty() {
+                serde_json::json!({})
+            } else {
+                serde_json::from_str::<serde_json::Value>(&u.attributes_json)
+                    .ok()
+                    .filter(|v| v.is_object())
+                    .ok_or_else(|| {
+                        invalid(format!("user {i}: attributes_json is not a JSON object"))
+                    })?
+            };
+            let user = User {
+                user_id: u.user_id,
+                timezone: u.timezone,
+                locale: Some(u.locale).filter(|l| !l.is_empty()),
+                attributes,
+                opted_out_categories: u.opted_out_categories,
+                channels: u
+                    .channels
+                    .into_iter()
+                    .map(|c| ChannelState {
+                        channel: c.channel,
+                        reachable: c.reachable,
+                        opted_out: c.opted_out,
+                    })
+                    .collect(),
+            };
+            user.validate()
+                .map_err(|e| invalid(format!("user {i}: {e}")))?;
+            users.push(user);
+        }
+        let before = self
+            .store
+            .upsert_users(&users, self.clock.now())
+            .await
+            .map_err(errors::store)?;
+        Ok(Response::new(pb::UpsertUsersReply {
+            upserted: users.len() as u32,
+            cancelled_items: before as u32,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::feedback_service_server::FeedbackService for Api {
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportReply>, Status> {
+        let req = request.into_inner();
+        batch_size("outcomes", req.outcomes.len())?;
+        let now = self.clock.now();
+        let mut outcomes = Vec::with_capacity(req.outcomes.len());
+        for (i, o) in req.outcomes.into_iter().enumerate() {
+            let row = |m: String| invalid(format!("outcome {i}: {m}"));
+            if o.user_id.is_empty() {
+                return Err(row("user_id is required".into()));
+            }
+            if o.value.is_some_and(|v| !v.is_finite()) {
+                return Err(row("value must be a finite number".into()));
+            }
+            outcomes.push(NewOutcome {
+                user_id: o.user_id,
+                message_id: o.message_id,
+                kind: convert::outcome_kind(o.kind).map_err(row)?,
+                occurred_at: match &o.occurred_at {
+                    Some(t) => convert::from_time(t, "occurred_at").map_err(row)?,
+                    None => now,
+                },
+                value: o.value,
+            });
+        }
+        let report = self
+            .store
+            .record_outcomes(&outcomes, now)
+            .await
+            .map_err(errors::store)?;
+        Ok(Response::new(pb::ReportReply {
+            stored: report.stored as u32,
+            duplicates: report.duplicates as u32,
+            unknown_message: report.unknown_message as u32,
+        }))
+    }
+
+    async fn report_activity(
+        &self,
+        request: Request<pb::ReportActivityRequest>,
+    ) -> Result<Response<pb::ReportActivityReply>, Status> {
+        let req = request.into_inner();
+        batch_size("activity", req.activity.len())?;
+        let now = self.clock.now();
+        let mut days = Vec::with_capacity(req.activity.len());
+        for (i, a) in req.activity.into_iter().enumerate() {
+            let at = match &a.occurred_at {
+                Some(t) => convert::from_time(t, "occurred_at")
+                    .map_err(|m| invalid(format!("activity {i}: {m}")))?,
+                None => now,
+            };
+            days.push((a.user_id, at.date_naive()));
+        }
+        let new = self
+            .store
+            .record_activity(&days)
+            .await
+            .map_err(errors::store)?;
+        Ok(Response::new(pb::ReportActivityReply {
+            new_days: new as u32,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::schedule_service_server::ScheduleService for Api {
+    async fn pull(
+        &self,
+        request: Request<pb::PullRequest>,
+    ) -> Result<Response<pb::PullReply>, Status> {
+        if !self.serving() {
+            return Err(Status::unavailable(
+                "shutting down: pull from another replica",
+            ));
+        }
+        let req = request.into_inner();
+        if req.holder.is_empty() {
+            return Err(invalid("holder is required"));
+        }
+        if req.channels.is_empty() {
+            return Err(invalid("at least one channel is required"));
+        }
+        if req.max_items == 0 || req.max_items > MAX_PULL {
+            return Err(invalid(format!("max_items must be 1 to {MAX_PULL}")));
+        }
+        let lease_for = lease_duration(req.lease.as_ref())?;
+        let items = self
+            .store
+            .lease(
+                &LeaseRequest {
+                    holder: req.holder,
+                    channels: req.channels,
+                    max_items: req.max_items,
+                    lease_for,
+                },
+                self.clock.now(),
+            )
+            .await
+            .map_err(errors::store)?;
+        let items = items
+            .into_iter()
+            .map(|i| pb::LeasedItem {
+                user_id: i.user_id,
+                item_id: i.item_id,
+                opportunity_id: i.opportunity_id,
+                channel: i.channel,
+                template: i.template,
+                category: i.category,
+                priority: i.priority,
+                signals: match i.signals {
+                    serde_json::Value::Object(m) => m
+                        .into_iter()
+                        .filter_map(|(k, v)| v.as_f64().map(|v| (k, v)))
+                        .collect(),
+                    _ => Default::default(),
+                },
+                send_after: Some(time(i.send_after)),
+                send_before: Some(time(i.send_before)),
+                lease_token: i.lease_token.to_string(),
+                lease_expires_at: Some(time(i.lease_expires_at)),
+                attempt: i.attempt.max(0) as u32,
+            })
+            .collect();
+        Ok(Response::new(pb::PullReply { items }))
+    }
+
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckReply>, Status> {
+        let req = request.into_inner();
+        if req.acks.is_empty() {
+            return Err(invalid("acks: the batch is empty"));
+        }
+        if req.acks.len() > MAX_PULL as usize {
+            return Err(invalid(format!("acks: at most {MAX_PULL} per request")));
+        }
+        // The whole request is checked before any ack is applied.
+        let mut acks = Vec::with_capacity(req.acks.len());
+        for (i, a) in req.acks.iter().enumerate() {
+            acks.push(Ack {
+                user_id: a.user_id.clone(),
+                item_id: a.item_id,
+                lease_token: token(&a.lease_token, i)?,
+                status: convert::ack_status(a.status)
+                    .map_err(|m| invalid(format!("ack {i}: {m}")))?,
+            });
+        }
+        let now = self.clock.now();
+        let mut outcomes = Vec::with_capacity(acks.len());
+        for a in &acks {
+            let result = self.store.ack(a, now).await.map_err(errors::store)?;
+            use pb::AckResult as R;
+            let (code, message_id) = match result {
+                AckResult::Acked { message_id } => (R::Acked, message_id),
+                AckResult::AlreadyAcked { message_id } => (R::AlreadyAcked, message_id),
+                AckResult::Stale => (R::Stale, None),
+                AckResult::Conflict { .. } => (R::Conflict, None),
+                AckResult::Cancelled => (R::Cancelled, None),
+                AckResult::NotFound => (R::NotFound, None),
+            };
+            outcomes.push(pb::AckOutcome {
+                item_id: a.item_id,
+                result: code as i32,
+                message_id,
+            });
+        }
+        if let [only] = outcomes.as_slice() {
+            if only.result == pb::AckResult::Stale as i32 {
+                return Err(Status::failed_precondition(
+                    "the lease is stale: it expired or the item was leased again; do not send",
+                ));
+            }
+        }
+        Ok(Response::new(pb::AckReply { outcomes }))
+    }
+
+    async fn extend_lease(
+        &self,
+        request: Request<pb::ExtendLeaseRequest>,
+    ) -> Result<Response<pb::ExtendLeaseReply>, Status> {
+        let req = request.into_inner();
+        let lease_for = lease_duration(req.lease.as_ref())?;
+        let token = token(&req.lease_token, 0)?;
+        let until = self
+            .store
+            .extend_lease(
+                &req.user_id,
+                req.item_id,
+                token,
+                lease_for,
+                self.clock.now(),
+            )
+            .await
+            .map_err(errors::store)?
+            .ok_or_else(|| {
+                Status::failed_precondition("the lease is no longer held; do not send the item")
+            })?;
+        Ok(Response::new(pb::ExtendLeaseReply {
+            lease_expires_at: Some(time(until)),
+        }))
+    }
+
+    async fn get_user_schedule(
+        &self,
+        request: Request<pb::GetUserScheduleRequest>,
+    ) -> Result<Response<pb::GetUserScheduleReply>, Status> {
+        let req = request.into_inner();
+        if req.user_id.is_empty() {
+            return Err(invalid("user_id is required"));
+        }
+        let items = self
+            .store
+            .user_schedule(&req.user_id, 500)
+            .await
+            .map_err(errors::store)?
+            .into_iter()
+            .map(|i| pb::ScheduledItem {
+                item_id: i.item_id,
+                opportunity_id: i.opportunity_id,
+                channel: i.channel,
+                template: i.template,
+                state: i.state,
+                send_after: Some(time(i.send_after)),
+                send_before: Some(time(i.send_before)),
+                value: i.value,
+                propensity: i.propensity,
+                plan_id: i.plan_id,
+            })
+            .collect();
+        Ok(Response::new(pb::GetUserScheduleReply { items }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for Api {
+    async fn replan(
+        &self,
+        request: Request<pb::ReplanRequest>,
+    ) -> Result<Response<pb::PlanSummary>, Status> {
+        let req = request.into_inner();
+        if req.user_ids.iter().any(|u| u.is_empty()) {
+            return Err(invalid("user_ids must not contain an empty id"));
+        }
+        let summary = self
+            .control
+            .replan(req.user_ids)
+            .await
+            .map_err(errors::control)?;
+        Ok(Response::new(convert::summary(&summary)))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::Status>, Status> {
+        let s = self.control.status().await.map_err(errors::control)?;
+        Ok(Response::new(pb::Status {
+            policy_version: s.policy_version.unwrap_or_default(),
+            last_reload_error: s.last_reload_error.unwrap_or_default(),
+            rejected_policy_version: s.rejected_policy_version.unwrap_or_default(),
+            model_version: s.model_version.unwrap_or_default(),
+            recent_plans: s.recent_plans.iter().map(convert::summary).collect(),
+            next_runs: s
+                .next_runs
+                .into_iter()
+                .map(|(replan, at)| pb::CronRun {
+                    replan,
+                    next_run: Some(time(at)),
+                })
+                .collect(),
+            health: if s.serving && self.serving() {
+                "SERVING".into()
+            } else {
+                "NOT_SERVING".into()
+            },
+        }))
+    }
+}

@@ -1,0 +1,194 @@
+//! tern's gRPC API (`proto/tern/v1`, package `tern.v1`), and the only crate that speaks gRPC.
+//!
+//! # Layout
+//! - [`pb`]: the types and service traits generated from the `.proto` files at build time.
+//! - [`Api`] (in `api.rs`): one value implementing every service, over the [`Store`], a
+//!   [`Clock`] and a [`Control`] for what the daemon itself does (replans, status).
+//! - `convert.rs`: wire ↔ domain conversions, each refusing malformed input with a sentence.
+//! - `errors.rs`: store and control errors → gRPC status codes, in one place.
+//! - [`serve`]: the server with health, reflection, message-size limits and graceful shutdown.
+//!
+//! # Invariants
+//! - A malformed request changes nothing and gets INVALID_ARGUMENT with what is wrong; a batch
+//!   is checked whole before anything is written, except opportunity rows, which are reported
+//!   one by one (a bad row must not block the good ones of an upstream system).
+//! - A database that is away is UNAVAILABLE (retryable, nothing was written), never INTERNAL.
+//! - Handlers read time from the [`Clock`], never from the system directly, so a simulation can
+//!   drive tern's time.
+
+mod api;
+mod convert;
+mod errors;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+
+pub use api::Api;
+pub use errors::ControlError;
+
+/// The generated protocol types and service traits.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("tern.v1");
+}
+
+/// The encoded descriptors of every tern.v1 file (and the well-known types they import), served
+/// by reflection so that `grpcurl` works without the `.proto` files.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tern_descriptor.bin"));
+
+/// Where handlers get the current time. The daemon uses the system clock; a simulation can
+/// substitute its own.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A plan's summary, as `AdminService.Replan` and `GetStatus` report it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReplanSummary {
+    pub plan_id: i64,
+    pub trigger: String,
+    pub policy_version: String,
+    pub model_version: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub published_at: Option<DateTime<Utc>>,
+    pub candidates: u64,
+    pub chosen_per_channel: std::collections::BTreeMap<String, u64>,
+    pub suppressed_per_reason: std::collections::BTreeMap<String, u64>,
+    pub duration_seconds: f64,
+}
+
+/// The daemon's state, as `AdminService.GetStatus` reports it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DaemonStatus {
+    pub policy_version: Option<String>,
+    pub last_reload_error: Option<String>,
+    pub rejected_policy_version: Option<String>,
+    pub model_version: Option<String>,
+    pub recent_plans: Vec<ReplanSummary>,
+    /// Replan document name and its next run.
+    pub next_runs: Vec<(String, DateTime<Utc>)>,
+    pub serving: bool,
+}
+
+/// What the daemon does beyond storing and serving data: planning and reporting its state. The
+/// binary implements it; this crate only exposes it over gRPC.
+#[tonic::async_trait]
+pub trait Control: Send + Sync + 'static {
+    /// Plans now (only `users` when not empty) and publishes the schedule.
+    async fn replan(&self, users: Vec<String>) -> Result<ReplanSummary, ControlError>;
+    async fn status(&self) -> Result<DaemonStatus, ControlError>;
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Largest request accepted; bigger ones are refused with OUT_OF_RANGE before decoding.
+    pub max_message_bytes: usize,
+    /// After shutdown is requested, health reports NOT_SERVING for this long before the listener
+    /// closes, so that load balancers stop routing here first.
+    pub drain_delay: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_message_bytes: 16 * 1024 * 1024,
+            drain_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("server reflection could not be built: {0}")]
+    Reflection(String),
+}
+
+/// Serves every tern.v1 service, health and reflection on `listener` until `shutdown`
+/// completes; then health turns NOT_SERVING, new connections are refused, and the call returns
+/// once in-flight calls have finished (the caller bounds that with its grace period).
+pub async fn serve(
+    listener: TcpListener,
+    api: Api,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    use pb::admin_service_server::AdminServiceServer;
+    use pb::feedback_service_server::FeedbackServiceServer;
+    use pb::opportunity_service_server::OpportunityServiceServer;
+    use pb::schedule_service_server::ScheduleServiceServer;
+    use pb::user_service_server::UserServiceServer;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let names = [
+        "",
+        "tern.v1.OpportunityService",
+        "tern.v1.ScheduleService",
+        "tern.v1.UserService",
+        "tern.v1.FeedbackService",
+        "tern.v1.AdminService",
+    ];
+    for name in names {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let max = options.max_message_bytes;
+    let drain = options.drain_delay;
+    let serving = api.serving.clone();
+    let signal = async move {
+        shutdown.await;
+        serving.store(false, std::sync::atomic::Ordering::SeqCst);
+        for name in names {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight calls");
+        tokio::time::sleep(drain).await;
+    };
+    Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(OpportunityServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(ScheduleServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(UserServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(FeedbackServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(AdminServiceServer::new(api).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            signal,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Builds an [`Api`].
+pub fn api(store: tern_store::Store, clock: Arc<dyn Clock>, control: Arc<dyn Control>) -> Api {
+    Api::new(store, clock, control)
+}

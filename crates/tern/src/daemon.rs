@@ -1,0 +1,305 @@
+//! What the daemon does between requests: replans (on demand, and later on cron), the active
+//! model, and the status operators read. The gRPC server reaches it through
+//! [`tern_server::Control`].
+//!
+//! A replan: take the replan lock (one replica at a time, across the database), read the active
+//! policy bundle and model once, load what the users with open opportunities need from the store,
+//! plan on a blocking thread, and publish the schedule in one transaction. The bundle and the
+//! model are read per replan, so a reloaded policy or a newly promoted model applies to the next
+//! plan without a restart.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tern_model::Model;
+use tern_planner::{Plan, Planner, Predictor, UserInput};
+use tern_policy::{Bundle, Watcher};
+use tern_server::{Clock, Control, ControlError, DaemonStatus, ReplanSummary};
+use tern_store::{NewPlan, NewScheduleItem, PlanningUser, Store, Supersede};
+
+use crate::features;
+use crate::plan::{assign_arms, planner_config, OUTSIDE};
+use crate::predict::{ModelPredictor, Prior};
+
+/// How far back a replan reads history: the longest cap window and the fatigue features' reach.
+const HISTORY: TimeDelta = TimeDelta::days(28);
+
+pub struct Daemon {
+    store: Store,
+    watcher: Arc<Watcher>,
+    model: tokio::sync::Mutex<Option<(String, Arc<Model>)>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Daemon {
+    pub fn new(store: Store, watcher: Arc<Watcher>, clock: Arc<dyn Clock>) -> Daemon {
+        Daemon {
+            store,
+            watcher,
+            model: tokio::sync::Mutex::new(None),
+            clock,
+        }
+    }
+
+    /// The active model from the registry, loaded again only when the active version changed.
+    async fn active_model(&self) -> Result<Option<(String, Arc<Model>)>, ControlError> {
+        let mut cached = self.model.lock().await;
+        let Some((version, bytes)) = self.store.active_model().await? else {
+            *cached = None;
+            return Ok(None);
+        };
+        if cached.as_ref().is_some_and(|(v, _)| *v == version) {
+            return Ok(cached.clone());
+        }
+        match Model::from_bytes(&bytes) {
+            Ok(model) => {
+                tracing::info!(model = %version, "loaded the active model");
+                *cached = Some((version, Arc::new(model)));
+                Ok(cached.clone())
+            }
+            // A broken artifact must not stop planning: keep the model that was serving.
+            Err(e) => {
+                tracing::error!(model = %version, error = %e, "cannot load the active model; keeping the previous one");
+                Ok(cached.clone())
+            }
+        }
+    }
+
+    /// Plans the users with open opportunities (only `users` when not empty) and publishes.
+    pub async fn replan(
+        &self,
+        trigger: &str,
+        users: Vec<String>,
+    ) -> Result<ReplanSummary, ControlError> {
+        let _lock = self.store.lock_replans().await?;
+        let started = Instant::now();
+        let now = self.clock.now();
+        let bundle: Arc<Bundle> = self.watcher.active();
+        let replan_doc = (trigger != "manual").then_some(trigger);
+        let config = planner_config(&bundle, replan_doc).map_err(|e| {
+            ControlError::Failed(format!("the active policy cannot be planned with: {e:#}"))
+        })?;
+        let horizon = TimeDelta::seconds(config.horizon_secs as i64);
+        let planner = Planner::new(config).map_err(|e| {
+            ControlError::Failed(format!("the active policy cannot be planned with: {e}"))
+        })?;
+        let filter = (!users.is_empty()).then_some(users.as_slice());
+        let input = self.store.planning_input(now, HISTORY, filter).await?;
+        let mut inputs: Vec<UserInput> = input.into_iter().map(|u| user_input(u, now)).collect();
+        assign_arms(&bundle, &mut inputs);
+        let model = self.active_model().await?;
+        let model_version = model.as_ref().map(|(v, _)| v.clone());
+        let seed = now.timestamp_micros() as u64;
+        let plan = tokio::task::spawn_blocking(move || {
+            let predictor: Box<dyn Predictor> = match model {
+                Some((_, m)) => Box::new(ModelPredictor::new(m, now)),
+                None => Box::new(Prior),
+            };
+            planner.plan(&inputs, now, seed, predictor.as_ref())
+        })
+        .await
+        .map_err(|e| ControlError::Failed(format!("the planner failed: {e}")))?;
+        let plan = plan.map_err(|e| ControlError::Failed(format!("the planner refused: {e}")))?;
+        let items = schedule_items(&plan);
+        let supersede = if users.is_empty() {
+            Supersede::All
+        } else {
+            Supersede::Users(users)
+        };
+        let published = self
+            .store
+            .publish_plan(
+                &NewPlan {
+                    trigger: trigger.to_string(),
+                    policy_version: bundle.version.clone(),
+                    model_version: model_version.clone(),
+                    seed: seed as i64,
+                    started_at: now,
+                    horizon_end: now + horizon,
+                    stats: serde_json::json!({
+                        "candidates": plan.stats.candidates,
+                        "users": plan.stats.users,
+                        "chosen": plan.stats.chosen,
+                        "suppressed": plan.stats.suppressed,
+                        "duration_seconds": started.elapsed().as_secs_f64(),
+                    }),
+                },
+                &items,
+                &supersede,
+                now,
+            )
+            .await?;
+        let summary = ReplanSummary {
+            plan_id: published.plan_id,
+            trigger: trigger.to_string(),
+            policy_version: bundle.version.clone(),
+            model_version,
+            started_at: Some(now),
+            published_at: Some(self.clock.now()),
+            candidates: plan.stats.candidates,
+            chosen_per_channel: plan.stats.chosen.clone(),
+            suppressed_per_reason: plan.stats.suppressed.clone(),
+            duration_seconds: started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            plan = summary.plan_id,
+            trigger,
+            candidates = summary.candidates,
+            items = published.items,
+            seconds = summary.duration_seconds,
+            "published a plan"
+        );
+        Ok(summary)
+    }
+}
+
+#[tonic::async_trait]
+impl Control for Daemon {
+    async fn replan(&self, users: Vec<String>) -> Result<ReplanSummary, ControlError> {
+        Daemon::replan(self, "manual", users).await
+    }
+
+    async fn status(&self) -> Result<DaemonStatus, ControlError> {
+        let bundle = self.watcher.active();
+        let rejected = self.watcher.status().last_error;
+        let model = self.store.active_model().await?.map(|(v, _)| v);
+        let recent = self.store.recent_plans(5).await?;
+        let now = self.clock.now();
+        let next_runs = bundle
+            .replans
+            .iter()
+            .filter_map(|r| {
+                let next = match r.timezone {
+                    Some(tz) => r
+                        .cron
+                        .schedule
+                        .after(&now.with_timezone(&tz))
+                        .next()
+                        .map(|t| t.with_timezone(&Utc)),
+                    None => r.cron.schedule.after(&now).next(),
+                };
+                next.map(|t| (r.metadata.name.clone(), t))
+            })
+            .collect();
+        Ok(DaemonStatus {
+            policy_version: Some(bundle.version.clone()),
+            last_reload_error: rejected
+                .as_ref()
+                .map(|r| r.findings.to_text().trim_end().to_string()),
+            rejected_policy_version: rejected.map(|r| r.version),
+            model_version: model,
+            recent_plans: recent
+                .into_iter()
+                .map(|p| {
+                    let counts = |key: &str| -> BTreeMap<String, u64> {
+                        p.stats
+                            .get(key)
+                            .and_then(|v| v.as_object())
+                            .map(|m| {
+                                m.iter()
+                                    .filter_map(|(k, v)| v.as_u64().map(|v| (k.clone(), v)))
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    };
+                    ReplanSummary {
+                        plan_id: p.plan_id,
+                        trigger: p.trigger.clone(),
+                        policy_version: p.policy_version.clone(),
+                        model_version: p.model_version.clone(),
+                        started_at: Some(p.started_at),
+                        published_at: p.published_at,
+                        candidates: p
+                            .stats
+                            .get("candidates")
+                            .and_then(|v| v.as_u64())
+                            .unwrap_or(0),
+                        chosen_per_channel: counts("chosen"),
+                        suppressed_per_reason: counts("suppressed"),
+                        duration_seconds: p
+                            .stats
+                            .get("duration_seconds")
+                            .and_then(|v| v.as_f64())
+                            .unwrap_or(0.0),
+                    }
+                })
+                .collect(),
+            next_runs,
+            serving: true,
+        })
+    }
+}
+
+/// A user as the store returns them, as the planner (and its predictor) reads them.
+fn user_input(u: PlanningUser, now: DateTime<Utc>) -> UserInput {
+    UserInput {
+        activity: features::activity_as_of(u.first_seen_at, &u.active_days, now),
+        user_id: u.user_id,
+        timezone: u.timezone,
+        arm: None,
+        send_time_profile: Vec::new(),
+        opted_out_channels: u.opted_out_channels,
+        unreachable_channels: u.unreachable_channels,
+        opted_out_categories: u.opted_out_categories,
+        history: u
+            .history
+            .into_iter()
+            .map(|h| tern_planner::PastSend {
+                channel: h.channel,
+                category: h.category,
+                priority: h.priority,
+                sent_at: h.sent_at,
+                opened_at: h.opened_at,
+            })
+            .collect(),
+        opportunities: u
+            .opportunities
+            .into_iter()
+            .map(|o| tern_planner::OpportunityInput {
+                id: o.opportunity_id,
+                category: o.category,
+                priority: o.priority,
+                channels: o.channels,
+                created_at: o.created_at,
+                expires_at: o.expires_at,
+                template: o.template,
+                scores: Vec::new(),
+                signals: o.signals,
+            })
+            .collect(),
+    }
+}
+
+/// The plan's choices as schedule items, each with the arm it was planned under.
+fn schedule_items(plan: &Plan) -> Vec<NewScheduleItem> {
+    let mut items = Vec::new();
+    for u in &plan.users {
+        let (experiment, arm) = match u.arm.split_once('/') {
+            Some((e, a)) => (Some(e.to_string()), Some(a.to_string())),
+            None if u.arm == OUTSIDE => (None, None),
+            None => (None, Some(u.arm.clone())),
+        };
+        for c in &u.choices {
+            items.push(NewScheduleItem {
+                user_id: u.user_id.clone(),
+                opportunity_id: c.opportunity,
+                channel: plan.channel_name(c.channel).to_string(),
+                send_after: c.send_after,
+                send_before: c.send_before,
+                value: c.value,
+                propensity: c.propensity,
+                experiment: experiment.clone(),
+                arm: arm.clone(),
+                scores: serde_json::json!({
+                    "conversion": c.scores.conversion,
+                    "engagement": c.scores.engagement,
+                    "retention": c.scores.retention,
+                    "reachability_loss": c.scores.reachability_loss,
+                }),
+            });
+        }
+    }
+    items
+}

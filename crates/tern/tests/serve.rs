@@ -1,0 +1,533 @@
+//! `tern serve` as delivery services and upstream systems meet it: the real binary, a real
+//! PostgreSQL, and gRPC over loopback.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tern_server::pb;
+use tern_server::pb::admin_service_client::AdminServiceClient;
+use tern_server::pb::feedback_service_client::FeedbackServiceClient;
+use tern_server::pb::opportunity_service_client::OpportunityServiceClient;
+use tern_server::pb::schedule_service_client::ScheduleServiceClient;
+use tern_server::pb::user_service_client::UserServiceClient;
+use tern_tests::TestDb;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const BUNDLE: &str = r#"apiVersion: tern/v1
+kind: Channel
+metadata: {name: push}
+spec: {}
+---
+apiVersion: tern/v1
+kind: Channel
+metadata: {name: email}
+spec: {}
+---
+apiVersion: tern/v1
+kind: Objective
+metadata: {name: default}
+spec:
+  weights: {conversion: 1.0, engagement: 1.0, retention: 1.0, reachability: 1.0}
+  minValue: 0.0
+---
+apiVersion: tern/v1
+kind: Replan
+metadata: {name: hourly}
+spec: {cron: "0 0 * * * *", horizon: 24h, exploration: 0}
+"#;
+
+/// A running daemon, stopped with SIGTERM when dropped.
+struct Daemon {
+    child: Child,
+    address: String,
+    policies: PathBuf,
+}
+
+impl Daemon {
+    fn start(database_url: &str) -> Daemon {
+        let policies = std::env::temp_dir().join(format!(
+            "tern-serve-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(policies.join("bundle.yaml"), BUNDLE).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--policy-poll-ms", "50"])
+            .args([
+                "--policy-settle-ms",
+                "100",
+                "--shutdown-grace",
+                "5",
+                "--policies",
+            ])
+            .arg(&policies)
+            .env("DATABASE_URL", database_url)
+            .env_remove("TERN_PG_BINDIR")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tern serve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("tern serve printed nothing").unwrap();
+        let address = first
+            .strip_prefix("serving tern.v1 on ")
+            .and_then(|rest| rest.split(',').next())
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .to_string();
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Daemon {
+            child,
+            address,
+            policies,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.address))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to tern serve")
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tern serve did not exit within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.policies);
+    }
+}
+
+fn user(id: &str) -> pb::User {
+    pb::User {
+        user_id: id.into(),
+        timezone: "UTC".into(),
+        attributes_json: r#"{"tier": "gold"}"#.into(),
+        ..Default::default()
+    }
+}
+
+fn opportunity(user: &str, key: &str, channels: &[&str]) -> pb::Opportunity {
+    pb::Opportunity {
+        user_id: user.into(),
+        dedupe_key: key.into(),
+        template: "new_release".into(),
+        category: "content".into(),
+        priority: "marketing".into(),
+        channels: channels.iter().map(|c| c.to_string()).collect(),
+        signals: [("relevance".to_string(), 0.8)].into(),
+        ttl: Some(prost_types::Duration {
+            seconds: 48 * 3600,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn submit_replan_pull_ack_report_status_over_grpc() {
+    let db = TestDb::new().await;
+    let mut daemon = Daemon::start(&db.url);
+    let channel = daemon.channel().await;
+    let mut users = UserServiceClient::new(channel.clone());
+    let mut opportunities = OpportunityServiceClient::new(channel.clone());
+    let mut schedule = ScheduleServiceClient::new(channel.clone());
+    let mut feedback = FeedbackServiceClient::new(channel.clone());
+    let mut admin = AdminServiceClient::new(channel.clone());
+
+    let up = users
+        .upsert(pb::UpsertUsersRequest {
+            users: vec![user("u1"), user("u2")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(up.upserted, 2);
+
+    let batch = pb::SubmitRequest {
+        source: "catalog".into(),
+        opportunities: vec![
+            opportunity("u1", "a", &["push"]),
+            opportunity("u2", "b", &["push", "email"]),
+            opportunity("u2", "", &["push"]), // no dedupe key: rejected, the rest stored
+        ],
+    };
+    let reply = opportunities
+        .submit(batch.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.created, reply.duplicates), (2, 0));
+    assert_eq!(reply.rejected.len(), 1);
+    assert_eq!(reply.rejected[0].index, 2);
+    assert!(reply.rejected[0].reason.contains("dedupe_key"), "{reply:?}");
+    let again = opportunities.submit(batch).await.unwrap().into_inner();
+    assert_eq!((again.created, again.duplicates), (0, 2), "idempotent");
+
+    let plan = admin
+        .replan(pb::ReplanRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.trigger, "manual");
+    assert_eq!(plan.candidates, 3);
+    let chosen: u64 = plan.chosen_per_channel.values().sum();
+    assert_eq!(chosen, 2, "one message per opportunity: {plan:?}");
+
+    let pulled = schedule
+        .pull(pb::PullRequest {
+            holder: "push-sender-1".into(),
+            channels: vec!["push".into(), "email".into()],
+            max_items: 10,
+            lease: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pulled.len(), 2, "{pulled:?}");
+    assert!(pulled
+        .iter()
+        .all(|i| i.attempt == 1 && i.signals["relevance"] == 0.8));
+    let again = schedule
+        .pull(pb::PullRequest {
+            holder: "push-sender-2".into(),
+            channels: vec!["push".into(), "email".into()],
+            max_items: 10,
+            lease: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.items.is_empty(), "leased items are nobody else's");
+
+    let acks = pb::AckRequest {
+        acks: pulled
+            .iter()
+            .map(|i| pb::AckItem {
+                user_id: i.user_id.clone(),
+                item_id: i.item_id,
+                lease_token: i.lease_token.clone(),
+                status: pb::AckStatus::Sent as i32,
+            })
+            .collect(),
+    };
+    let acked = schedule
+        .ack(acks.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    assert!(acked
+        .iter()
+        .all(|o| o.result == pb::AckResult::Acked as i32));
+    let repeated = schedule.ack(acks).await.unwrap().into_inner().outcomes;
+    assert!(repeated
+        .iter()
+        .all(|o| o.result == pb::AckResult::AlreadyAcked as i32));
+    assert_eq!(
+        acked.iter().map(|o| o.message_id).collect::<Vec<_>>(),
+        repeated.iter().map(|o| o.message_id).collect::<Vec<_>>()
+    );
+
+    let first = &pulled[0];
+    let outcome = pb::ReportRequest {
+        outcomes: vec![pb::Outcome {
+            user_id: first.user_id.clone(),
+            message_id: acked[0].message_id.unwrap(),
+            kind: pb::OutcomeKind::Opened as i32,
+            occurred_at: None,
+            value: None,
+        }],
+    };
+    let stored = feedback.report(outcome.clone()).await.unwrap().into_inner();
+    assert_eq!((stored.stored, stored.duplicates), (1, 0));
+    let dup = feedback.report(outcome).await.unwrap().into_inner();
+    assert_eq!((dup.stored, dup.duplicates), (0, 1));
+    let active = feedback
+        .report_activity(pb::ReportActivityRequest {
+            activity: vec![pb::Activity {
+                user_id: "u1".into(),
+                occurred_at: None,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(active.new_days, 1);
+
+    let mine = schedule
+        .get_user_schedule(pb::GetUserScheduleRequest {
+            user_id: first.user_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(mine
+        .iter()
+        .any(|i| i.item_id == first.item_id && i.state == "sent"));
+
+    let status = admin
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.health, "SERVING");
+    assert_eq!(status.recent_plans[0].plan_id, plan.plan_id);
+    assert_eq!(status.recent_plans[0].candidates, 3);
+    assert!(!status.policy_version.is_empty());
+    assert!(status.last_reload_error.is_empty());
+    assert_eq!(status.next_runs[0].replan, "hourly");
+
+    drop((users, opportunities, schedule, feedback, admin, channel));
+    let exit = daemon.terminate();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_invalid_argument_and_stale_acks_failed_precondition() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start(&db.url);
+    let channel = daemon.channel().await;
+    let mut opportunities = OpportunityServiceClient::new(channel.clone());
+    let mut schedule = ScheduleServiceClient::new(channel.clone());
+    let mut users = UserServiceClient::new(channel.clone());
+    let mut feedback = FeedbackServiceClient::new(channel.clone());
+
+    let e = opportunities
+        .submit(pb::SubmitRequest {
+            source: String::new(),
+            opportunities: vec![opportunity("u1", "a", &["push"])],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("source"), "{e:?}");
+    let e = opportunities
+        .submit(pb::SubmitRequest {
+            source: "x".into(),
+            opportunities: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let e = schedule
+        .pull(pb::PullRequest {
+            holder: "h".into(),
+            channels: vec!["push".into()],
+            max_items: 0,
+            lease: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("max_items"));
+
+    let e = users
+        .upsert(pb::UpsertUsersRequest {
+            users: vec![
+                user("ok"),
+                pb::User {
+                    timezone: "Mars/Olympus".into(),
+                    ..user("bad")
+                },
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("user 1") && e.message().contains("Mars/Olympus"));
+    assert_eq!(
+        db.store.user("ok").await.unwrap(),
+        None,
+        "a batch with a bad user stores nothing"
+    );
+
+    let e = feedback
+        .report(pb::ReportRequest {
+            outcomes: vec![pb::Outcome {
+                user_id: "u1".into(),
+                message_id: 1,
+                kind: pb::OutcomeKind::Unspecified as i32,
+                occurred_at: None,
+                value: None,
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let e = schedule
+        .ack(pb::AckRequest {
+            acks: vec![pb::AckItem {
+                user_id: "u1".into(),
+                item_id: 1,
+                lease_token: "not-a-token".into(),
+                status: pb::AckStatus::Sent as i32,
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // A real item, leased, then acked with a token that is not its own.
+    opportunities
+        .submit(pb::SubmitRequest {
+            source: "x".into(),
+            opportunities: vec![opportunity("u1", "a", &["push"])],
+        })
+        .await
+        .unwrap();
+    AdminServiceClient::new(channel.clone())
+        .replan(pb::ReplanRequest::default())
+        .await
+        .unwrap();
+    let item = schedule
+        .pull(pb::PullRequest {
+            holder: "h".into(),
+            channels: vec!["push".into()],
+            max_items: 1,
+            lease: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .remove(0);
+    let e = schedule
+        .ack(pb::AckRequest {
+            acks: vec![pb::AckItem {
+                user_id: item.user_id.clone(),
+                item_id: item.item_id,
+                lease_token: uuid::Uuid::new_v4().to_string(),
+                status: pb::AckStatus::Sent as i32,
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = schedule
+        .extend_lease(pb::ExtendLeaseRequest {
+            user_id: item.user_id.clone(),
+            item_id: item.item_id,
+            lease_token: uuid::Uuid::new_v4().to_string(),
+            lease: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let extended = schedule
+        .extend_lease(pb::ExtendLeaseRequest {
+            user_id: item.user_id,
+            item_id: item.item_id,
+            lease_token: item.lease_token,
+            lease: Some(prost_types::Duration {
+                seconds: 600,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(extended.lease_expires_at.unwrap().seconds > item.lease_expires_at.unwrap().seconds);
+}
+
+#[tokio::test]
+async fn a_bad_policy_change_is_reported_and_the_last_good_bundle_keeps_serving() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start(&db.url);
+    let mut admin = AdminServiceClient::new(daemon.channel().await);
+    let reader = admin.clone();
+    let status = || {
+        let mut admin = reader.clone();
+        async move {
+            admin
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let good = status().await.policy_version;
+
+    std::fs::write(
+        daemon.policies.join("bundle.yaml"),
+        BUNDLE.replace("minValue: 0.0", "minValue: lots"),
+    )
+    .unwrap();
+    let bad = wait_for(&status, |s| !s.last_reload_error.is_empty()).await;
+    assert_eq!(
+        bad.policy_version, good,
+        "the last good bundle keeps serving"
+    );
+    assert!(
+        bad.last_reload_error.contains("bundle.yaml:"),
+        "{}",
+        bad.last_reload_error
+    );
+    assert!(!bad.rejected_policy_version.is_empty());
+    // Planning still works, under the good bundle.
+    let plan = admin
+        .replan(pb::ReplanRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.policy_version, good);
+
+    std::fs::write(
+        daemon.policies.join("bundle.yaml"),
+        BUNDLE.replace("minValue: 0.0", "minValue: 0.01"),
+    )
+    .unwrap();
+    let fixed = wait_for(&status, |s| s.last_reload_error.is_empty()).await;
+    assert_ne!(fixed.policy_version, good, "the corrected bundle is active");
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM policy_versions")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded, 2,
+        "both good bundles are recorded, the bad one never"
+    );
+}
+
+async fn wait_for<T, F, Fut>(get: F, done: impl Fn(&T) -> bool) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    for _ in 0..200 {
+        let v = get().await;
+        if done(&v) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached within 10 s");
+}

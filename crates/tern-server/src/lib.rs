@@ -6,6 +6,7 @@
 //!   [`Clock`] and a [`Control`] for what the daemon itself does (replans, status).
 //! - `convert.rs`: wire ↔ domain conversions, each refusing malformed input with a sentence.
 //! - `errors.rs`: store and control errors → gRPC status codes, in one place.
+//! - [`metrics`]: the Prometheus registry and the `/metrics` endpoint.
 //! - [`serve`]: the server with health, reflection, message-size limits and graceful shutdown.
 //!
 //! # Invariants
@@ -19,6 +20,7 @@
 mod api;
 mod convert;
 mod errors;
+pub mod metrics;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use tonic::transport::Server;
 
 pub use api::Api;
 pub use errors::ControlError;
+pub use metrics::{serve_metrics, Metrics};
 
 /// The generated protocol types and service traits.
 pub mod pb {
@@ -189,6 +192,11 @@ pub async fn serve(
 }
 
 /// Builds an [`Api`].
-pub fn api(store: tern_store::Store, clock: Arc<dyn Clock>, control: Arc<dyn Control>) -> Api {
-    Api::new(store, clock, control)
+pub fn api(
+    store: tern_store::Store,
+    clock: Arc<dyn Clock>,
+    control: Arc<dyn Control>,
+    metrics: Arc<Metrics>,
+) -> Api {
+    Api::new(store, clock, control, metrics)
 }

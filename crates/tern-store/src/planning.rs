@@ -303,3 +303,54 @@ pub(crate) fn numbers(v: serde_json::Value) -> BTreeMap<String, f64> {
         _ => BTreeMap::new(),
     }
 }
+
+impl Store {
+    /// Claims the run of `replan` for the cron firing at `scheduled_for`. True for exactly one
+    /// caller per firing, across every replica.
+    pub async fn claim_replan_run(
+        &self,
+        replan: &str,
+        scheduled_for: DateTime<Utc>,
+        holder: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let claimed = sqlx::query(
+            "INSERT INTO replan_runs (replan, scheduled_for, claimed_by, claimed_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(replan)
+        .bind(scheduled_for)
+        .bind(holder)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(claimed == 1)
+    }
+
+    /// Records the plan a claimed run published.
+    pub async fn finish_replan_run(
+        &self,
+        replan: &str,
+        scheduled_for: DateTime<Utc>,
+        plan_id: i64,
+    ) -> Result<()> {
+        sqlx::query("UPDATE replan_runs SET plan_id = $3 WHERE replan = $1 AND scheduled_for = $2")
+            .bind(replan)
+            .bind(scheduled_for)
+            .bind(plan_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The latest firing of `replan` that any replica claimed.
+    pub async fn last_replan_run(&self, replan: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(
+            sqlx::query_scalar("SELECT max(scheduled_for) FROM replan_runs WHERE replan = $1")
+                .bind(replan)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}

@@ -64,7 +64,7 @@ async fn follow(store: &Store, args: &WatchArgs) -> Result<ExitCode> {
         active.version,
         active.documents().len()
     ));
-    run_loop(store, unrecorded, events, shutdown_signal()).await;
+    run_loop(store, unrecorded, events, shutdown_signal(), None).await;
     watcher.stop();
     Ok(ExitCode::SUCCESS)
 }
@@ -76,6 +76,7 @@ pub(crate) async fn run_loop(
     mut unrecorded: Option<Arc<Bundle>>,
     mut events: mpsc::UnboundedReceiver<WatchEvent>,
     shutdown: impl std::future::Future<Output = ()>,
+    metrics: Option<Arc<tern_server::Metrics>>,
 ) {
     tokio::pin!(shutdown);
     loop {
@@ -96,10 +97,17 @@ pub(crate) async fn run_loop(
             () = retry => {}
             event = events.recv() => match event {
                 Some(WatchEvent::Activated(bundle)) => {
+                    if let Some(m) = &metrics {
+                        m.inc("tern_policy_reloads_total", &[("result", "ok")]);
+                        m.set_info("tern_policy_info", "version", &bundle.version);
+                    }
                     unrecorded = record(store, &bundle).await.err().map(|()| bundle.clone());
                     say(&format!("activated {} ({} documents)", bundle.version, bundle.documents().len()));
                 }
                 Some(WatchEvent::Rejected(rejected)) => {
+                    if let Some(m) = &metrics {
+                        m.inc("tern_policy_reloads_total", &[("result", "rejected")]);
+                    }
                     say(&format!(
                         "rejected {}; the active bundle keeps serving:\n{}",
                         rejected.version,

@@ -16,7 +16,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tern_model::Model;
 use tern_planner::{Plan, Planner, Predictor, UserInput};
 use tern_policy::{Bundle, Watcher};
-use tern_server::{Clock, Control, ControlError, DaemonStatus, ReplanSummary};
+use tern_server::{Clock, Control, ControlError, DaemonStatus, Metrics, ReplanSummary};
 use tern_store::{NewPlan, NewScheduleItem, PlanningUser, Store, Supersede};
 
 use crate::features;
@@ -31,15 +31,22 @@ pub struct Daemon {
     watcher: Arc<Watcher>,
     model: tokio::sync::Mutex<Option<(String, Arc<Model>)>>,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
 }
 
 impl Daemon {
-    pub fn new(store: Store, watcher: Arc<Watcher>, clock: Arc<dyn Clock>) -> Daemon {
+    pub fn new(
+        store: Store,
+        watcher: Arc<Watcher>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Daemon {
         Daemon {
             store,
             watcher,
             model: tokio::sync::Mutex::new(None),
             clock,
+            metrics,
         }
     }
 
@@ -69,6 +76,48 @@ impl Daemon {
 
     /// Plans the users with open opportunities (only `users` when not empty) and publishes.
     pub async fn replan(
+        &self,
+        trigger: &str,
+        users: Vec<String>,
+    ) -> Result<ReplanSummary, ControlError> {
+        let result = self.plan_and_publish(trigger, users).await;
+        let m = &self.metrics;
+        match &result {
+            Ok(s) => {
+                m.inc(
+                    "tern_plans_total",
+                    &[("trigger", trigger), ("result", "published")],
+                );
+                m.observe("tern_plan_duration_seconds", &[], s.duration_seconds);
+                m.set("tern_plan_candidates", &[], s.candidates as f64);
+                for (channel, n) in &s.chosen_per_channel {
+                    m.add("tern_plan_chosen_total", &[("channel", channel)], *n as f64);
+                }
+                for (reason, n) in &s.suppressed_per_reason {
+                    m.add(
+                        "tern_plan_suppressed_total",
+                        &[("reason", reason)],
+                        *n as f64,
+                    );
+                }
+                m.set_info(
+                    "tern_model_info",
+                    "version",
+                    s.model_version.as_deref().unwrap_or("none"),
+                );
+            }
+            Err(e) => {
+                m.inc(
+                    "tern_plans_total",
+                    &[("trigger", trigger), ("result", "failed")],
+                );
+                tracing::error!(trigger, error = %e, "the plan failed");
+            }
+        }
+        result
+    }
+
+    async fn plan_and_publish(
         &self,
         trigger: &str,
         users: Vec<String>,
@@ -170,18 +219,7 @@ impl Control for Daemon {
         let next_runs = bundle
             .replans
             .iter()
-            .filter_map(|r| {
-                let next = match r.timezone {
-                    Some(tz) => r
-                        .cron
-                        .schedule
-                        .after(&now.with_timezone(&tz))
-                        .next()
-                        .map(|t| t.with_timezone(&Utc)),
-                    None => r.cron.schedule.after(&now).next(),
-                };
-                next.map(|t| (r.metadata.name.clone(), t))
-            })
+            .filter_map(|r| crate::cron::next_firing(r, now).map(|t| (r.metadata.name.clone(), t)))
             .collect();
         Ok(DaemonStatus {
             policy_version: Some(bundle.version.clone()),

@@ -16,12 +16,14 @@
 //! - `predict.rs`: the model behind the planner's `Predictor` trait.
 //! - `serve.rs`: `tern serve`, the daemon: the gRPC API, the policy watcher, graceful shutdown.
 //! - `daemon.rs`: replans and status behind the API (`tern_server::Control`).
+//! - `cron.rs`: replans on the policies' cron schedules, each firing on exactly one replica.
 //! - `bench.rs`: `tern bench ingest|plan`, the benchmarks behind docs/benchmarks.md.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's convention).
 
 mod activate;
 mod bench;
+mod cron;
 mod daemon;
 mod db;
 mod features;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tern_policy::{WatchOptions, Watcher};
-use tern_server::{ServeOptions, SystemClock};
+use tern_server::{serve_metrics, Metrics, ServeOptions, SystemClock};
 use tokio::net::TcpListener;
 
 use crate::activate;
@@ -21,6 +21,9 @@ pub struct ServeArgs {
     /// Where the gRPC API listens (port 0: any free port, printed on start).
     #[arg(long, env = "TERN_LISTEN", default_value = "0.0.0.0:50051")]
     listen: SocketAddr,
+    /// Where Prometheus metrics are served (`GET /metrics`, plain HTTP).
+    #[arg(long, env = "TERN_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: SocketAddr,
     /// The policy bundle directory, followed for changes.
     #[arg(long, env = "TERN_POLICIES", default_value = "policies")]
     policies: PathBuf,
@@ -71,13 +74,25 @@ pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
+    let metrics_listener = TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for metrics", args.metrics_listen))?;
+    let metrics_address = metrics_listener.local_addr()?;
+    let metrics = Metrics::new();
+    metrics.set_info("tern_policy_info", "version", &active.version);
     let clock = Arc::new(SystemClock);
     let daemon = Arc::new(Daemon::new(
         db.store.clone(),
         watcher.clone(),
         clock.clone(),
+        metrics.clone(),
     ));
-    let api = tern_server::api(db.store.clone(), clock, daemon);
+    let api = tern_server::api(
+        db.store.clone(),
+        clock.clone(),
+        daemon.clone(),
+        metrics.clone(),
+    );
 
     // One shutdown signal, seen by the server, the policy loop and the grace timer.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -93,7 +108,26 @@ pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
     let policy_loop = {
         let store = db.store.clone();
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move { activate::run_loop(&store, unrecorded, events, stop).await })
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            activate::run_loop(&store, unrecorded, events, stop, Some(metrics)).await
+        })
+    };
+    let metrics_loop = tokio::spawn(serve_metrics(
+        metrics_listener,
+        metrics,
+        stopped(stop_rx.clone()),
+    ));
+    let cron_loop = {
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(crate::cron::run(
+            daemon,
+            db.store.clone(),
+            watcher.clone(),
+            clock,
+            crate::cron::holder(),
+            stop,
+        ))
     };
     let mut server = tokio::spawn(tern_server::serve(
         listener,
@@ -105,7 +139,7 @@ pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
         stopped(stop_rx.clone()),
     ));
     activate::say(&format!(
-        "serving tern.v1 on {address}, policy {} ({} documents)",
+        "serving tern.v1 on {address}, metrics on {metrics_address}, policy {} ({} documents)",
         active.version,
         active.documents().len()
     ));
@@ -123,6 +157,8 @@ pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
         },
     };
     policy_loop.abort();
+    cron_loop.abort();
+    metrics_loop.abort();
     db.close().await;
     result.context("the server task failed")??;
     activate::say("stopped");

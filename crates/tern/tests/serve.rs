@@ -43,20 +43,32 @@ spec: {cron: "0 0 * * * *", horizon: 24h, exploration: 0}
 struct Daemon {
     child: Child,
     address: String,
+    metrics: String,
     policies: PathBuf,
 }
 
 impl Daemon {
     fn start(database_url: &str) -> Daemon {
+        Daemon::start_with(database_url, BUNDLE)
+    }
+
+    fn start_with(database_url: &str, bundle: &str) -> Daemon {
         let policies = std::env::temp_dir().join(format!(
             "tern-serve-{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4()
         ));
         std::fs::create_dir_all(&policies).unwrap();
-        std::fs::write(policies.join("bundle.yaml"), BUNDLE).unwrap();
+        std::fs::write(policies.join("bundle.yaml"), bundle).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--policy-poll-ms", "50"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--policy-poll-ms", "50"])
             .args([
                 "--policy-settle-ms",
                 "100",
@@ -73,9 +85,14 @@ impl Daemon {
             .expect("start tern serve");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().expect("tern serve printed nothing").unwrap();
-        let address = first
+        let parts: Vec<&str> = first
             .strip_prefix("serving tern.v1 on ")
-            .and_then(|rest| rest.split(',').next())
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .split(", ")
+            .collect();
+        let address = parts[0].to_string();
+        let metrics = parts[1]
+            .strip_prefix("metrics on ")
             .unwrap_or_else(|| panic!("unexpected first line: {first}"))
             .to_string();
         // Keep draining stdout so the daemon never blocks on a full pipe.
@@ -83,6 +100,7 @@ impl Daemon {
         Daemon {
             child,
             address,
+            metrics,
             policies,
         }
     }
@@ -95,8 +113,21 @@ impl Daemon {
             .expect("connect to tern serve")
     }
 
-    /// SIGTERM, then the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    /// `GET /metrics`, over a plain socket.
+    fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.metrics).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        out
+    }
+
+    /// SIGTERM, then the exit status. Async, so that the test's own runtime keeps running
+    /// (and closes its client connections) while the daemon drains.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -105,7 +136,7 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("tern serve did not exit within 10 s of SIGTERM");
     }
@@ -298,14 +329,34 @@ async fn submit_replan_pull_ack_report_status_over_grpc() {
         .unwrap()
         .into_inner();
     assert_eq!(status.health, "SERVING");
-    assert_eq!(status.recent_plans[0].plan_id, plan.plan_id);
-    assert_eq!(status.recent_plans[0].candidates, 3);
+    // The cron loop's catch-up run at start may have published a plan too, before or after.
+    let manual = status
+        .recent_plans
+        .iter()
+        .find(|p| p.plan_id == plan.plan_id)
+        .expect("the manual plan is among the recent ones");
+    assert_eq!((manual.trigger.as_str(), manual.candidates), ("manual", 3));
     assert!(!status.policy_version.is_empty());
     assert!(status.last_reload_error.is_empty());
     assert_eq!(status.next_runs[0].replan, "hourly");
 
+    let scraped = daemon.scrape();
+    for line in [
+        "tern_plans_total{trigger=\"manual\",result=\"published\"} 1",
+        "tern_plan_chosen_total{channel=\"push\"}",
+        "tern_pulled_items_total{channel=\"push\"}",
+        "tern_acks_total{result=\"acked\"} 2",
+        "tern_acks_total{result=\"already_acked\"} 2",
+        "tern_opportunities_submitted_total{result=\"duplicate\"} 2",
+        "tern_grpc_requests_total{method=\"Pull\",code=\"OK\"} 2",
+        "tern_model_info{version=\"none\"} 1",
+        "tern_policy_info{version=",
+    ] {
+        assert!(scraped.contains(line), "{line} not in:\n{scraped}");
+    }
+
     drop((users, opportunities, schedule, feedback, admin, channel));
-    let exit = daemon.terminate();
+    let exit = daemon.terminate().await;
     assert!(exit.success(), "{exit:?}");
 }
 
@@ -515,6 +566,44 @@ async fn a_bad_policy_change_is_reported_and_the_last_good_bundle_keeps_serving(
         recorded, 2,
         "both good bundles are recorded, the bad one never"
     );
+}
+
+#[tokio::test]
+async fn two_daemons_on_one_database_run_each_cron_firing_once() {
+    let db = TestDb::new().await;
+    let bundle = BUNDLE.replace(
+        "metadata: {name: hourly}\nspec: {cron: \"0 0 * * * *\"",
+        "metadata: {name: every-second}\nspec: {cron: \"* * * * * *\"",
+    );
+    assert!(bundle.contains("every-second"));
+    let mut a = Daemon::start_with(&db.url, &bundle);
+    let mut b = Daemon::start_with(&db.url, &bundle);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert!(a.terminate().await.success());
+    assert!(b.terminate().await.success());
+
+    let (runs, firings, planned): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT scheduled_for), count(plan_id) FROM replan_runs \
+         WHERE replan = 'every-second'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert!(
+        runs >= 3,
+        "{runs} runs in 4.5 s of an every-second schedule"
+    );
+    assert_eq!(runs, firings, "no firing claimed twice");
+    let plans: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM plans WHERE trigger = 'every-second'")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        plans, planned,
+        "one plan per claimed firing, none without a claim"
+    );
+    assert!(planned >= runs - 2, "runs: {runs}, planned: {planned}");
 }
 
 async fn wait_for<T, F, Fut>(get: F, done: impl Fn(&T) -> bool) -> T

@@ -423,3 +423,79 @@ async fn a_lease_can_be_extended_only_while_it_is_held() {
         .unwrap();
     assert_eq!(too_late, None);
 }
+
+/// A batch of acks is judged item by item exactly as single acks are, whatever the mix.
+#[tokio::test]
+async fn a_batch_of_acks_is_judged_like_single_acks_in_request_order() {
+    let db = TestDb::new().await;
+    schedule(&db.store, 6, 1).await;
+    let items = db
+        .store
+        .lease(&request("h", 6, TimeDelta::minutes(5)), t0())
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 6);
+    // Item 4 was acked before; item 5 is acked with a stale token.
+    let before = db
+        .store
+        .ack(&ack(&items[4], AckStatus::Failed), t0())
+        .await
+        .unwrap();
+    assert!(matches!(before, AckResult::Acked { message_id: None }));
+    let mut stale = ack(&items[5], AckStatus::Sent);
+    stale.lease_token = Uuid::new_v4();
+    let batch = vec![
+        ack(&items[0], AckStatus::Sent),
+        ack(&items[1], AckStatus::Skipped),
+        ack(&items[0], AckStatus::Sent), // the same ack twice in one batch
+        ack(&items[2], AckStatus::Sent),
+        ack(&items[4], AckStatus::Sent), // conflicts with the earlier failed ack
+        stale,
+        Ack {
+            item_id: 999_999,
+            ..ack(&items[3], AckStatus::Sent)
+        },
+    ];
+    let results = db.store.ack_many(&batch, t0()).await.unwrap();
+    let message = |r: &AckResult| match r {
+        AckResult::Acked { message_id } | AckResult::AlreadyAcked { message_id } => *message_id,
+        _ => None,
+    };
+    assert!(matches!(
+        results[0],
+        AckResult::Acked {
+            message_id: Some(_)
+        }
+    ));
+    assert!(matches!(results[1], AckResult::Acked { message_id: None }));
+    assert!(matches!(results[2], AckResult::AlreadyAcked { .. }));
+    assert_eq!(
+        message(&results[2]),
+        message(&results[0]),
+        "the same message"
+    );
+    assert!(matches!(
+        results[3],
+        AckResult::Acked {
+            message_id: Some(_)
+        }
+    ));
+    assert!(matches!(results[4], AckResult::Conflict { .. }));
+    assert_eq!(results[5], AckResult::Stale);
+    assert_eq!(results[6], AckResult::NotFound);
+    assert_eq!(count(&db.store, "SELECT count(*) FROM messages").await, 2);
+    assert_eq!(
+        count(
+            &db.store,
+            "SELECT count(*) FROM opportunities WHERE state = 'sent'"
+        )
+        .await,
+        2
+    );
+    // And again: every ack now finds what the first batch did.
+    let again = db.store.ack_many(&batch[..4], t0()).await.unwrap();
+    assert!(again[..4]
+        .iter()
+        .all(|r| matches!(r, AckResult::AlreadyAcked { .. })));
+    assert_eq!(message(&again[0]), message(&results[0]));
+}

@@ -456,9 +456,13 @@ impl pb::schedule_service_server::ScheduleService for Api {
                 });
             }
             let now = self.clock.now();
+            let results = self
+                .store
+                .ack_many(&acks, now)
+                .await
+                .map_err(|e| self.db(e))?;
             let mut outcomes = Vec::with_capacity(acks.len());
-            for a in &acks {
-                let result = self.store.ack(a, now).await.map_err(|e| self.db(e))?;
+            for (a, result) in acks.iter().zip(results) {
                 use pb::AckResult as R;
                 let (code, message_id) = match result {
                     AckResult::Acked { message_id } => (R::Acked, message_id),

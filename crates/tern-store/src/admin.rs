@@ -52,9 +52,18 @@ impl Store {
 
     /// Connects to another database on the server that `url` points at.
     pub async fn connect_to_database(url: &str, database: &str) -> Result<Store> {
+        Store::connect_to_database_with(url, database, ConnectOptions::default()).await
+    }
+
+    /// Like [`Store::connect_to_database`], with pool settings.
+    pub async fn connect_to_database_with(
+        url: &str,
+        database: &str,
+        pool: ConnectOptions,
+    ) -> Result<Store> {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e: sqlx::Error| StoreError::BadUrl(e.to_string()))?;
-        Store::connect_options(options.database(database), ConnectOptions::default()).await
+        Store::connect_options(options.database(database), pool).await
     }
 }

@@ -148,55 +148,123 @@ impl Store {
     /// the same transaction.
     pub async fn ack(&self, ack: &Ack, now: DateTime<Utc>) -> Result<AckResult> {
         let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query(
-            "SELECT state, lease_token, lease_expires_at FROM schedule_items \
-             WHERE user_id = $1 AND item_id = $2 FOR UPDATE",
-        )
-        .bind(&ack.user_id)
-        .bind(ack.item_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            return Ok(AckResult::NotFound);
-        };
-        let state: ItemState = row.try_get::<String, _>(0)?.parse()?;
-        let token: Option<Uuid> = row.try_get(1)?;
-        let expires: Option<DateTime<Utc>> = row.try_get(2)?;
-        if token != Some(ack.lease_token) {
-            return Ok(AckResult::Stale);
-        }
-        let target = ack.status.item_state();
-        let result = match state {
-            ItemState::Leased if expires.is_some_and(|e| e > now) => {
-                sqlx::query(
-                    "UPDATE schedule_items SET state = $3, updated_at = $4 \
-                     WHERE user_id = $1 AND item_id = $2",
-                )
-                .bind(&ack.user_id)
-                .bind(ack.item_id)
-                .bind(target.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                let message_id = if ack.status == AckStatus::Sent {
-                    Some(record_sent(&mut tx, &ack.user_id, ack.item_id, now).await?)
-                } else {
-                    None
-                };
-                AckResult::Acked { message_id }
-            }
-            ItemState::Leased => AckResult::Stale,
-            ItemState::Cancelled => AckResult::Cancelled,
-            s if s == target => AckResult::AlreadyAcked {
-                message_id: message_of(&mut tx, &ack.user_id, ack.item_id).await?,
-            },
-            ItemState::Sent | ItemState::Failed | ItemState::Skipped => {
-                AckResult::Conflict { current: state }
-            }
-            _ => AckResult::Stale,
-        };
+        let result = ack_in(&mut tx, ack, now).await?;
         tx.commit().await?;
         Ok(result)
+    }
+
+    /// Applies several acks in one transaction, each judged exactly as [`Store::ack`] judges it;
+    /// the results come back in request order. The common case (the current token of an
+    /// unexpired lease) is applied to the whole batch in three statements instead of three per
+    /// item, which is what lets delivery services ack at tens of thousands of items a second.
+    /// Rows are locked in key order, so two batches that share items cannot deadlock. On an error
+    /// nothing is applied, and the whole batch may be sent again (acks are idempotent).
+    pub async fn ack_many(&self, acks: &[Ack], now: DateTime<Utc>) -> Result<Vec<AckResult>> {
+        let mut results: Vec<Option<AckResult>> = vec![None; acks.len()];
+        // The first ack of each item takes the set-based fast path; repeats within the batch are
+        // judged one by one afterwards, and see what the first one did.
+        let mut seen = std::collections::HashSet::with_capacity(acks.len());
+        let first: Vec<usize> = (0..acks.len())
+            .filter(|&i| seen.insert((acks[i].user_id.as_str(), acks[i].item_id)))
+            .collect();
+        let users: Vec<&str> = first.iter().map(|&i| acks[i].user_id.as_str()).collect();
+        let items: Vec<i64> = first.iter().map(|&i| acks[i].item_id).collect();
+        let tokens: Vec<Uuid> = first.iter().map(|&i| acks[i].lease_token).collect();
+        let states: Vec<&str> = first
+            .iter()
+            .map(|&i| acks[i].status.item_state().as_str())
+            .collect();
+
+        let mut tx = self.pool.begin().await?;
+        // Lock every row of the batch in key order, so that overlapping batches cannot deadlock.
+        sqlx::query(
+            "SELECT 1 FROM schedule_items s \
+             JOIN unnest($1::text[], $2::bigint[]) AS x(u, i) ON s.user_id = x.u AND s.item_id = x.i \
+             ORDER BY s.user_id, s.item_id FOR UPDATE OF s",
+        )
+        .bind(&users)
+        .bind(&items)
+        .execute(&mut *tx)
+        .await?;
+        // The common case, for every item at once: the current token of an unexpired lease.
+        let applied: Vec<(String, i64, String)> = sqlx::query_as(
+            "UPDATE schedule_items s SET state = x.st, updated_at = $5 \
+             FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[]) AS x(u, i, tok, st) \
+             WHERE s.user_id = x.u AND s.item_id = x.i AND s.lease_token = x.tok \
+               AND s.state = 'leased' AND s.lease_expires_at > $5 \
+             RETURNING s.user_id, s.item_id, s.state",
+        )
+        .bind(&users)
+        .bind(&items)
+        .bind(&tokens)
+        .bind(&states)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let sent: Vec<(&str, i64)> = applied
+            .iter()
+            .filter(|(_, _, st)| st == "sent")
+            .map(|(u, i, _)| (u.as_str(), *i))
+            .collect();
+        let mut message_ids = std::collections::HashMap::new();
+        if !sent.is_empty() {
+            let su: Vec<&str> = sent.iter().map(|(u, _)| *u).collect();
+            let si: Vec<i64> = sent.iter().map(|(_, i)| *i).collect();
+            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                "INSERT INTO messages (user_id, opportunity_id, item_id, channel, category, \
+                   priority, template, sent_at, plan_id, policy_version, model_version, \
+                   experiment, arm, propensity, scores) \
+                 SELECT s.user_id, s.opportunity_id, s.item_id, s.channel, o.category, o.priority, \
+                   o.template, $3, s.plan_id, p.policy_version, p.model_version, s.experiment, \
+                   s.arm, s.propensity, s.scores \
+                 FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
+                 JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
+                 JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+                 JOIN plans p ON p.plan_id = s.plan_id \
+                 ORDER BY s.user_id, s.item_id \
+                 RETURNING user_id, item_id, message_id",
+            )
+            .bind(&su)
+            .bind(&si)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE opportunities o SET state = 'sent' \
+                 FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
+                 JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
+                 WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id",
+            )
+            .bind(&su)
+            .bind(&si)
+            .execute(&mut *tx)
+            .await?;
+            for (u, i, m) in rows {
+                message_ids.insert((u, i), m);
+            }
+        }
+        let applied: std::collections::HashSet<(&str, i64)> =
+            applied.iter().map(|(u, i, _)| (u.as_str(), *i)).collect();
+        for &i in &first {
+            let key = (acks[i].user_id.as_str(), acks[i].item_id);
+            if applied.contains(&key) {
+                results[i] = Some(AckResult::Acked {
+                    message_id: message_ids.get(&(key.0.to_string(), key.1)).copied(),
+                });
+            }
+        }
+        // Everything else (stale, repeated, conflicting, cancelled, unknown) is rare: judged one
+        // by one with the single-ack rules.
+        for (i, r) in results.iter_mut().enumerate() {
+            if r.is_none() {
+                *r = Some(ack_in(&mut tx, &acks[i], now).await?);
+            }
+        }
+        tx.commit().await?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(AckResult::NotFound))
+            .collect())
     }
 
     /// Extends a lease that is still held. Returns the new expiry, or `None` when the token is
@@ -228,6 +296,61 @@ impl Store {
     }
 }
 
+/// One ack inside the caller's transaction: lock the item, judge the token and the state, apply.
+async fn ack_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    ack: &Ack,
+    now: DateTime<Utc>,
+) -> Result<AckResult> {
+    let Some(row) = sqlx::query(
+        "SELECT state, lease_token, lease_expires_at FROM schedule_items \
+         WHERE user_id = $1 AND item_id = $2 FOR UPDATE",
+    )
+    .bind(&ack.user_id)
+    .bind(ack.item_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(AckResult::NotFound);
+    };
+    let state: ItemState = row.try_get::<String, _>(0)?.parse()?;
+    let token: Option<Uuid> = row.try_get(1)?;
+    let expires: Option<DateTime<Utc>> = row.try_get(2)?;
+    if token != Some(ack.lease_token) {
+        return Ok(AckResult::Stale);
+    }
+    let target = ack.status.item_state();
+    let result = match state {
+        ItemState::Leased if expires.is_some_and(|e| e > now) => {
+            sqlx::query(
+                "UPDATE schedule_items SET state = $3, updated_at = $4 \
+                 WHERE user_id = $1 AND item_id = $2",
+            )
+            .bind(&ack.user_id)
+            .bind(ack.item_id)
+            .bind(target.as_str())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            let message_id = if ack.status == AckStatus::Sent {
+                Some(record_sent(tx, &ack.user_id, ack.item_id, now).await?)
+            } else {
+                None
+            };
+            AckResult::Acked { message_id }
+        }
+        ItemState::Leased => AckResult::Stale,
+        ItemState::Cancelled => AckResult::Cancelled,
+        s if s == target => AckResult::AlreadyAcked {
+            message_id: message_of(tx, &ack.user_id, ack.item_id).await?,
+        },
+        ItemState::Sent | ItemState::Failed | ItemState::Skipped => {
+            AckResult::Conflict { current: state }
+        }
+        _ => AckResult::Stale,
+    };
+    Ok(result)
+}
 /// Records the message for a `sent` ack and closes its opportunity. The unique key on
 /// `(user_id, item_id)` makes a second message for the same item impossible.
 async fn record_sent(

@@ -29,6 +29,28 @@ pub enum Bench {
     /// The model at replan scale: the seconds a replan of --users × --opportunities × --channels
     /// candidates spends encoding features and scoring them, the way the planner calls it.
     Model(ModelArgs),
+    /// The delivery path: Pull + Ack over gRPC on loopback by concurrent clients against a
+    /// published schedule, beside the same work done by calling the store directly (no gRPC).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Items in the schedule the gRPC clients drain.
+    #[arg(long, default_value_t = 1_000_000)]
+    items: usize,
+    /// Items the direct-store peer drains (a separate channel of the same schedule).
+    #[arg(long, default_value_t = 200_000)]
+    peer_items: usize,
+    /// Concurrent clients, each on its own connection.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Items per Pull.
+    #[arg(long, default_value_t = 100)]
+    batch: u32,
+    /// Database connections of the server (and of the peer).
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +111,7 @@ pub async fn run(url: Option<&str>, bench: Bench) -> Result<ExitCode> {
         Bench::Model(_) => unreachable!("handled above"),
         Bench::Ingest(args) => ingest(&db, args).await,
         Bench::Plan(args) => plan(&db, args).await,
+        Bench::Serve(args) => serve(&db, args).await,
     };
     db.close().await;
     result
@@ -429,4 +452,266 @@ fn model(args: ModelArgs) -> Result<ExitCode> {
         thousands(candidates as f64 / infer),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A `Control` for the benchmark's server: it serves the delivery path only.
+struct NoControl;
+
+#[tonic::async_trait]
+impl tern_server::Control for NoControl {
+    async fn replan(
+        &self,
+        _users: Vec<String>,
+    ) -> Result<tern_server::ReplanSummary, tern_server::ControlError> {
+        Err(tern_server::ControlError::NoPolicy(
+            "the benchmark server does not plan".into(),
+        ))
+    }
+    async fn status(&self) -> Result<tern_server::DaemonStatus, tern_server::ControlError> {
+        Ok(tern_server::DaemonStatus::default())
+    }
+}
+
+async fn serve(db: &Database, args: ServeArgs) -> Result<ExitCode> {
+    ensure!(
+        args.clients > 0 && args.batch > 0,
+        "--clients and --batch must be positive"
+    );
+    let scratch = format!("tern_bench_{}", std::process::id());
+    db.store.create_database(&scratch, None).await?;
+    let result = serve_in(&db.url, &scratch, &args).await;
+    db.store.drop_database(&scratch).await?;
+    println!("{}", result?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Pull + Ack round trips: their count of items, and each round trip's latency in seconds.
+#[derive(Default)]
+struct Drained {
+    items: usize,
+    latencies: Vec<f64>,
+}
+
+async fn serve_in(url: &str, database: &str, args: &ServeArgs) -> Result<String> {
+    use tern_server::pb;
+    use tern_server::pb::schedule_service_client::ScheduleServiceClient;
+    use tern_store::{ConnectOptions, LeaseRequest, NewPlan, NewScheduleItem, Supersede};
+
+    let options = ConnectOptions {
+        max_connections: args.connections,
+        ..ConnectOptions::default()
+    };
+    let admin = Store::connect_to_database(url, database).await?;
+    admin.migrate().await?;
+    let store = Store::connect_to_database_with(url, database, options).await?;
+
+    // The schedule: one opportunity and one due item per row, on `push` for the gRPC clients and
+    // on `email` for the peer.
+    let started = Instant::now();
+    let now = Utc::now();
+    let total = args.items + args.peer_items;
+    let rows: Vec<NewOpportunity> = (0..total).map(|i| opportunity(i, "serve")).collect();
+    let mut items = Vec::with_capacity(total);
+    for chunk in rows.chunks(10_000) {
+        let report = store.ingest_opportunities(chunk).await?;
+        for (o, r) in chunk.iter().zip(report.rows) {
+            if let tern_store::RowStatus::New(id) = r {
+                items.push((o.user_id.clone(), id));
+            }
+        }
+    }
+    ensure!(
+        items.len() == total,
+        "seeded {} of {total} opportunities",
+        items.len()
+    );
+    for (n, chunk) in items.chunks(100_000).enumerate() {
+        let schedule: Vec<NewScheduleItem> = chunk
+            .iter()
+            .enumerate()
+            .map(|(k, (user, id))| NewScheduleItem {
+                user_id: user.clone(),
+                opportunity_id: *id,
+                channel: if n * 100_000 + k < args.items {
+                    "push"
+                } else {
+                    "email"
+                }
+                .into(),
+                send_after: now - chrono::TimeDelta::minutes(1),
+                send_before: now + chrono::TimeDelta::hours(6),
+                value: 1.0,
+                propensity: 1.0,
+                experiment: None,
+                arm: None,
+                scores: serde_json::json!({}),
+            })
+            .collect();
+        store
+            .publish_plan(
+                &NewPlan {
+                    trigger: "bench".into(),
+                    policy_version: "bench".into(),
+                    model_version: None,
+                    seed: 0,
+                    started_at: now,
+                    horizon_end: now + chrono::TimeDelta::hours(6),
+                    stats: serde_json::json!({}),
+                },
+                &schedule,
+                &Supersede::Users(Vec::new()),
+                now,
+            )
+            .await?;
+    }
+    let seed_secs = started.elapsed().as_secs_f64();
+
+    // The server, in this process, on loopback.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let api = tern_server::api(
+        store.clone(),
+        std::sync::Arc::new(tern_server::SystemClock),
+        std::sync::Arc::new(NoControl),
+        tern_server::Metrics::new(),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tern_server::serve(
+        listener,
+        api,
+        tern_server::ServeOptions::default(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..args.clients {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))?
+            .connect()
+            .await?;
+        let batch = args.batch;
+        clients.push(tokio::spawn(async move {
+            let mut client = ScheduleServiceClient::new(channel);
+            let mut d = Drained::default();
+            loop {
+                let t = Instant::now();
+                let items = client
+                    .pull(pb::PullRequest {
+                        holder: format!("bench-{c}"),
+                        channels: vec!["push".into()],
+                        max_items: batch,
+                        lease: None,
+                    })
+                    .await?
+                    .into_inner()
+                    .items;
+                if items.is_empty() {
+                    return anyhow::Ok(d);
+                }
+                let acks = items
+                    .iter()
+                    .map(|i| pb::AckItem {
+                        user_id: i.user_id.clone(),
+                        item_id: i.item_id,
+                        lease_token: i.lease_token.clone(),
+                        status: pb::AckStatus::Sent as i32,
+                    })
+                    .collect();
+                client.ack(pb::AckRequest { acks }).await?;
+                d.latencies.push(t.elapsed().as_secs_f64());
+                d.items += items.len();
+            }
+        }));
+    }
+    let grpc = collect(clients).await?;
+    let grpc_secs = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    ensure!(
+        grpc.items == args.items,
+        "the gRPC clients drained {} of {} items",
+        grpc.items,
+        args.items
+    );
+
+    // The peer: the same Pull + Ack cycle against the store directly, same concurrency.
+    let started = Instant::now();
+    let mut peers = Vec::new();
+    for c in 0..args.clients {
+        let store = store.clone();
+        let batch = args.batch;
+        peers.push(tokio::spawn(async move {
+            let mut d = Drained::default();
+            loop {
+                let t = Instant::now();
+                let items = store
+                    .lease(
+                        &LeaseRequest {
+                            holder: format!("peer-{c}"),
+                            channels: vec!["email".into()],
+                            max_items: batch,
+                            lease_for: chrono::TimeDelta::seconds(60),
+                        },
+                        Utc::now(),
+                    )
+                    .await?;
+                if items.is_empty() {
+                    return anyhow::Ok(d);
+                }
+                let acks: Vec<tern_store::Ack> = items
+                    .iter()
+                    .map(|i| tern_store::Ack {
+                        user_id: i.user_id.clone(),
+                        item_id: i.item_id,
+                        lease_token: i.lease_token,
+                        status: tern_core::AckStatus::Sent,
+                    })
+                    .collect();
+                store.ack_many(&acks, Utc::now()).await?;
+                d.latencies.push(t.elapsed().as_secs_f64());
+                d.items += items.len();
+            }
+        }));
+    }
+    let peer = collect(peers).await?;
+    let peer_secs = started.elapsed().as_secs_f64();
+    store.close().await;
+    admin.close().await;
+
+    let pct = |l: &[f64], q: f64| l[((l.len() as f64 * q) as usize).min(l.len() - 1)] * 1000.0;
+    Ok(format!(
+        "schedule: {} items for the gRPC clients, {} for the peer, seeded in {seed_secs:.1} s\n\
+         {} clients, {} items per Pull, {} database connections\n\
+         {:<44} {:>10} items/s   Pull+Ack p50 {:>6.1} ms   p99 {:>6.1} ms   ({} round trips)\n\
+         {:<44} {:>10} items/s   lease+acks p50 {:>6.1} ms p99 {:>6.1} ms   ({} round trips)",
+        args.items,
+        args.peer_items,
+        args.clients,
+        args.batch,
+        args.connections,
+        "tern serve, gRPC over loopback",
+        thousands(grpc.items as f64 / grpc_secs),
+        pct(&grpc.latencies, 0.5),
+        pct(&grpc.latencies, 0.99),
+        grpc.latencies.len(),
+        "the store called directly (no gRPC)",
+        thousands(peer.items as f64 / peer_secs),
+        pct(&peer.latencies, 0.5),
+        pct(&peer.latencies, 0.99),
+        peer.latencies.len(),
+    ))
+}
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<Result<Drained>>>) -> Result<Drained> {
+    let mut all = Drained::default();
+    for t in tasks {
+        let d = t.await??;
+        all.items += d.items;
+        all.latencies.extend(d.latencies);
+    }
+    all.latencies.sort_by(f64::total_cmp);
+    ensure!(!all.latencies.is_empty(), "no round trip completed");
+    Ok(all)
 }

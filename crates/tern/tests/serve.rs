@@ -606,6 +606,191 @@ async fn two_daemons_on_one_database_run_each_cron_firing_once() {
     assert!(planned >= runs - 2, "runs: {runs}, planned: {planned}");
 }
 
+/// Waits for the cron loop's catch-up run at start, so that it cannot supersede a test's plan.
+async fn settle(channel: Channel) {
+    let admin = AdminServiceClient::new(channel);
+    wait_for(
+        || {
+            let mut admin = admin.clone();
+            async move {
+                admin
+                    .get_status(pb::GetStatusRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .recent_plans
+                    .len()
+            }
+        },
+        |n| *n > 0,
+    )
+    .await;
+}
+
+async fn pull(
+    client: &mut ScheduleServiceClient<Channel>,
+    holder: &str,
+    max_items: u32,
+    lease_seconds: i64,
+) -> Vec<pb::LeasedItem> {
+    client
+        .pull(pb::PullRequest {
+            holder: holder.into(),
+            channels: vec!["push".into()],
+            max_items,
+            lease: Some(prost_types::Duration {
+                seconds: lease_seconds,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+}
+
+fn sent(item: &pb::LeasedItem, token: &str) -> pb::AckRequest {
+    pb::AckRequest {
+        acks: vec![pb::AckItem {
+            user_id: item.user_id.clone(),
+            item_id: item.item_id,
+            lease_token: token.into(),
+            status: pb::AckStatus::Sent as i32,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn thirty_two_concurrent_pullers_never_share_an_item_and_each_is_sent_once() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start(&db.url);
+    let channel = daemon.channel().await;
+    settle(channel.clone()).await;
+    let mut opportunities = OpportunityServiceClient::new(channel.clone());
+    let total = 3_000;
+    let rows: Vec<pb::Opportunity> = (0..total)
+        .map(|i| opportunity(&format!("u{}", i % 300), &format!("k{i}"), &["push"]))
+        .collect();
+    for chunk in rows.chunks(1_000) {
+        let r = opportunities
+            .submit(pb::SubmitRequest {
+                source: "load".into(),
+                opportunities: chunk.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.created as usize, chunk.len());
+    }
+    let plan = AdminServiceClient::new(channel.clone())
+        .replan(pb::ReplanRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.chosen_per_channel["push"], total as u64);
+
+    let pullers: Vec<_> = (0..32)
+        .map(|p| {
+            let mut client = ScheduleServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let items = pull(&mut client, &format!("puller-{p}"), 20, 60).await;
+                    if items.is_empty() {
+                        return mine;
+                    }
+                    let acks = pb::AckRequest {
+                        acks: items
+                            .iter()
+                            .map(|i| sent(i, &i.lease_token).acks.remove(0))
+                            .collect(),
+                    };
+                    let outcomes = client.ack(acks).await.unwrap().into_inner().outcomes;
+                    assert!(outcomes
+                        .iter()
+                        .all(|o| o.result == pb::AckResult::Acked as i32));
+                    mine.extend(items.iter().map(|i| i.item_id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut busy = 0;
+    for p in pullers {
+        let mine = p.await.unwrap();
+        busy += usize::from(!mine.is_empty());
+        all.extend(mine);
+    }
+    let distinct: std::collections::HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), total, "every item handed out once");
+    assert_eq!(distinct.len(), total, "no item handed to two pullers");
+    assert!(busy > 16, "the work was shared: {busy} pullers got items");
+    let (messages, opportunities_sent): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT (user_id, opportunity_id)) FROM messages")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!((messages, opportunities_sent), (total as i64, total as i64));
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_redelivered_and_the_late_ack_refused() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start(&db.url);
+    let channel = daemon.channel().await;
+    settle(channel.clone()).await;
+    OpportunityServiceClient::new(channel.clone())
+        .submit(pb::SubmitRequest {
+            source: "x".into(),
+            opportunities: vec![opportunity("u1", "a", &["push"])],
+        })
+        .await
+        .unwrap();
+    AdminServiceClient::new(channel.clone())
+        .replan(pb::ReplanRequest::default())
+        .await
+        .unwrap();
+    let mut slow = ScheduleServiceClient::new(channel.clone());
+    let mut other = ScheduleServiceClient::new(channel.clone());
+    let first = pull(&mut slow, "slow", 1, 1).remove_first().await;
+    assert_eq!(first.attempt, 1);
+    assert!(pull(&mut other, "other", 1, 60).await.is_empty(), "held");
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let again = pull(&mut other, "other", 1, 60).remove_first().await;
+    assert_eq!(again.item_id, first.item_id, "redelivered after expiry");
+    assert_eq!(again.attempt, 2);
+    assert_ne!(again.lease_token, first.lease_token);
+
+    let late = slow
+        .ack(sent(&first, &first.lease_token))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    let ok = other
+        .ack(sent(&again, &again.lease_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.outcomes[0].result, pb::AckResult::Acked as i32);
+    let scraped = daemon.scrape();
+    assert!(
+        scraped.contains("tern_lease_expired_total 1\n"),
+        "{scraped}"
+    );
+}
+
+trait RemoveFirst {
+    async fn remove_first(self) -> pb::LeasedItem;
+}
+
+impl<F: std::future::Future<Output = Vec<pb::LeasedItem>>> RemoveFirst for F {
+    async fn remove_first(self) -> pb::LeasedItem {
+        let mut items = self.await;
+        assert_eq!(items.len(), 1, "{items:?}");
+        items.remove(0)
+    }
+}
+
 async fn wait_for<T, F, Fut>(get: F, done: impl Fn(&T) -> bool) -> T
 where
     F: Fn() -> Fut,

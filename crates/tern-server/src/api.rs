@@ -365,7 +365,16 @@ impl pb::schedule_service_server::ScheduleService for Api {
                     "shutting down: pull from another replica",
                 ));
             }
+            let client = request.extensions().get::<crate::auth::Client>().cloned();
             let req = request.into_inner();
+            if let Some(client) = &client {
+                if let Some(c) = req.channels.iter().find(|c| !client.may_pull(c)) {
+                    return Err(Status::permission_denied(format!(
+                        "client {:?} may not pull channel {c:?}",
+                        client.name
+                    )));
+                }
+            }
             if req.holder.is_empty() {
                 return Err(invalid("holder is required"));
             }

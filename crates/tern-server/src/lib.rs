@@ -18,6 +18,7 @@
 //!   drive tern's time.
 
 mod api;
+pub mod auth;
 mod convert;
 mod errors;
 pub mod metrics;
@@ -28,9 +29,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 pub use api::Api;
+pub use auth::{Tokens, TokensError};
 pub use errors::ControlError;
 pub use metrics::{serve_metrics, Metrics};
 
@@ -106,6 +109,11 @@ pub struct ServeOptions {
     /// After shutdown is requested, health reports NOT_SERVING for this long before the listener
     /// closes, so that load balancers stop routing here first.
     pub drain_delay: Duration,
+    /// Bearer tokens; none configured means no authentication. Health and reflection never
+    /// require one (probes and `grpcurl list` must work).
+    pub tokens: Tokens,
+    /// TLS certificate chain and private key (PEM); plaintext when absent.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Default for ServeOptions {
@@ -113,6 +121,8 @@ impl Default for ServeOptions {
         ServeOptions {
             max_message_bytes: 16 * 1024 * 1024,
             drain_delay: Duration::ZERO,
+            tokens: Tokens::none(),
+            tls: None,
         }
     }
 }
@@ -175,14 +185,38 @@ pub async fn serve(
         tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight calls");
         tokio::time::sleep(drain).await;
     };
-    Server::builder()
+    let tokens = options.tokens.clone();
+    let auth = move |request| tokens.check(request);
+    let mut builder = Server::builder();
+    if let Some((cert, key)) = &options.tls {
+        builder = builder.tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key)),
+        )?;
+    }
+    builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(OpportunityServiceServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(ScheduleServiceServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(UserServiceServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(FeedbackServiceServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(AdminServiceServer::new(api).max_decoding_message_size(max))
+        .add_service(InterceptedService::new(
+            OpportunityServiceServer::new(api.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ScheduleServiceServer::new(api.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            UserServiceServer::new(api.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            FeedbackServiceServer::new(api.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            AdminServiceServer::new(api).max_decoding_message_size(max),
+            auth,
+        ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             signal,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tern_policy::{WatchOptions, Watcher};
-use tern_server::{serve_metrics, Metrics, ServeOptions, SystemClock};
+use tern_server::{serve_metrics, Metrics, ServeOptions, SystemClock, Tokens};
 use tokio::net::TcpListener;
 
 use crate::activate;
@@ -40,12 +40,34 @@ pub struct ServeArgs {
     /// Milliseconds the policy files must stay unchanged before they are validated.
     #[arg(long, env = "TERN_POLICY_SETTLE_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     policy_settle_ms: u64,
+    /// Bearer tokens, one client per line: `NAME TOKEN CHANNELS` (channels it may pull,
+    /// comma-separated, or `*`). Without it, no authentication.
+    #[arg(long, env = "TERN_TOKENS")]
+    tokens: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --tls-key, gRPC is served over TLS.
+    #[arg(long, env = "TERN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "TERN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Largest accepted request, in bytes.
     #[arg(long, env = "TERN_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
 }
 
 pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
+    // Everything that can be wrong with the command line is found before the database is touched.
+    let tokens = match &args.tokens {
+        Some(path) => Tokens::load(path)?,
+        None => Tokens::none(),
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((
+            std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
+            std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?,
+        )),
+        _ => None,
+    };
     let db = Database::open(url).await?;
     db.store.check_schema().await?;
     let watcher = match Watcher::start(
@@ -135,6 +157,8 @@ pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
         ServeOptions {
             max_message_bytes: args.max_message_bytes,
             drain_delay: Duration::from_millis(args.drain_delay_ms),
+            tokens,
+            tls,
         },
         stopped(stop_rx.clone()),
     ));

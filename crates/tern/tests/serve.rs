@@ -53,6 +53,10 @@ impl Daemon {
     }
 
     fn start_with(database_url: &str, bundle: &str) -> Daemon {
+        Daemon::start_args(database_url, bundle, &[])
+    }
+
+    fn start_args(database_url: &str, bundle: &str, extra: &[&str]) -> Daemon {
         let policies = std::env::temp_dir().join(format!(
             "tern-serve-{}-{}",
             std::process::id(),
@@ -77,6 +81,7 @@ impl Daemon {
                 "--policies",
             ])
             .arg(&policies)
+            .args(extra)
             .env("DATABASE_URL", database_url)
             .env_remove("TERN_PG_BINDIR")
             .stdout(Stdio::piped())
@@ -789,6 +794,130 @@ impl<F: std::future::Future<Output = Vec<pb::LeasedItem>>> RemoveFirst for F {
         assert_eq!(items.len(), 1, "{items:?}");
         items.remove(0)
     }
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn with_tokens_each_client_pulls_only_its_channels_and_health_needs_none() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("tern-tokens-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens");
+    std::fs::write(
+        &tokens,
+        "# name token channels\npush-sender push-0123456789abcdef push\nops ops-0123456789abcdef0 *\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start_args(&db.url, BUNDLE, &["--tokens", tokens.to_str().unwrap()]);
+    let channel = daemon.channel().await;
+    let mut schedule = ScheduleServiceClient::new(channel.clone());
+    let pull = |channels: &[&str], token: Option<&str>| {
+        let message = pb::PullRequest {
+            holder: "h".into(),
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            max_items: 1,
+            lease: None,
+        };
+        match token {
+            Some(t) => with_token(message, t),
+            None => tonic::Request::new(message),
+        }
+    };
+
+    let e = schedule.pull(pull(&["push"], None)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = schedule
+        .pull(pull(&["push"], Some("push-0123456789abcdeX")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "a near miss is no token");
+    let e = schedule
+        .pull(pull(&["push", "email"], Some("push-0123456789abcdef")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("email"), "{e:?}");
+    schedule
+        .pull(pull(&["push"], Some("push-0123456789abcdef")))
+        .await
+        .unwrap();
+    schedule
+        .pull(pull(&["push", "email"], Some("ops-0123456789abcdef0")))
+        .await
+        .unwrap();
+    let e = AdminServiceClient::new(channel.clone())
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn with_a_certificate_the_api_is_served_over_tls_only() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("tern-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    let daemon = Daemon::start_args(
+        &db.url,
+        BUNDLE,
+        &[
+            "--tls-cert",
+            dir.join("cert.pem").to_str().unwrap(),
+            "--tls-key",
+            dir.join("key.pem").to_str().unwrap(),
+        ],
+    );
+    let port = daemon.address.rsplit(':').next().unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(cert.cert.pem()))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("a TLS connection with the daemon's certificate");
+    let status = AdminServiceClient::new(channel)
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.health, "SERVING");
+    // Plaintext gets nowhere.
+    let plain = Channel::from_shared(format!("http://{}", daemon.address))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        assert!(AdminServiceClient::new(plain)
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .is_err());
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 async fn wait_for<T, F, Fut>(get: F, done: impl Fn(&T) -> bool) -> T

@@ -796,6 +796,101 @@ impl<F: std::future::Future<Output = Vec<pb::LeasedItem>>> RemoveFirst for F {
     }
 }
 
+#[tokio::test]
+async fn a_daemon_killed_while_publishing_leaves_no_half_plan_and_the_next_plan_is_whole() {
+    let db = TestDb::new().await;
+    let mut daemon = Daemon::start(&db.url);
+    let channel = daemon.channel().await;
+    settle(channel.clone()).await;
+    let total = 60_000;
+    let mut opportunities = OpportunityServiceClient::new(channel.clone());
+    for chunk in (0..total).collect::<Vec<usize>>().chunks(10_000) {
+        let rows = chunk
+            .iter()
+            .map(|i| opportunity(&format!("u{}", i % 5_000), &format!("k{i}"), &["push"]))
+            .collect();
+        opportunities
+            .submit(pb::SubmitRequest {
+                source: "load".into(),
+                opportunities: rows,
+            })
+            .await
+            .unwrap();
+    }
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let replan = tokio::spawn(async move { admin.replan(pb::ReplanRequest::default()).await });
+    // Kill the daemon while its publishing statement is running.
+    let mut seen = false;
+    for _ in 0..4_000 {
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state = 'active' AND query LIKE 'INSERT INTO schedule_items%'",
+        )
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+        if active > 0 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    assert!(seen, "the publishing statement was never seen running");
+    assert!(
+        replan.await.unwrap().is_err(),
+        "the caller sees the failure"
+    );
+
+    // Whatever was committed is whole: every plan's items are all there, or the plan is not.
+    let wait_rolled_back = async {
+        loop {
+            let busy: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query LIKE 'INSERT INTO schedule_items%' AND state <> 'idle'",
+            )
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+            if busy == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait_rolled_back)
+        .await
+        .expect("the killed daemon's transaction ends");
+    let half: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM plans p WHERE p.trigger = 'manual' AND \
+           (SELECT count(*) FROM schedule_items s WHERE s.plan_id = p.plan_id) \
+           <> (SELECT coalesce(sum(value::bigint), 0) FROM jsonb_each_text(p.stats->'chosen'))",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(half, 0, "no plan is missing items");
+
+    // A new daemon plans every opportunity exactly once.
+    let daemon = Daemon::start(&db.url);
+    let channel = daemon.channel().await;
+    let plan = AdminServiceClient::new(channel)
+        .replan(pb::ReplanRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.chosen_per_channel["push"], total as u64);
+    let (live, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT (user_id, opportunity_id)) FROM schedule_items \
+         WHERE state = 'pending'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((live, distinct), (total as i64, total as i64));
+}
+
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()

@@ -126,6 +126,13 @@ impl From<sqlx::Error> for StoreError {
                 Some("57P01" | "57P02" | "57P03" | "53300") => {
                     StoreError::Unavailable(err.to_string())
                 }
+                // Connection exceptions (class 08).
+                Some(code) if code.starts_with("08") => StoreError::Unavailable(err.to_string()),
+                // The database refuses connections for now (`ALLOW_CONNECTIONS false`, as
+                // during maintenance): the same condition as a server that is down.
+                Some("55000") if db.message().contains("not currently accepting connections") => {
+                    StoreError::Unavailable(err.to_string())
+                }
                 _ => StoreError::Database(err),
             },
             _ => StoreError::Database(err),

@@ -891,6 +891,78 @@ async fn a_daemon_killed_while_publishing_leaves_no_half_plan_and_the_next_plan_
     assert_eq!((live, distinct), (total as i64, total as i64));
 }
 
+#[tokio::test]
+async fn while_the_database_is_away_calls_are_unavailable_and_then_everything_resumes() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start(&db.url);
+    let channel = daemon.channel().await;
+    settle(channel.clone()).await;
+    let mut opportunities = OpportunityServiceClient::new(channel.clone());
+    let mut schedule = ScheduleServiceClient::new(channel.clone());
+    let submit = |key: &str| pb::SubmitRequest {
+        source: "x".into(),
+        opportunities: vec![opportunity("u1", key, &["push"])],
+    };
+    opportunities.submit(submit("before")).await.unwrap();
+    AdminServiceClient::new(channel.clone())
+        .replan(pb::ReplanRequest::default())
+        .await
+        .unwrap();
+    let item = pull(&mut schedule, "h", 1, 60).remove_first().await;
+    schedule.ack(sent(&item, &item.lease_token)).await.unwrap();
+
+    // The database goes away: no new connections, and every existing one is cut.
+    let outside = tern_store::Store::connect_to_database(&db.url, "postgres")
+        .await
+        .unwrap();
+    let name = db.name.clone();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+    ))
+    .execute(outside.pool())
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(outside.pool())
+        .await
+        .unwrap();
+    let e = opportunities.submit(submit("during")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+
+    // It comes back; the daemon reconnects by itself and nothing acknowledged is lost.
+    sqlx::query(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
+        .execute(outside.pool())
+        .await
+        .unwrap();
+    let again = wait_for(
+        || {
+            let mut o = opportunities.clone();
+            async move { o.submit(submit("after")).await.map(|r| r.into_inner()) }
+        },
+        |r| r.is_ok(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.created, 1);
+    let sent_messages: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(db.another_store().await.pool())
+        .await
+        .unwrap();
+    assert_eq!(sent_messages, 1, "the ack before the outage is still there");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()

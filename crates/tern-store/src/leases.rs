@@ -88,18 +88,25 @@ impl Store {
         if req.max_items == 0 || req.channels.is_empty() {
             return Ok(Vec::new());
         }
+        // Per channel, so that each channel's scan walks the due index (channel, send_after) in
+        // order and stops after `max_items`; `channel = ANY(...)` made PostgreSQL collect and sort
+        // every due item of the requested channels on every pull.
         let rows = sqlx::query(
             "WITH due AS ( \
-               SELECT s.user_id, s.item_id FROM schedule_items s \
-               WHERE s.channel = ANY($1) AND s.state IN ('pending', 'leased') \
-                 AND s.send_after <= $2 AND s.send_before > $2 \
-                 AND (s.state = 'pending' OR s.lease_expires_at <= $2) \
-                 AND EXISTS (SELECT 1 FROM opportunities o \
-                             WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
-                               AND o.state = 'open' AND o.expires_at > $2) \
-               ORDER BY s.send_after \
-               LIMIT $3 \
-               FOR UPDATE OF s SKIP LOCKED) \
+               SELECT d.user_id, d.item_id FROM unnest($1::text[]) AS ch(name) \
+               CROSS JOIN LATERAL ( \
+                 SELECT s.user_id, s.item_id, s.send_after FROM schedule_items s \
+                 WHERE s.channel = ch.name AND s.state IN ('pending', 'leased') \
+                   AND s.send_after <= $2 AND s.send_before > $2 \
+                   AND (s.state = 'pending' OR s.lease_expires_at <= $2) \
+                   AND EXISTS (SELECT 1 FROM opportunities o \
+                               WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+                                 AND o.state = 'open' AND o.expires_at > $2) \
+                 ORDER BY s.send_after \
+                 LIMIT $3 \
+                 FOR UPDATE OF s SKIP LOCKED) d \
+               ORDER BY d.send_after \
+               LIMIT $3) \
              UPDATE schedule_items s \
              SET state = 'leased', lease_holder = $4, lease_token = gen_random_uuid(), \
                  lease_expires_at = $5, attempt = s.attempt + 1, updated_at = $2 \
@@ -110,7 +117,12 @@ impl Store {
                o.category, o.priority, o.signals, s.send_after, s.send_before, s.lease_token, \
                s.lease_expires_at, s.attempt",
         )
-        .bind(&req.channels)
+        .bind({
+            let mut channels = req.channels.clone();
+            channels.sort();
+            channels.dedup();
+            channels
+        })
         .bind(now)
         .bind(i64::from(req.max_items))
         .bind(&req.holder)

@@ -963,6 +963,32 @@ async fn while_the_database_is_away_calls_are_unavailable_and_then_everything_re
     );
 }
 
+#[tokio::test]
+async fn an_oversize_request_is_refused_before_it_is_decoded() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start_args(&db.url, BUNDLE, &["--max-message-bytes", "4096"]);
+    let mut opportunities = OpportunityServiceClient::new(daemon.channel().await);
+    let rows: Vec<pb::Opportunity> = (0..100)
+        .map(|i| opportunity("u1", &format!("k{i}"), &["push"]))
+        .collect();
+    let e = opportunities
+        .submit(pb::SubmitRequest {
+            source: "x".into(),
+            opportunities: rows,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{e:?}"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM opportunities")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+}
+
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()

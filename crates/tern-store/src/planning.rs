@@ -354,3 +354,28 @@ impl Store {
         )
     }
 }
+
+impl Store {
+    /// How much of a channel's budget is already used at `now`: messages sent on it since
+    /// `since`, plus items leased on it now (they are about to be sent), plus, for a replan of
+    /// only some users, the pending items of every other user (which that replan keeps).
+    pub async fn channel_usage(
+        &self,
+        channel: &str,
+        since: DateTime<Utc>,
+        replanned_users: Option<&[String]>,
+    ) -> Result<u64> {
+        let used: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM messages WHERE channel = $1 AND sent_at >= $2) \
+                  + (SELECT count(*) FROM schedule_items WHERE channel = $1 AND state = 'leased') \
+                  + (SELECT count(*) FROM schedule_items WHERE channel = $1 AND state = 'pending' \
+                       AND $3::text[] IS NOT NULL AND user_id <> ALL($3))",
+        )
+        .bind(channel)
+        .bind(since)
+        .bind(replanned_users)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(used.max(0) as u64)
+    }
+}

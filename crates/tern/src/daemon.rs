@@ -131,10 +131,23 @@ impl Daemon {
             ControlError::Failed(format!("the active policy cannot be planned with: {e:#}"))
         })?;
         let horizon = TimeDelta::seconds(config.horizon_secs as i64);
+        let filter = (!users.is_empty()).then_some(users.as_slice());
+        // A budget is a quota over a rolling window across all users; the planner counts only
+        // its own choices, so it is given what the window has left.
+        let mut config = config;
+        for channel in &mut config.channels {
+            if let Some(budget) = &mut channel.budget {
+                let since = now - TimeDelta::seconds(budget.per_secs as i64);
+                let used = self
+                    .store
+                    .channel_usage(&channel.name, since, filter)
+                    .await?;
+                budget.max = budget.max.saturating_sub(used);
+            }
+        }
         let planner = Planner::new(config).map_err(|e| {
             ControlError::Failed(format!("the active policy cannot be planned with: {e}"))
         })?;
-        let filter = (!users.is_empty()).then_some(users.as_slice());
         let input = self.store.planning_input(now, HISTORY, filter).await?;
         let mut inputs: Vec<UserInput> = input.into_iter().map(|u| user_input(u, now)).collect();
         assign_arms(&bundle, &mut inputs);

@@ -989,6 +989,61 @@ async fn an_oversize_request_is_refused_before_it_is_decoded() {
     assert_eq!(stored, 0);
 }
 
+#[tokio::test]
+async fn a_channel_budget_counts_what_earlier_plans_already_sent() {
+    let db = TestDb::new().await;
+    let bundle = BUNDLE.replace(
+        "metadata: {name: push}\nspec: {}",
+        "metadata: {name: push}\nspec: {budget: {max: 3, per: 1d}}",
+    );
+    assert!(bundle.contains("max: 3"));
+    let daemon = Daemon::start_with(&db.url, &bundle);
+    let channel = daemon.channel().await;
+    settle(channel.clone()).await;
+    let mut opportunities = OpportunityServiceClient::new(channel.clone());
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let mut schedule = ScheduleServiceClient::new(channel.clone());
+    let submit = |round: usize| pb::SubmitRequest {
+        source: "x".into(),
+        opportunities: (0..5)
+            .map(|u| opportunity(&format!("u{u}"), &format!("r{round}"), &["push"]))
+            .collect(),
+    };
+
+    opportunities.submit(submit(1)).await.unwrap();
+    let first = admin
+        .replan(pb::ReplanRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        first.chosen_per_channel.get("push").copied().unwrap_or(0),
+        3
+    );
+    let items = pull(&mut schedule, "h", 10, 60).await;
+    assert_eq!(items.len(), 3);
+    for i in &items {
+        schedule.ack(sent(i, &i.lease_token)).await.unwrap();
+    }
+
+    // Three were sent today: the next plan has nothing left to spend on push.
+    opportunities.submit(submit(2)).await.unwrap();
+    let second = admin
+        .replan(pb::ReplanRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        second.chosen_per_channel.get("push").copied().unwrap_or(0),
+        0,
+        "{second:?}"
+    );
+    assert!(
+        second.suppressed_per_reason.contains_key("budget"),
+        "{second:?}"
+    );
+}
+
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()

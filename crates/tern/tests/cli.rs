@@ -6,20 +6,9 @@ use std::process::{Command, Output};
 
 use tern_tests::TestDb;
 
-fn tern(args: &[&str], database_url: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
-    cmd.args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("TERN_PG_BINDIR");
-    if let Some(url) = database_url {
-        cmd.env("DATABASE_URL", url);
-    }
-    cmd.output().expect("run tern")
-}
+mod common;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{tern, text};
 
 /// Errors reach the operator as exactly one `error: ...` line, never a panic or a backtrace.
 fn assert_one_error_line(out: &Output, expected: &str) {

@@ -3,38 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use tern_core::{NewOpportunity, OutcomeKind, SplitMix64};
 use tern_store::{NewMessage, NewOutcome, RowStatus, Store, User};
 use tern_tests::TestDb;
 
-fn tern(args: &[&str], database_url: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
-    cmd.args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("TERN_PG_BINDIR");
-    if let Some(url) = database_url {
-        cmd.env("DATABASE_URL", url);
-    }
-    cmd.output().expect("run tern")
-}
+mod common;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
+use common::{ok, tern, text};
 
 fn end() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 6, 29, 0, 0, 0).unwrap()

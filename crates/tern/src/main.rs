@@ -17,12 +17,14 @@
 //! - `serve.rs`: `tern serve`, the daemon: the gRPC API, the policy watcher, graceful shutdown.
 //! - `daemon.rs`: replans and status behind the API (`tern_server::Control`).
 //! - `cron.rs`: replans on the policies' cron schedules, each firing on exactly one replica.
+//! - `config.rs`: `--config FILE`, settings from a TOML file.
 //! - `bench.rs`: `tern bench ingest|plan`, the benchmarks behind docs/benchmarks.md.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's convention).
 
 mod activate;
 mod bench;
+mod config;
 mod cron;
 mod daemon;
 mod db;
@@ -48,6 +50,11 @@ struct Cli {
     /// throwaway PostgreSQL from the locally installed server binaries and remove it on exit.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+
+    /// Settings from a TOML file, with the flags' names (`listen = "0.0.0.0:50051"`). Flags and
+    /// environment variables take precedence over it.
+    #[arg(long, env = "TERN_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
 
     /// Log lines as human-readable text or as one JSON object per line (for log collectors).
     /// The filter is TERN_LOG (e.g. `info`, `tern=debug`).
@@ -97,7 +104,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(path) = &cli.config {
+        match config::settings(path) {
+            Ok(settings) => {
+                for (var, value) in settings {
+                    // Single-threaded still: nothing else reads the environment yet.
+                    std::env::set_var(var, value);
+                }
+                cli = Cli::parse();
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error"));
     let logs = tracing_subscriber::fmt()

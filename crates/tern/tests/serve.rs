@@ -1044,6 +1044,56 @@ async fn a_channel_budget_counts_what_earlier_plans_already_sent() {
     );
 }
 
+#[tokio::test]
+async fn settings_can_come_from_a_config_file_and_an_unknown_key_is_located() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("tern-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(dir.join("policies/bundle.yaml"), BUNDLE).unwrap();
+    let config = dir.join("tern.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npolicies = {:?}\nshutdown_grace = 3\n",
+            dir.join("policies").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("DATABASE_URL", &db.url)
+        .env_remove("TERN_LISTEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        first.starts_with("serving tern.v1 on 127.0.0.1:"),
+        "{first}"
+    );
+
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nlisten_on = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tern.toml:2: unknown setting \"listen_on\""),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()

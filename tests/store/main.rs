@@ -5,6 +5,7 @@ mod ingest;
 mod leases;
 mod migrate;
 mod models;
+mod planning;
 mod plans;
 mod training;
 mod users;

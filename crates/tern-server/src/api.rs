@@ -420,13 +420,7 @@ impl pb::schedule_service_server::ScheduleService for Api {
                     template: i.template,
                     category: i.category,
                     priority: i.priority,
-                    signals: match i.signals {
-                        serde_json::Value::Object(m) => m
-                            .into_iter()
-                            .filter_map(|(k, v)| v.as_f64().map(|v| (k, v)))
-                            .collect(),
-                        _ => Default::default(),
-                    },
+                    signals: i.signals.into_iter().collect(),
                     send_after: Some(time(i.send_after)),
                     send_before: Some(time(i.send_before)),
                     lease_token: i.lease_token.to_string(),

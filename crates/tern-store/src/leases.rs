@@ -6,6 +6,8 @@
 //! takes it with a new token, which makes the old token stale: an ack with it is refused, so an
 //! item that was handed out twice is still recorded as sent at most once.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::Row;
 use tern_core::{AckStatus, InvalidInput, ItemState, OpportunityId};
@@ -36,7 +38,8 @@ pub struct LeasedItem {
     pub template: String,
     pub category: String,
     pub priority: String,
-    pub signals: serde_json::Value,
+    /// The opportunity's numeric value signals.
+    pub signals: std::collections::BTreeMap<String, f64>,
     pub send_after: DateTime<Utc>,
     pub send_before: DateTime<Utc>,
     pub lease_token: Uuid,
@@ -141,7 +144,7 @@ impl Store {
                     template: r.try_get(5)?,
                     category: r.try_get(6)?,
                     priority: r.try_get(7)?,
-                    signals: r.try_get(8)?,
+                    signals: crate::planning::numbers(r.try_get(8)?),
                     send_after: r.try_get(9)?,
                     send_before: r.try_get(10)?,
                     lease_token: r.try_get(11)?,
@@ -218,43 +221,7 @@ impl Store {
             .filter(|(_, _, st)| st == "sent")
             .map(|(u, i, _)| (u.as_str(), *i))
             .collect();
-        let mut message_ids = std::collections::HashMap::new();
-        if !sent.is_empty() {
-            let su: Vec<&str> = sent.iter().map(|(u, _)| *u).collect();
-            let si: Vec<i64> = sent.iter().map(|(_, i)| *i).collect();
-            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-                "INSERT INTO messages (user_id, opportunity_id, item_id, channel, category, \
-                   priority, template, sent_at, plan_id, policy_version, model_version, \
-                   experiment, arm, propensity, scores) \
-                 SELECT s.user_id, s.opportunity_id, s.item_id, s.channel, o.category, o.priority, \
-                   o.template, $3, s.plan_id, p.policy_version, p.model_version, s.experiment, \
-                   s.arm, s.propensity, s.scores \
-                 FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
-                 JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
-                 JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
-                 JOIN plans p ON p.plan_id = s.plan_id \
-                 ORDER BY s.user_id, s.item_id \
-                 RETURNING user_id, item_id, message_id",
-            )
-            .bind(&su)
-            .bind(&si)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE opportunities o SET state = 'sent' \
-                 FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
-                 JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
-                 WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id",
-            )
-            .bind(&su)
-            .bind(&si)
-            .execute(&mut *tx)
-            .await?;
-            for (u, i, m) in rows {
-                message_ids.insert((u, i), m);
-            }
-        }
+        let message_ids = record_sent(&mut tx, &sent, now).await?;
         let applied: std::collections::HashSet<(&str, i64)> =
             applied.iter().map(|(u, i, _)| (u.as_str(), *i)).collect();
         for &i in &first {
@@ -345,7 +312,8 @@ async fn ack_in(
             .execute(&mut **tx)
             .await?;
             let message_id = if ack.status == AckStatus::Sent {
-                Some(record_sent(tx, &ack.user_id, ack.item_id, now).await?)
+                let ids = record_sent(tx, &[(ack.user_id.as_str(), ack.item_id)], now).await?;
+                ids.into_values().next()
             } else {
                 None
             };
@@ -363,42 +331,50 @@ async fn ack_in(
     };
     Ok(result)
 }
-/// Records the message for a `sent` ack and closes its opportunity. The unique key on
-/// `(user_id, item_id)` makes a second message for the same item impossible.
+/// Records the messages of `sent` acks (one per item, copying what the decision was based on:
+/// plan, policy and model versions, arm, propensity, scores) and closes their opportunities.
+/// Returns each item's message id. The unique key on `(user_id, item_id)` makes a second message
+/// for the same item impossible.
 async fn record_sent(
     tx: &mut sqlx::PgConnection,
-    user_id: &str,
-    item_id: i64,
+    items: &[(&str, i64)],
     now: DateTime<Utc>,
-) -> Result<i64> {
-    let message_id: i64 = sqlx::query_scalar(
+) -> Result<HashMap<(String, i64), i64>> {
+    if items.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let users: Vec<&str> = items.iter().map(|(u, _)| *u).collect();
+    let ids: Vec<i64> = items.iter().map(|(_, i)| *i).collect();
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "INSERT INTO messages (user_id, opportunity_id, item_id, channel, category, priority, \
            template, sent_at, plan_id, policy_version, model_version, experiment, arm, \
            propensity, scores) \
          SELECT s.user_id, s.opportunity_id, s.item_id, s.channel, o.category, o.priority, \
            o.template, $3, s.plan_id, p.policy_version, p.model_version, s.experiment, s.arm, \
            s.propensity, s.scores \
-         FROM schedule_items s \
+         FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
+         JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
          JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
          JOIN plans p ON p.plan_id = s.plan_id \
-         WHERE s.user_id = $1 AND s.item_id = $2 \
-         RETURNING message_id",
+         ORDER BY s.user_id, s.item_id \
+         RETURNING user_id, item_id, message_id",
     )
-    .bind(user_id)
-    .bind(item_id)
+    .bind(&users)
+    .bind(&ids)
     .bind(now)
-    .fetch_one(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE opportunities o SET state = 'sent' FROM schedule_items s \
-         WHERE s.user_id = $1 AND s.item_id = $2 \
-           AND o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id",
+        "UPDATE opportunities o SET state = 'sent' \
+         FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
+         JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
+         WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id",
     )
-    .bind(user_id)
-    .bind(item_id)
+    .bind(&users)
+    .bind(&ids)
     .execute(&mut *tx)
     .await?;
-    Ok(message_id)
+    Ok(rows.into_iter().map(|(u, i, m)| ((u, i), m)).collect())
 }
 
 async fn message_of(

@@ -53,7 +53,7 @@ pub async fn run(
                 },
             };
             let due = latest_firing(replan, since, now);
-            handled.insert(name.clone(), due.unwrap_or(since).max(since));
+            handled.insert(name.clone(), due.unwrap_or(since));
             if let Some(at) = due {
                 match store.claim_replan_run(name, at, &holder, now).await {
                     Ok(true) => match daemon.replan(name, Vec::new()).await {

@@ -127,14 +127,13 @@ impl Daemon {
         let now = self.clock.now();
         let bundle: Arc<Bundle> = self.watcher.active();
         let replan_doc = (trigger != "manual").then_some(trigger);
-        let config = planner_config(&bundle, replan_doc).map_err(|e| {
+        let mut config = planner_config(&bundle, replan_doc).map_err(|e| {
             ControlError::Failed(format!("the active policy cannot be planned with: {e:#}"))
         })?;
         let horizon = TimeDelta::seconds(config.horizon_secs as i64);
         let filter = (!users.is_empty()).then_some(users.as_slice());
         // A budget is a quota over a rolling window across all users; the planner counts only
         // its own choices, so it is given what the window has left.
-        let mut config = config;
         for channel in &mut config.channels {
             if let Some(budget) = &mut channel.budget {
                 let since = now - TimeDelta::seconds(budget.per_secs as i64);

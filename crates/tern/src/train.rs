@@ -161,7 +161,7 @@ pub async fn run(url: Option<&str>, args: TrainArgs) -> Result<ExitCode> {
         .register_model(
             &NewModel {
                 version: version.clone(),
-                feature_version: spec_version(&model),
+                feature_version: model.feature_version().to_string(),
                 artifact: bytes.clone(),
                 metrics: serde_json::json!({
                     "validation": metrics,
@@ -195,10 +195,6 @@ pub async fn run(url: Option<&str>, args: TrainArgs) -> Result<ExitCode> {
     }
     db.close().await;
     Ok(ExitCode::SUCCESS)
-}
-
-fn spec_version(model: &Model) -> String {
-    model.feature_version().to_string()
 }
 
 /// `m-<until>-<digest of the feature version and weights>`: sortable by the end of its

@@ -1,5 +1,6 @@
 //! The store against a real PostgreSQL: a fresh database per test (see `tern_tests::TestDb`).
 
+mod generators;
 mod history;
 mod ingest;
 mod leases;

@@ -16,6 +16,8 @@
 //! - `finding.rs`: [`Finding`] and [`Findings`], printed as text, GitHub annotations or JSON.
 //! - `diff.rs`: a semantic diff between two bundles, document by document, field by field.
 //! - `schema.rs`: the JSON Schema of the language, for editors.
+//! - `generate.rs`: evaluates a generator's expressions for an event or a scheduled run and a
+//!   user, giving the opportunity it proposes; what `user`, `event` and `run` hold is fixed here.
 //! - `watch.rs`: the [`Watcher`], which polls a directory, waits for writes to settle, and swaps
 //!   the active bundle atomically when (and only when) the new one is valid.
 //! - `text.rs`: names, durations, times of day and edit distance.
@@ -58,6 +60,7 @@ mod bundle;
 mod decode;
 mod diff;
 mod finding;
+mod generate;
 mod model;
 mod schema;
 mod text;
@@ -70,6 +73,7 @@ pub use bundle::{
 pub use decode::{EVENT_VARS, KINDS, SCHEDULE_VARS, USER_VARS};
 pub use diff::{diff, Change, DocChange, DocDiff};
 pub use finding::{Finding, Findings, Pos, Severity};
+pub use generate::{EvalError, EventView, Firing, Proposal, UserView};
 pub use model::*;
 pub use schema::schema;
 pub use text::{parse_duration, MAX_DURATION_SECS};

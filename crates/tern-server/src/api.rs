@@ -16,6 +16,8 @@ use crate::{pb, Clock, Control};
 
 /// Most rows in one Submit, Upsert, Report or ReportActivity.
 pub const MAX_BATCH: usize = 10_000;
+/// Most user ids over all events of one SubmitEvents.
+pub const MAX_EVENT_USERS: usize = 100_000;
 /// Most items in one Pull.
 pub const MAX_PULL: u32 = 1_000;
 const MIN_LEASE: TimeDelta = TimeDelta::seconds(1);
@@ -198,13 +200,37 @@ impl pb::opportunity_service_server::OpportunityService for Api {
 
     async fn submit_events(
         &self,
-        _request: Request<pb::SubmitEventsRequest>,
+        request: Request<pb::SubmitEventsRequest>,
     ) -> Result<Response<pb::SubmitEventsReply>, Status> {
         let started = Instant::now();
         let result: Result<Response<pb::SubmitEventsReply>, Status> = async {
-            Err(Status::unimplemented(
-                "event-triggered generators are not available in this version",
-            ))
+            let req = request.into_inner();
+            batch_size("events", req.events.len())?;
+            let users: usize = req.events.iter().map(|e| e.user_ids.len()).sum();
+            if users > MAX_EVENT_USERS {
+                return Err(invalid(format!(
+                    "events: {users} user ids in all is more than the limit of {MAX_EVENT_USERS}; split the batch"
+                )));
+            }
+            let events = req
+                .events
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| convert::event(e).map_err(|m| invalid(format!("event {i}: {m}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let summary = self
+                .control
+                .submit_events(events)
+                .await
+                .map_err(errors::control)?;
+            let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+            Ok(Response::new(pb::SubmitEventsReply {
+                opportunities_created: clamp(summary.opportunities_created),
+                duplicate_events: clamp(summary.duplicate_events),
+                duplicate_opportunities: clamp(summary.opportunities_duplicate),
+                evaluation_errors: clamp(summary.evaluation_errors),
+                error_samples: summary.error_samples,
+            }))
         }
         .await;
         self.finish("SubmitEvents", started, result)

@@ -107,3 +107,44 @@ pub(crate) fn summary(s: &crate::ReplanSummary) -> pb::PlanSummary {
         duration_seconds: s.duration_seconds,
     }
 }
+
+/// One event, checked whole: its type is a name, its id 1 to 512 bytes, it names at least one
+/// user (each 1 to 512 bytes) and its numbers are finite.
+pub(crate) fn event(e: pb::Event) -> Result<crate::Event, String> {
+    tern_core::validate_name("type", &e.r#type).map_err(|e| e.0)?;
+    if e.event_id.is_empty() || e.event_id.len() > tern_core::MAX_KEY_LEN {
+        return Err(format!(
+            "event_id must be 1 to {} bytes",
+            tern_core::MAX_KEY_LEN
+        ));
+    }
+    if e.user_ids.is_empty() {
+        return Err("user_ids: at least one user is required".into());
+    }
+    if let Some(u) = e
+        .user_ids
+        .iter()
+        .find(|u| u.is_empty() || u.len() > tern_core::MAX_KEY_LEN)
+    {
+        return Err(format!(
+            "user id {u:?} must be 1 to {} bytes",
+            tern_core::MAX_KEY_LEN
+        ));
+    }
+    if let Some((name, _)) = e.numbers.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(format!("number {name:?} is not finite"));
+    }
+    let occurred_at = e
+        .occurred_at
+        .as_ref()
+        .map(|t| from_time(t, "occurred_at"))
+        .transpose()?;
+    Ok(crate::Event {
+        event_type: e.r#type,
+        event_id: e.event_id,
+        user_ids: e.user_ids,
+        numbers: e.numbers.into_iter().collect(),
+        strings: e.strings.into_iter().collect(),
+        occurred_at,
+    })
+}

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-pub use api::Api;
+pub use api::{Api, MAX_BATCH, MAX_EVENT_USERS};
 pub use auth::{Tokens, TokensError};
 pub use errors::ControlError;
 pub use metrics::{serve_metrics, Metrics};
@@ -99,6 +99,33 @@ pub trait Control: Send + Sync + 'static {
     /// Plans now (only `users` when not empty) and publishes the schedule.
     async fn replan(&self, users: Vec<String>) -> Result<ReplanSummary, ControlError>;
     async fn status(&self) -> Result<DaemonStatus, ControlError>;
+    /// Runs the event-triggered generators of the active policy on these (validated) events.
+    async fn submit_events(&self, events: Vec<Event>) -> Result<EventsSummary, ControlError>;
+}
+
+/// An upstream event, validated: a name for its type, a non-empty id, at least one user id,
+/// finite numbers.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Event {
+    pub event_type: String,
+    pub event_id: String,
+    pub user_ids: Vec<String>,
+    pub numbers: std::collections::BTreeMap<String, f64>,
+    pub strings: std::collections::BTreeMap<String, String>,
+    pub occurred_at: Option<DateTime<Utc>>,
+}
+
+/// What the generators made of a batch of events.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventsSummary {
+    pub opportunities_created: u64,
+    /// Opportunities the generators proposed that existed already (same user and dedupe key).
+    pub opportunities_duplicate: u64,
+    pub duplicate_events: u64,
+    /// Users for whom a generator's expression failed; they got nothing from that generator.
+    pub evaluation_errors: u64,
+    /// The first few such errors, as sentences.
+    pub error_samples: Vec<String>,
 }
 
 /// Server settings.

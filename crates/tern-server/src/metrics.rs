@@ -54,6 +54,24 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = &[
         "Candidates not chosen, by reason.",
     ),
     (
+        "tern_generator_opportunities_total",
+        Kind::Counter,
+        &["generator"],
+        "Opportunities created by generators (from events or scheduled runs), by generator.",
+    ),
+    (
+        "tern_generator_errors_total",
+        Kind::Counter,
+        &["generator"],
+        "Users for whom a generator's expression failed (they got nothing from it), by generator.",
+    ),
+    (
+        "tern_generator_runs_total",
+        Kind::Counter,
+        &["generator"],
+        "Scheduled generator runs, by generator.",
+    ),
+    (
         "tern_pull_requests_total",
         Kind::Counter,
         &["channel"],

@@ -11,6 +11,8 @@
 //! - [`users`]: users with timezone, attributes, reachability and opt-outs.
 //! - [`history`]: messages sent and their outcomes, and the per-user history windows that caps and
 //!   features count.
+//! - [`generators`]: users as generator expressions see them, page by page, and the record of
+//!   processed events that makes `SubmitEvents` idempotent.
 //! - [`training`]: days of user activity, and each user's messages with their outcomes streamed
 //!   user by user for `tern train`.
 //! - [`models`]: the model registry: artifacts, metrics, promotion and rollback.
@@ -32,6 +34,7 @@
 //!   is idempotent; the message row for a `sent` ack is written in the ack's transaction.
 
 pub mod admin;
+pub mod generators;
 pub mod history;
 pub mod leases;
 pub mod migrate;
@@ -50,6 +53,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tern_core::InvalidInput;
 
+pub use generators::{EventRecord, GeneratorUser};
 pub use history::{HistoryWindow, NewMessage, NewOutcome, OutcomeReport, UserHistory, WindowCount};
 pub use leases::{Ack, AckResult, LeaseRequest, LeasedItem};
 pub use migrate::{MigrationState, MigrationStatus};

@@ -470,6 +470,14 @@ impl tern_server::Control for NoControl {
     async fn status(&self) -> Result<tern_server::DaemonStatus, tern_server::ControlError> {
         Ok(tern_server::DaemonStatus::default())
     }
+    async fn submit_events(
+        &self,
+        _events: Vec<tern_server::Event>,
+    ) -> Result<tern_server::EventsSummary, tern_server::ControlError> {
+        Err(tern_server::ControlError::NoPolicy(
+            "the benchmark server runs no generators".into(),
+        ))
+    }
 }
 
 async fn serve(db: &Database, args: ServeArgs) -> Result<ExitCode> {

@@ -1,7 +1,8 @@
-//! Replans on the cron schedules of the active policy's Replan documents.
+//! Runs the cron schedules of the active policy: its Replan documents and its scheduled
+//! Generators (keyed `generator/NAME` in `replan_runs`, beside the replans' own names).
 //!
 //! Every replica runs this loop; each firing runs on exactly one of them: the first to claim
-//! `(replan, firing)` in the database runs it, the others skip it. A firing missed while no
+//! `(job, firing)` in the database runs it, the others skip it. A firing missed while no
 //! replica was up (or while a long plan ran) is run once, as the latest missed firing, never once
 //! per missed firing. Runs of one replica are sequential, and the replan lock keeps plans of
 //! different replicas from overlapping.
@@ -12,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use tern_policy::{Replan, Watcher};
+use chrono_tz::Tz;
+use tern_policy::{Bundle, CronSchedule, Generator, Replan, Trigger, Watcher};
 use tern_server::Clock;
 use tern_store::Store;
 
@@ -38,40 +40,30 @@ pub async fn run(
     loop {
         let bundle = watcher.active();
         let mut wake = clock.now() + MAX_SLEEP;
-        for replan in &bundle.replans {
-            let name = &replan.metadata.name;
+        for job in jobs(&bundle) {
+            let name = &job.key();
             let now = clock.now();
             let since = match handled.get(name) {
                 Some(t) => *t,
                 None => match store.last_replan_run(name).await {
                     Ok(last) => last.unwrap_or(now - FIRST_LOOKBACK),
                     Err(e) => {
-                        tracing::warn!(replan = %name, error = %e, "cannot read past replan runs; retrying");
+                        tracing::warn!(job = %name, error = %e, "cannot read past cron runs; retrying");
                         wake = wake.min(now + TimeDelta::seconds(2));
                         continue;
                     }
                 },
             };
-            let due = latest_firing(replan, since, now);
+            let due = latest_firing(&job, since, now);
             handled.insert(name.clone(), due.unwrap_or(since));
             if let Some(at) = due {
                 match store.claim_replan_run(name, at, &holder, now).await {
-                    Ok(true) => match daemon.replan(name, Vec::new()).await {
-                        Ok(summary) => {
-                            if let Err(e) = store.finish_replan_run(name, at, summary.plan_id).await
-                            {
-                                tracing::warn!(replan = %name, error = %e, "cannot record the run's plan");
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(replan = %name, firing = %at, error = %e, "the cron replan failed")
-                        }
-                    },
+                    Ok(true) => run_job(&daemon, &store, &job, at).await,
                     Ok(false) => {
-                        tracing::debug!(replan = %name, firing = %at, "another replica runs this firing")
+                        tracing::debug!(job = %name, firing = %at, "another replica runs this firing")
                     }
                     Err(e) => {
-                        tracing::warn!(replan = %name, error = %e, "cannot claim the replan run; retrying");
+                        tracing::warn!(job = %name, error = %e, "cannot claim the cron run; retrying");
                         // Not handled: try this firing again on the next pass.
                         handled.insert(name.clone(), since);
                         wake = wake.min(clock.now() + TimeDelta::seconds(2));
@@ -79,7 +71,7 @@ pub async fn run(
                 }
             }
             let from = handled[name].max(clock.now());
-            if let Some(next) = next_firing(replan, from) {
+            if let Some(next) = next_firing(&job, from) {
                 wake = wake.min(next);
             }
         }
@@ -94,15 +86,76 @@ pub async fn run(
     }
 }
 
-/// The latest firing of `replan` in `(since, now]`.
+/// Something that runs on a cron schedule.
+pub enum Job<'b> {
+    Replan(&'b Replan),
+    Generator(&'b Generator),
+}
+
+impl Job<'_> {
+    /// Its name in `replan_runs` and in `GetStatus`: a Replan's own name, or `generator/NAME`
+    /// (a name cannot contain `/`, so the two never collide).
+    pub fn key(&self) -> String {
+        match self {
+            Job::Replan(r) => r.metadata.name.clone(),
+            Job::Generator(g) => format!("generator/{}", g.metadata.name),
+        }
+    }
+
+    fn schedule(&self) -> (&CronSchedule, Option<Tz>) {
+        match self {
+            Job::Replan(r) => (&r.cron, r.timezone),
+            Job::Generator(g) => match &g.trigger {
+                Trigger::Schedule { cron, timezone, .. } => (cron, *timezone),
+                Trigger::Event { .. } => unreachable!("jobs() keeps only scheduled generators"),
+            },
+        }
+    }
+}
+
+/// The bundle's cron jobs: every Replan and every scheduled Generator.
+pub fn jobs(bundle: &Bundle) -> Vec<Job<'_>> {
+    let replans = bundle.replans.iter().map(Job::Replan);
+    let generators = bundle
+        .generators
+        .iter()
+        .filter(|g| matches!(g.trigger, Trigger::Schedule { .. }))
+        .map(Job::Generator);
+    replans.chain(generators).collect()
+}
+
+async fn run_job(daemon: &Daemon, store: &Store, job: &Job<'_>, at: DateTime<Utc>) {
+    let name = job.key();
+    match job {
+        Job::Replan(r) => match daemon.replan(&r.metadata.name, Vec::new()).await {
+            Ok(summary) => {
+                if let Err(e) = store.finish_replan_run(&name, at, summary.plan_id).await {
+                    tracing::warn!(replan = %name, error = %e, "cannot record the run's plan");
+                }
+            }
+            Err(e) => {
+                tracing::error!(replan = %name, firing = %at, error = %e, "the cron replan failed")
+            }
+        },
+        Job::Generator(g) => {
+            // A failed run is not retried: its firing is claimed, and the next firing creates
+            // what is due then (a digest twice in a row would be worse than one missed).
+            if let Err(e) = daemon.run_generator(g, at).await {
+                tracing::error!(generator = %name, firing = %at, error = %e, "the scheduled generator failed")
+            }
+        }
+    }
+}
+
+/// The latest firing of `job` in `(since, now]`.
 pub fn latest_firing(
-    replan: &Replan,
+    job: &Job<'_>,
     since: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
     let mut latest = None;
     // Bounded: an every-second schedule after a day's downtime is 86,400 steps.
-    for t in firings(replan, since).take(1_000_000) {
+    for t in firings(job, since).take(1_000_000) {
         if t > now {
             break;
         }
@@ -112,20 +165,23 @@ pub fn latest_firing(
 }
 
 /// The first firing after `after`.
-pub fn next_firing(replan: &Replan, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    firings(replan, after).next()
+pub fn next_firing(job: &Job<'_>, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    firings(job, after).next()
 }
 
-fn firings(replan: &Replan, after: DateTime<Utc>) -> Box<dyn Iterator<Item = DateTime<Utc>> + '_> {
-    match replan.timezone {
+fn firings<'a>(
+    job: &'a Job<'_>,
+    after: DateTime<Utc>,
+) -> Box<dyn Iterator<Item = DateTime<Utc>> + 'a> {
+    let (schedule, tz) = job.schedule();
+    match tz {
         Some(tz) => Box::new(
-            replan
-                .cron
+            schedule
                 .schedule
                 .after(&after.with_timezone(&tz))
                 .map(|t| t.with_timezone(&Utc)),
         ),
-        None => Box::new(replan.cron.schedule.after(&after)),
+        None => Box::new(schedule.schedule.after(&after)),
     }
 }
 

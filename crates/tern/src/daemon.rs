@@ -74,6 +74,22 @@ impl Daemon {
         }
     }
 
+    /// Runs one firing of a scheduled generator.
+    pub async fn run_generator(
+        &self,
+        generator: &tern_policy::Generator,
+        at: DateTime<Utc>,
+    ) -> Result<crate::generators::Tally, ControlError> {
+        crate::generators::run_scheduled(
+            &self.store,
+            generator,
+            &self.metrics,
+            at,
+            self.clock.now(),
+        )
+        .await
+    }
+
     /// Plans the users with open opportunities (only `users` when not empty) and publishes.
     pub async fn replan(
         &self,
@@ -222,16 +238,30 @@ impl Control for Daemon {
         Daemon::replan(self, "manual", users).await
     }
 
+    async fn submit_events(
+        &self,
+        events: Vec<tern_server::Event>,
+    ) -> Result<tern_server::EventsSummary, ControlError> {
+        let bundle = self.watcher.active();
+        crate::generators::submit_events(
+            &self.store,
+            &bundle,
+            &self.metrics,
+            events,
+            self.clock.now(),
+        )
+        .await
+    }
+
     async fn status(&self) -> Result<DaemonStatus, ControlError> {
         let bundle = self.watcher.active();
         let rejected = self.watcher.status().last_error;
         let model = self.store.active_model().await?.map(|(v, _)| v);
         let recent = self.store.recent_plans(5).await?;
         let now = self.clock.now();
-        let next_runs = bundle
-            .replans
+        let next_runs = crate::cron::jobs(&bundle)
             .iter()
-            .filter_map(|r| crate::cron::next_firing(r, now).map(|t| (r.metadata.name.clone(), t)))
+            .filter_map(|j| crate::cron::next_firing(j, now).map(|t| (j.key(), t)))
             .collect();
         Ok(DaemonStatus {
             policy_version: Some(bundle.version.clone()),

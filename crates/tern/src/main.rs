@@ -29,6 +29,7 @@ mod cron;
 mod daemon;
 mod db;
 mod features;
+mod generators;
 mod migrate;
 mod plan;
 mod policy;

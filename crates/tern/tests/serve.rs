@@ -1232,3 +1232,222 @@ where
     }
     panic!("condition not reached within 10 s");
 }
+
+const GENERATORS: &str = r#"
+---
+apiVersion: tern/v1
+kind: Generator
+metadata: {name: new-release}
+spec:
+  on: {event: artist_release}
+  when: "event.popularity > 0.3 && event.artist_id in user.followed_artists"
+  message: {template: new_release, category: content}
+  channels: [push, email]
+  ttl: 48h
+  dedupeKey: "'release:' + event.release_id"
+  signals: {popularity: "event.popularity"}
+---
+apiVersion: tern/v1
+kind: Generator
+metadata: {name: password-reset}
+spec:
+  on: {event: password_reset_requested}
+  message: {template: password_reset, category: account}
+  channels: [email]
+  ttl: 1h
+  priority: transactional
+---
+apiVersion: tern/v1
+kind: Generator
+metadata: {name: gold-digest}
+spec:
+  schedule: "* * * * * *"
+  segment: "user.tier == 'gold' && user.channels.email.reachable"
+  message: {template: digest, category: content}
+  channels: [email]
+  ttl: 2d
+  dedupeKey: "'digest:' + run.time"
+"#;
+
+fn event(kind: &str, id: &str, users: &[&str]) -> pb::Event {
+    pb::Event {
+        r#type: kind.into(),
+        event_id: id.into(),
+        user_ids: users.iter().map(|u| u.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn generators_turn_events_and_cron_runs_into_opportunities_once() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start_with(&db.url, &format!("{BUNDLE}{GENERATORS}"));
+    let channel = daemon.channel().await;
+    let mut users = UserServiceClient::new(channel.clone());
+    let mut opportunities = OpportunityServiceClient::new(channel.clone());
+    let email = |reachable| pb::ChannelState {
+        channel: "email".into(),
+        reachable,
+        opted_out: false,
+    };
+    users
+        .upsert(pb::UpsertUsersRequest {
+            users: vec![
+                pb::User {
+                    attributes_json: r#"{"tier": "gold", "followed_artists": ["a1"]}"#.into(),
+                    channels: vec![email(true)],
+                    ..user("fan")
+                },
+                pb::User {
+                    attributes_json: r#"{"tier": "silver", "followed_artists": []}"#.into(),
+                    channels: vec![email(true)],
+                    ..user("other")
+                },
+                pb::User {
+                    attributes_json: r#"{"tier": "gold", "followed_artists": []}"#.into(),
+                    channels: vec![email(false)],
+                    ..user("bounced")
+                },
+            ],
+        })
+        .await
+        .unwrap();
+
+    // The fan follows the artist; the other user does not; nobody knows `stranger`, whose
+    // condition cannot be evaluated (no `followed_artists`): an error for that user only.
+    let release = pb::Event {
+        numbers: [("popularity".to_string(), 0.5)].into(),
+        strings: [
+            ("artist_id".to_string(), "a1".to_string()),
+            ("release_id".to_string(), "r1".to_string()),
+        ]
+        .into(),
+        ..event("artist_release", "ev-1", &["fan", "other", "stranger"])
+    };
+    let reply = opportunities
+        .submit_events(pb::SubmitEventsRequest {
+            events: vec![release.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.opportunities_created, 1, "{reply:?}");
+    assert_eq!(reply.evaluation_errors, 1, "{reply:?}");
+    assert!(
+        reply.error_samples[0].contains("new-release") && reply.error_samples[0].contains("when"),
+        "{:?}",
+        reply.error_samples
+    );
+    let (key, source, signals): (String, String, serde_json::Value) = sqlx::query_as(
+        "SELECT dedupe_key, source, signals FROM opportunities \
+         WHERE user_id = 'fan' AND source = 'generator:new-release'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (key.as_str(), source.as_str()),
+        ("release:r1", "generator:new-release")
+    );
+    assert_eq!(signals["popularity"], 0.5);
+
+    // A retried event (alone, or twice in one request) creates nothing.
+    let reply = opportunities
+        .submit_events(pb::SubmitEventsRequest {
+            events: vec![release.clone(), release.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reply.opportunities_created, reply.duplicate_events),
+        (0, 2)
+    );
+
+    // No condition: even a user tern does not know yet gets the password reset.
+    let reply = opportunities
+        .submit_events(pb::SubmitEventsRequest {
+            events: vec![
+                event("password_reset_requested", "reset-1", &["stranger"]),
+                event("password_reset_requested", "reset-2", &["fan", "fan"]),
+                event("nobody_listens", "other-1", &["fan"]),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.opportunities_created, 2, "{reply:?}");
+    let reset: (String, String) =
+        sqlx::query_as("SELECT priority, dedupe_key FROM opportunities WHERE user_id = 'stranger'")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        reset,
+        ("transactional".into(), "password-reset:reset-1".into())
+    );
+
+    // Malformed events are refused whole, and nothing is recorded.
+    for (bad, says) in [
+        (event("Not A Name", "x-1", &["fan"]), "type"),
+        (event("artist_release", "", &["fan"]), "event_id"),
+        (event("artist_release", "x-2", &[]), "user_ids"),
+        (
+            pb::Event {
+                numbers: [("popularity".to_string(), f64::NAN)].into(),
+                ..event("artist_release", "x-3", &["fan"])
+            },
+            "finite",
+        ),
+    ] {
+        let err = opportunities
+            .submit_events(pb::SubmitEventsRequest {
+                events: vec![event("password_reset_requested", "ok-1", &["fan"]), bad],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(says), "{}", err.message());
+    }
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(recorded, 4, "ev-1, reset-1, reset-2, other-1");
+
+    // The every-second digest reaches the gold user with a reachable email only, once per firing.
+    let digests = wait_for(
+        || async {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT user_id, dedupe_key FROM opportunities WHERE source = 'generator:gold-digest'",
+            )
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap()
+        },
+        |rows| rows.len() >= 2,
+    )
+    .await;
+    assert!(digests.iter().all(|(u, _)| u == "fan"), "{digests:?}");
+    let runs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM replan_runs WHERE replan = 'generator/gold-digest'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert!(runs >= 2, "{runs} claimed runs");
+
+    let status = AdminServiceClient::new(channel)
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let next: Vec<&str> = status.next_runs.iter().map(|r| r.replan.as_str()).collect();
+    assert!(next.contains(&"generator/gold-digest"), "{next:?}");
+    let metrics = daemon.scrape();
+    assert!(
+        metrics.contains("tern_generator_opportunities_total{generator=\"new-release\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tern_generator_errors_total{generator=\"new-release\"} 1"));
+}

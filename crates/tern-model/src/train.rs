@@ -109,6 +109,11 @@ pub struct TrainingSummary {
     pub best_valid_loss: f64,
     /// Positive rate per head over the training rows with an observable label.
     pub train_base_rates: [f64; HEADS],
+    /// Training rows with an observable label, per head. A head with none has learned nothing
+    /// (its output is its initialisation), and predictors should not trust it. Absent from
+    /// artifacts written before it existed, where it reads as unknown (all zero).
+    #[serde(default)]
+    pub train_labels: [u64; HEADS],
     /// The logistic-regression baseline trained on the same minibatches.
     pub logistic: Logistic,
 }
@@ -236,6 +241,7 @@ pub fn train(
         best_epoch,
         best_valid_loss,
         train_base_rates: base_rates,
+        train_labels: base_counts.map(|(n, _)| n),
         logistic,
     });
     Ok(model)

@@ -94,6 +94,24 @@ pub struct CronSchedule {
     pub schedule: cron::Schedule,
 }
 
+impl CronSchedule {
+    /// Parses a schedule given outside a policy file (a command-line flag); the error is a
+    /// sentence. The cron crate panics on some inputs, which is caught here as in the loader.
+    pub fn parse(source: &str) -> Result<CronSchedule, String> {
+        use std::str::FromStr;
+        match std::panic::catch_unwind(|| cron::Schedule::from_str(source)) {
+            Ok(Ok(schedule)) => Ok(CronSchedule {
+                source: source.to_string(),
+                schedule,
+            }),
+            Ok(Err(e)) => Err(format!(
+                "{source:?} is not a valid cron expression ({e}); the syntax is `sec min hour day-of-month month day-of-week [year]`, e.g. \"0 0 2 * * *\""
+            )),
+            Err(_) => Err(format!("{source:?} is not a valid cron expression")),
+        }
+    }
+}
+
 impl PartialEq for CronSchedule {
     fn eq(&self, other: &Self) -> bool {
         self.source == other.source

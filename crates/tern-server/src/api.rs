@@ -619,6 +619,35 @@ impl pb::admin_service_server::AdminService for Api {
         self.finish("Replan", started, result)
     }
 
+    async fn advance_clock(
+        &self,
+        request: Request<pb::AdvanceClockRequest>,
+    ) -> Result<Response<pb::AdvanceClockReply>, Status> {
+        let started = Instant::now();
+        let result: Result<Response<pb::AdvanceClockReply>, Status> = async {
+            let req = request.into_inner();
+            let to = req.to.as_ref().ok_or_else(|| invalid("to is required"))?;
+            let to = convert::from_time(to, "to").map_err(invalid)?;
+            let ran = self
+                .control
+                .advance_clock(to)
+                .await
+                .map_err(errors::control)?;
+            Ok(Response::new(pb::AdvanceClockReply {
+                now: Some(time(self.clock.now())),
+                ran: ran
+                    .into_iter()
+                    .map(|(replan, at)| pb::CronRun {
+                        replan,
+                        next_run: Some(time(at)),
+                    })
+                    .collect(),
+            }))
+        }
+        .await;
+        self.finish("AdvanceClock", started, result)
+    }
+
     async fn get_status(
         &self,
         _request: Request<pb::GetStatusRequest>,

@@ -12,6 +12,12 @@ pub enum ControlError {
     NoPolicy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The request does not fit the daemon's state (e.g. advancing the system clock).
+    #[error("{0}")]
+    Precondition(String),
+    /// The request is malformed in a way only the daemon can tell.
+    #[error("{0}")]
+    Invalid(String),
     /// The plan itself failed (e.g. the active policy cannot be planned with).
     #[error("{0}")]
     Failed(String),
@@ -38,6 +44,8 @@ pub(crate) fn control(err: ControlError) -> Status {
     match err {
         ControlError::NoPolicy(m) => Status::failed_precondition(m),
         ControlError::Store(e) => store(e),
+        ControlError::Precondition(m) => Status::failed_precondition(m),
+        ControlError::Invalid(m) => Status::invalid_argument(m),
         ControlError::Failed(m) => Status::internal(m),
     }
 }

@@ -64,6 +64,41 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock that moves only when told to: tern's simulation mode (`tern serve --simulate-from`,
+/// `tern demo`), where a driver advances time through `AdminService.AdvanceClock` and simulated
+/// weeks pass in minutes.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> ManualClock {
+        ManualClock(std::sync::Mutex::new(start))
+    }
+
+    /// Moves the clock to `to`; refused (returning the current time) when `to` is earlier,
+    /// because time that runs backwards would let leases and plans run backwards too.
+    pub fn advance(&self, to: DateTime<Utc>) -> Result<(), DateTime<Utc>> {
+        let mut now = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if to < *now {
+            return Err(*now);
+        }
+        *now = to;
+        Ok(())
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A plan's summary, as `AdminService.Replan` and `GetStatus` report it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ReplanSummary {
@@ -101,6 +136,12 @@ pub trait Control: Send + Sync + 'static {
     async fn status(&self) -> Result<DaemonStatus, ControlError>;
     /// Runs the event-triggered generators of the active policy on these (validated) events.
     async fn submit_events(&self, events: Vec<Event>) -> Result<EventsSummary, ControlError>;
+    /// Simulation mode: moves the clock to `to` and runs the cron jobs that fell due; returns
+    /// each job run with its firing.
+    async fn advance_clock(
+        &self,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, ControlError>;
 }
 
 /// An upstream event, validated: a name for its type, a non-empty id, at least one user id,

@@ -72,6 +72,12 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = &[
         "Scheduled generator runs, by generator.",
     ),
     (
+        "tern_trainings_total",
+        Kind::Counter,
+        &["result"],
+        "Scheduled model trainings, by result (promoted; registered, kept as a candidate; failed).",
+    ),
+    (
         "tern_pull_requests_total",
         Kind::Counter,
         &["channel"],

@@ -20,6 +20,8 @@
 //!   replica plan at a time, recent plans and one user's schedule.
 //! - [`plans`]: publishing a plan's schedule in one transaction.
 //! - [`policies`]: the record of activated policy bundles, by content hash.
+//! - [`reports`]: read-only summaries: opportunity states, suppressions over all plans,
+//!   outcome counts, the engagement prediction's calibration.
 //! - [`peer`]: the plain-SQL versions of tern's jobs that benchmarks compare against.
 //! - [`admin`]: creating and dropping scratch databases (tests, benchmarks).
 //! - [`leases`]: handing due schedule items to delivery services under a lease (`FOR UPDATE SKIP
@@ -44,6 +46,7 @@ pub mod peer;
 pub mod planning;
 pub mod plans;
 pub mod policies;
+pub mod reports;
 pub mod training;
 pub mod users;
 
@@ -64,6 +67,7 @@ pub use planning::{
 };
 pub use plans::{NewPlan, NewScheduleItem, PublishedPlan, Supersede};
 pub use policies::PolicyVersion;
+pub use reports::CalibrationBin;
 pub use training::{TrainingMessage, TrainingUser};
 pub use users::{ChannelState, User};
 

@@ -55,6 +55,23 @@ struct Merge<'a> {
 }
 
 impl Store {
+    /// When the first message in `[since, until)` was sent, if any: training starts its
+    /// window there, so that a young installation (or a simulation's first nights) is not
+    /// split into an empty training part and a validation part holding everything.
+    pub async fn first_message_at(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(sent_at) FROM messages WHERE sent_at >= $1 AND sent_at < $2",
+        )
+        .bind(since)
+        .bind(until)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Records days on which users were active. Idempotent: a day already recorded is left
     /// alone. Returns how many (user, day) pairs were new.
     pub async fn record_activity(&self, activity: &[(String, NaiveDate)]) -> Result<u64> {

@@ -478,6 +478,14 @@ impl tern_server::Control for NoControl {
             "the benchmark server runs no generators".into(),
         ))
     }
+    async fn advance_clock(
+        &self,
+        _to: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, tern_server::ControlError> {
+        Err(tern_server::ControlError::Precondition(
+            "the benchmark server runs on the system clock".into(),
+        ))
+    }
 }
 
 async fn serve(db: &Database, args: ServeArgs) -> Result<ExitCode> {

@@ -1,5 +1,6 @@
 //! Runs the cron schedules of the active policy: its Replan documents and its scheduled
-//! Generators (keyed `generator/NAME` in `replan_runs`, beside the replans' own names).
+//! Generators (keyed `generator/NAME` in `replan_runs`, beside the replans' own names), and the
+//! daemon's model training when `--train-schedule` is given (keyed `train`).
 //!
 //! Every replica runs this loop; each firing runs on exactly one of them: the first to claim
 //! `(job, firing)` in the database runs it, the others skip it. A firing missed while no
@@ -14,9 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
-use tern_policy::{Bundle, CronSchedule, Generator, Replan, Trigger, Watcher};
-use tern_server::Clock;
-use tern_store::Store;
+use tern_policy::{Bundle, CronSchedule, Generator, Replan, Trigger};
 
 use crate::daemon::Daemon;
 
@@ -26,24 +25,51 @@ const FIRST_LOOKBACK: TimeDelta = TimeDelta::days(1);
 /// The loop wakes at least this often, to pick up policy changes.
 const MAX_SLEEP: TimeDelta = TimeDelta::seconds(30);
 
-pub async fn run(
-    daemon: Arc<Daemon>,
-    store: Store,
-    watcher: Arc<Watcher>,
-    clock: Arc<dyn Clock>,
-    holder: String,
-    shutdown: impl Future<Output = ()>,
-) {
+/// The background loop of a daemon on the system clock. (On a simulated clock there is no loop:
+/// `AdvanceClock` runs [`Cron::pass`] itself.)
+pub async fn run(daemon: Arc<Daemon>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
-    // The latest firing handled (run here, run elsewhere, or skipped), per Replan document.
-    let mut handled: HashMap<String, DateTime<Utc>> = HashMap::new();
+    let mut cron = Cron::default();
     loop {
-        let bundle = watcher.active();
+        let wake = cron.pass(&daemon).await.wake;
+        let sleep = (wake - daemon.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_millis(5));
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// What one replica remembers between passes: the latest firing handled (run here, run
+/// elsewhere, or skipped) per job.
+#[derive(Debug, Default)]
+pub struct Cron {
+    handled: HashMap<String, DateTime<Utc>>,
+}
+
+/// The outcome of one pass.
+pub struct Pass {
+    /// When the next pass is due.
+    pub wake: DateTime<Utc>,
+    /// The jobs this replica ran, with their firings.
+    pub ran: Vec<(String, DateTime<Utc>)>,
+}
+
+impl Cron {
+    /// Runs, one after the other, every job whose latest firing up to now has not been handled.
+    pub async fn pass(&mut self, daemon: &Daemon) -> Pass {
+        let bundle = daemon.watcher.active();
+        let clock = &daemon.clock;
+        let store = &daemon.store;
         let mut wake = clock.now() + MAX_SLEEP;
-        for job in jobs(&bundle) {
+        let mut ran = Vec::new();
+        for job in jobs(&bundle, daemon.training_schedule()) {
             let name = &job.key();
             let now = clock.now();
-            let since = match handled.get(name) {
+            let since = match self.handled.get(name) {
                 Some(t) => *t,
                 None => match store.last_replan_run(name).await {
                     Ok(last) => last.unwrap_or(now - FIRST_LOOKBACK),
@@ -55,34 +81,30 @@ pub async fn run(
                 },
             };
             let due = latest_firing(&job, since, now);
-            handled.insert(name.clone(), due.unwrap_or(since));
+            self.handled.insert(name.clone(), due.unwrap_or(since));
             if let Some(at) = due {
-                match store.claim_replan_run(name, at, &holder, now).await {
-                    Ok(true) => run_job(&daemon, &store, &job, at).await,
+                match store.claim_replan_run(name, at, &daemon.holder, now).await {
+                    Ok(true) => {
+                        run_job(daemon, &job, at).await;
+                        ran.push((name.clone(), at));
+                    }
                     Ok(false) => {
                         tracing::debug!(job = %name, firing = %at, "another replica runs this firing")
                     }
                     Err(e) => {
                         tracing::warn!(job = %name, error = %e, "cannot claim the cron run; retrying");
                         // Not handled: try this firing again on the next pass.
-                        handled.insert(name.clone(), since);
+                        self.handled.insert(name.clone(), since);
                         wake = wake.min(clock.now() + TimeDelta::seconds(2));
                     }
                 }
             }
-            let from = handled[name].max(clock.now());
+            let from = self.handled[name].max(clock.now());
             if let Some(next) = next_firing(&job, from) {
                 wake = wake.min(next);
             }
         }
-        let sleep = (wake - clock.now())
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-            .max(Duration::from_millis(5));
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(sleep) => {}
-        }
+        Pass { wake, ran }
     }
 }
 
@@ -90,6 +112,8 @@ pub async fn run(
 pub enum Job<'b> {
     Replan(&'b Replan),
     Generator(&'b Generator),
+    /// The daemon's model training (`tern serve --train-schedule`), in UTC.
+    Train(&'b CronSchedule),
 }
 
 impl Job<'_> {
@@ -99,6 +123,7 @@ impl Job<'_> {
         match self {
             Job::Replan(r) => r.metadata.name.clone(),
             Job::Generator(g) => format!("generator/{}", g.metadata.name),
+            Job::Train(_) => "train".to_string(),
         }
     }
 
@@ -109,23 +134,31 @@ impl Job<'_> {
                 Trigger::Schedule { cron, timezone, .. } => (cron, *timezone),
                 Trigger::Event { .. } => unreachable!("jobs() keeps only scheduled generators"),
             },
+            Job::Train(schedule) => (schedule, None),
         }
     }
 }
 
-/// The bundle's cron jobs: every Replan and every scheduled Generator.
-pub fn jobs(bundle: &Bundle) -> Vec<Job<'_>> {
+/// The cron jobs: the bundle's Replans and scheduled Generators, and training when scheduled.
+pub fn jobs<'b>(bundle: &'b Bundle, training: Option<&'b CronSchedule>) -> Vec<Job<'b>> {
     let replans = bundle.replans.iter().map(Job::Replan);
     let generators = bundle
         .generators
         .iter()
         .filter(|g| matches!(g.trigger, Trigger::Schedule { .. }))
         .map(Job::Generator);
-    replans.chain(generators).collect()
+    // Training first: a replan due at the same firing then plans with the new model.
+    training
+        .map(Job::Train)
+        .into_iter()
+        .chain(replans)
+        .chain(generators)
+        .collect()
 }
 
-async fn run_job(daemon: &Daemon, store: &Store, job: &Job<'_>, at: DateTime<Utc>) {
+async fn run_job(daemon: &Daemon, job: &Job<'_>, at: DateTime<Utc>) {
     let name = job.key();
+    let store = &daemon.store;
     match job {
         Job::Replan(r) => match daemon.replan(&r.metadata.name, Vec::new()).await {
             Ok(summary) => {
@@ -144,6 +177,13 @@ async fn run_job(daemon: &Daemon, store: &Store, job: &Job<'_>, at: DateTime<Utc
                 tracing::error!(generator = %name, firing = %at, error = %e, "the scheduled generator failed")
             }
         }
+        Job::Train(_) => match daemon.train(at).await {
+            Ok(_) => {}
+            Err(e) if e.is::<crate::train::NotEnoughHistory>() => {
+                tracing::info!(firing = %at, reason = %e, "scheduled training skipped")
+            }
+            Err(e) => tracing::error!(firing = %at, error = %e, "the scheduled training failed"),
+        },
     }
 }
 

@@ -15,39 +15,123 @@ use std::time::Instant;
 use chrono::{DateTime, TimeDelta, Utc};
 use tern_model::Model;
 use tern_planner::{Plan, Planner, Predictor, UserInput};
-use tern_policy::{Bundle, Watcher};
-use tern_server::{Clock, Control, ControlError, DaemonStatus, Metrics, ReplanSummary};
+use tern_policy::{Bundle, CronSchedule, Watcher};
+use tern_server::{
+    Clock, Control, ControlError, DaemonStatus, ManualClock, Metrics, ReplanSummary, SystemClock,
+};
 use tern_store::{NewPlan, NewScheduleItem, PlanningUser, Store, Supersede};
 
+use crate::cron::Cron;
 use crate::features;
 use crate::plan::{assign_arms, planner_config, OUTSIDE};
 use crate::predict::{ModelPredictor, Prior};
+use crate::train::TrainSettings;
 
 /// How far back a replan reads history: the longest cap window and the fatigue features' reach.
 const HISTORY: TimeDelta = TimeDelta::days(28);
 
 pub struct Daemon {
-    store: Store,
-    watcher: Arc<Watcher>,
+    pub(crate) store: Store,
+    pub(crate) watcher: Arc<Watcher>,
     model: tokio::sync::Mutex<Option<(String, Arc<Model>)>>,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    /// This replica's name in `replan_runs`.
+    pub(crate) holder: String,
+    /// Set in simulation mode: the clock `AdvanceClock` moves.
+    simulated: Option<Arc<ManualClock>>,
+    /// The cron state `AdvanceClock` passes over (simulation mode has no background loop).
+    cron: tokio::sync::Mutex<Cron>,
+    training: Option<Training>,
+}
+
+/// Model training on a schedule, inside the daemon.
+#[derive(Debug, Clone)]
+pub struct Training {
+    pub schedule: CronSchedule,
+    pub settings: TrainSettings,
+    /// Promote each new model that passes the promotion rule (never by force).
+    pub promote: bool,
+}
+
+/// How a daemon runs besides its store, policies and metrics.
+pub struct DaemonOptions {
+    pub holder: String,
+    /// Simulation mode: the daemon's clock, moved only by `AdvanceClock`.
+    pub simulated: Option<Arc<ManualClock>>,
+    pub training: Option<Training>,
 }
 
 impl Daemon {
     pub fn new(
         store: Store,
         watcher: Arc<Watcher>,
-        clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
+        options: DaemonOptions,
     ) -> Daemon {
+        let clock: Arc<dyn Clock> = match &options.simulated {
+            Some(c) => c.clone(),
+            None => Arc::new(SystemClock),
+        };
         Daemon {
             store,
             watcher,
             model: tokio::sync::Mutex::new(None),
             clock,
             metrics,
+            holder: options.holder,
+            simulated: options.simulated,
+            cron: tokio::sync::Mutex::new(Cron::default()),
+            training: options.training,
         }
+    }
+
+    /// The training schedule, when the daemon trains.
+    pub fn training_schedule(&self) -> Option<&CronSchedule> {
+        self.training.as_ref().map(|t| &t.schedule)
+    }
+
+    /// Trains on the history up to `at`, registers the model, and promotes it when configured
+    /// and the promotion rule allows. The next plan picks it up (models are read per plan).
+    pub async fn train(&self, at: DateTime<Utc>) -> anyhow::Result<String> {
+        let Some(training) = &self.training else {
+            anyhow::bail!("this daemon has no training schedule");
+        };
+        let started = Instant::now();
+        let trained = match crate::train::train_and_register(
+            &self.store,
+            &training.settings,
+            at,
+            self.clock.now(),
+        )
+        .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                self.metrics
+                    .inc("tern_trainings_total", &[("result", "failed")]);
+                return Err(e);
+            }
+        };
+        let refusals = tern_model::promotion_refusals(&trained.metrics);
+        let promoted = training.promote && refusals.is_empty();
+        if promoted {
+            self.store
+                .promote_model(&trained.version, self.clock.now())
+                .await?;
+        }
+        self.metrics.inc(
+            "tern_trainings_total",
+            &[("result", if promoted { "promoted" } else { "registered" })],
+        );
+        tracing::info!(
+            model = %trained.version,
+            promoted,
+            refusals = %refusals.join("; "),
+            seconds = started.elapsed().as_secs_f64(),
+            "trained a model"
+        );
+        Ok(trained.version)
     }
 
     /// The active model from the registry, loaded again only when the active version changed.
@@ -253,13 +337,34 @@ impl Control for Daemon {
         .await
     }
 
+    async fn advance_clock(
+        &self,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, ControlError> {
+        let Some(clock) = &self.simulated else {
+            return Err(ControlError::Precondition(
+                "the daemon runs on the system clock; start it with --simulate-from to drive its clock".into(),
+            ));
+        };
+        // One advance at a time: the jobs of one must finish before time moves again.
+        let mut cron = self.cron.lock().await;
+        clock.advance(to).map_err(|now| {
+            ControlError::Invalid(format!(
+                "cannot move the clock back from {} to {}",
+                now.to_rfc3339(),
+                to.to_rfc3339()
+            ))
+        })?;
+        Ok(cron.pass(self).await.ran)
+    }
+
     async fn status(&self) -> Result<DaemonStatus, ControlError> {
         let bundle = self.watcher.active();
         let rejected = self.watcher.status().last_error;
         let model = self.store.active_model().await?.map(|(v, _)| v);
         let recent = self.store.recent_plans(5).await?;
         let now = self.clock.now();
-        let next_runs = crate::cron::jobs(&bundle)
+        let next_runs = crate::cron::jobs(&bundle, self.training_schedule())
             .iter()
             .filter_map(|j| crate::cron::next_firing(j, now).map(|t| (j.key(), t)))
             .collect();

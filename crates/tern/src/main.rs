@@ -28,6 +28,7 @@ mod config;
 mod cron;
 mod daemon;
 mod db;
+mod demo;
 mod features;
 mod generators;
 mod migrate;
@@ -35,6 +36,7 @@ mod plan;
 mod policy;
 mod predict;
 mod registry;
+mod report;
 mod serve;
 mod train;
 
@@ -80,6 +82,10 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole loop on a simulated population whose truth tern never sees: submit, plan,
+    /// deliver, report, train nightly; a summary per day, an optional HTML report, and
+    /// (with --compare) tern against first-come-first-served and greedy-on-click.
+    Demo(demo::DemoArgs),
     /// Apply the database migrations embedded in this binary (safe to run from several replicas
     /// at once), or list them with --status.
     Migrate(migrate::Args),
@@ -144,6 +150,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let url = cli.database_url.as_deref().filter(|u| !u.is_empty());
         match cli.command {
+            Command::Demo(args) => demo::run(url, args).await,
             Command::Migrate(args) => migrate::run(url, args).await,
             Command::Bench(bench) => bench::run(url, bench).await,
             Command::Policy(cmd) => policy::run(url, cmd).await,

@@ -21,6 +21,8 @@ pub struct ModelPredictor {
     /// subtracted: a message that predicts better retention than the average send counts for
     /// it, one that predicts worse (the fatigued user) counts against it.
     retention_base_rate: f64,
+    /// Per head: whether training saw any label for it.
+    trusted: [bool; HEADS],
 }
 
 impl ModelPredictor {
@@ -29,10 +31,16 @@ impl ModelPredictor {
             .training
             .as_ref()
             .map_or(0.0, |t| t.train_base_rates[Head::Retention.index()]);
+        // Artifacts from before label counts were kept say nothing: trust every head, as then.
+        let trusted = match model.training.as_ref().map(|t| t.train_labels) {
+            Some(counts) if counts.iter().any(|n| *n > 0) => counts.map(|n| n > 0),
+            _ => [true; HEADS],
+        };
         ModelPredictor {
             model,
             now,
             retention_base_rate,
+            trusted,
         }
     }
 }
@@ -89,12 +97,33 @@ impl Predictor for ModelPredictor {
             out.resize(out.len() + total, Scores::default());
             return;
         }
-        out.extend(p.iter().map(|p| Scores {
-            conversion: f64::from(p[Head::Conversion.index()]),
-            engagement: f64::from(p[Head::Engagement.index()]),
-            retention: f64::from(p[Head::Retention.index()]) - self.retention_base_rate,
-            reachability_loss: f64::from(p[Head::ReachabilityLoss.index()]),
-        }));
+        // A head that saw no label in training has learned nothing: the prior speaks for it.
+        let mut rows = p.iter();
+        for user in users {
+            for o in &user.opportunities {
+                let prior = Prior::scores(&o.signals);
+                for _ in &o.channels {
+                    let p = rows.next().expect("one prediction per candidate");
+                    let head = |h: Head, fallback: f64, shift: f64| {
+                        if self.trusted[h.index()] {
+                            f64::from(p[h.index()]) - shift
+                        } else {
+                            fallback
+                        }
+                    };
+                    out.push(Scores {
+                        conversion: head(Head::Conversion, prior.conversion, 0.0),
+                        engagement: head(Head::Engagement, prior.engagement, 0.0),
+                        retention: head(Head::Retention, prior.retention, self.retention_base_rate),
+                        reachability_loss: head(
+                            Head::ReachabilityLoss,
+                            prior.reachability_loss,
+                            0.0,
+                        ),
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -104,22 +133,29 @@ impl Predictor for ModelPredictor {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Prior;
 
+impl Prior {
+    /// The prior's scores for one opportunity (the same on every channel).
+    pub fn scores(signals: &std::collections::BTreeMap<String, f64>) -> Scores {
+        let relevance = signals
+            .get("relevance")
+            .copied()
+            .filter(|r| r.is_finite())
+            .map_or(0.25, |r| r.clamp(0.0, 1.0));
+        Scores {
+            conversion: 0.02 * relevance,
+            engagement: 0.05 + 0.25 * relevance,
+            retention: 0.0,
+            reachability_loss: 0.002,
+        }
+    }
+}
+
 impl Predictor for Prior {
     fn predict(&self, user: &UserInput, out: &mut Vec<Scores>) {
         for o in &user.opportunities {
-            let relevance = o
-                .signals
-                .get("relevance")
-                .copied()
-                .filter(|r| r.is_finite())
-                .map_or(0.25, |r| r.clamp(0.0, 1.0));
+            let s = Prior::scores(&o.signals);
             for _ in &o.channels {
-                out.push(Scores {
-                    conversion: 0.02 * relevance,
-                    engagement: 0.05 + 0.25 * relevance,
-                    retention: 0.0,
-                    reachability_loss: 0.002,
-                });
+                out.push(s);
             }
         }
     }

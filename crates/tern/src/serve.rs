@@ -8,55 +8,121 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tern_policy::{WatchOptions, Watcher};
-use tern_server::{serve_metrics, Metrics, ServeOptions, SystemClock, Tokens};
+use chrono::{DateTime, Utc};
+use tern_model::TrainConfig;
+use tern_policy::{CronSchedule, WatchOptions, Watcher};
+use tern_server::{serve_metrics, ManualClock, Metrics, ServeOptions, Tokens};
+use tern_store::Store;
 use tokio::net::TcpListener;
 
 use crate::activate;
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, DaemonOptions, Training};
 use crate::db::Database;
+use crate::train::{LabelArgs, TrainSettings};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Where the gRPC API listens (port 0: any free port, printed on start).
     #[arg(long, env = "TERN_LISTEN", default_value = "0.0.0.0:50051")]
-    listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Where Prometheus metrics are served (`GET /metrics`, plain HTTP).
     #[arg(long, env = "TERN_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
-    metrics_listen: SocketAddr,
+    pub(crate) metrics_listen: SocketAddr,
     /// The policy bundle directory, followed for changes.
     #[arg(long, env = "TERN_POLICIES", default_value = "policies")]
-    policies: PathBuf,
+    pub(crate) policies: PathBuf,
     /// Seconds that in-flight calls get to finish after SIGTERM before the process exits.
     #[arg(long, env = "TERN_SHUTDOWN_GRACE", default_value_t = 20)]
-    shutdown_grace: u64,
+    pub(crate) shutdown_grace: u64,
     /// Milliseconds between health turning NOT_SERVING and the listener closing, for load
     /// balancers to notice.
     #[arg(long, env = "TERN_DRAIN_DELAY_MS", default_value_t = 0)]
-    drain_delay_ms: u64,
+    pub(crate) drain_delay_ms: u64,
     /// Milliseconds between two reads of the policy directory.
     #[arg(long, env = "TERN_POLICY_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
-    policy_poll_ms: u64,
+    pub(crate) policy_poll_ms: u64,
     /// Milliseconds the policy files must stay unchanged before they are validated.
     #[arg(long, env = "TERN_POLICY_SETTLE_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    policy_settle_ms: u64,
+    pub(crate) policy_settle_ms: u64,
     /// Bearer tokens, one client per line: `NAME TOKEN CHANNELS` (channels it may pull,
     /// comma-separated, or `*`). Without it, no authentication.
     #[arg(long, env = "TERN_TOKENS")]
-    tokens: Option<PathBuf>,
+    pub(crate) tokens: Option<PathBuf>,
     /// TLS certificate chain (PEM); with --tls-key, gRPC is served over TLS.
     #[arg(long, env = "TERN_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     #[arg(long, env = "TERN_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     /// Largest accepted request, in bytes.
     #[arg(long, env = "TERN_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
-    max_message_bytes: usize,
+    pub(crate) max_message_bytes: usize,
+    /// Simulation mode: the daemon's clock starts at this instant (RFC 3339) and moves only
+    /// when `AdminService.AdvanceClock` moves it, which also runs the cron jobs due by then.
+    /// For `tern demo` and other simulations; never in production.
+    #[arg(long, env = "TERN_SIMULATE_FROM")]
+    pub(crate) simulate_from: Option<DateTime<Utc>>,
+    /// Train the model on this cron schedule (UTC, `sec min hour day month weekday`), e.g.
+    /// "0 0 2 * * *" for nightly; one replica runs each firing.
+    #[arg(long, env = "TERN_TRAIN_SCHEDULE")]
+    pub(crate) train_schedule: Option<String>,
+    /// Days of history each scheduled training reads.
+    #[arg(long, env = "TERN_TRAIN_DAYS", default_value_t = 28, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub(crate) train_days: u32,
+    /// The retention label of scheduled training: active in the last week of this many days
+    /// after a send (see `tern train --retention-days`).
+    #[arg(long, env = "TERN_TRAIN_RETENTION_DAYS", default_value_t = 28, value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub(crate) train_retention_days: u32,
+    /// The engagement label of scheduled training: opened or clicked within this many hours.
+    #[arg(long, env = "TERN_TRAIN_ENGAGEMENT_HOURS", default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..=720))]
+    pub(crate) train_engagement_hours: u32,
+    /// Promote each scheduled model that beats the base rate on validation.
+    #[arg(long, env = "TERN_TRAIN_PROMOTE")]
+    pub(crate) train_promote: bool,
 }
 
-pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
-    // Everything that can be wrong with the command line is found before the database is touched.
+/// A daemon started in this process: the API, the metrics endpoint, the policy loop and (on the
+/// system clock) the cron loop.
+pub struct Started {
+    pub address: SocketAddr,
+    pub metrics_address: SocketAddr,
+    pub daemon: Arc<Daemon>,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tern_server::ServeError>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Started {
+    /// Asks everything to stop: health turns NOT_SERVING, new work is refused, in-flight calls
+    /// finish.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits for the server to drain, at most `grace`, then ends the background tasks.
+    pub async fn finish(mut self, grace: Duration) -> Result<()> {
+        let result = match tokio::time::timeout(grace, &mut self.server).await {
+            Ok(r) => r,
+            Err(_) => {
+                eprintln!(
+                    "warning: the {}s grace period ended with connections still open; exiting",
+                    grace.as_secs()
+                );
+                self.server.abort();
+                Ok(Ok(()))
+            }
+        };
+        for t in &self.tasks {
+            t.abort();
+        }
+        result.context("the server task failed")??;
+        Ok(())
+    }
+}
+
+/// Checks the arguments, loads the policies and starts serving on `store`.
+pub async fn start(store: Store, args: &ServeArgs) -> Result<Started> {
+    // Everything that can be wrong with the command line is found before anything starts.
     let tokens = match &args.tokens {
         Some(path) => Tokens::load(path)?,
         None => Tokens::none(),
@@ -68,8 +134,27 @@ pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
         )),
         _ => None,
     };
-    let db = Database::open(url).await?;
-    db.store.check_schema().await?;
+    let training = match &args.train_schedule {
+        None => None,
+        Some(expr) => Some(Training {
+            schedule: CronSchedule::parse(expr)
+                .map_err(|e| anyhow::anyhow!("--train-schedule: {e}"))?,
+            settings: TrainSettings {
+                days: args.train_days,
+                valid_fraction: 0.25,
+                config: TrainConfig::default(),
+                labels: LabelArgs {
+                    retention_days: args.train_retention_days,
+                    engagement_hours: args.train_engagement_hours,
+                    ..LabelArgs::default()
+                },
+                work_dir: std::env::temp_dir(),
+                verbose: false,
+            },
+            promote: args.train_promote,
+        }),
+    };
+    store.check_schema().await?;
     let watcher = match Watcher::start(
         &args.policies,
         WatchOptions {
@@ -87,7 +172,7 @@ pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
         }
     };
     let active = watcher.active();
-    let unrecorded = activate::record(&db.store, &active)
+    let unrecorded = activate::record(&store, &active)
         .await
         .err()
         .map(|()| active.clone());
@@ -102,56 +187,53 @@ pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
     let metrics_address = metrics_listener.local_addr()?;
     let metrics = Metrics::new();
     metrics.set_info("tern_policy_info", "version", &active.version);
-    let clock = Arc::new(SystemClock);
+    let simulated = args.simulate_from.map(|t| Arc::new(ManualClock::new(t)));
     let daemon = Arc::new(Daemon::new(
-        db.store.clone(),
+        store.clone(),
         watcher.clone(),
-        clock.clone(),
         metrics.clone(),
+        DaemonOptions {
+            holder: crate::cron::holder(),
+            simulated: simulated.clone(),
+            training,
+        },
     ));
     let api = tern_server::api(
-        db.store.clone(),
-        clock.clone(),
+        store.clone(),
+        daemon.clock.clone(),
         daemon.clone(),
         metrics.clone(),
     );
 
-    // One shutdown signal, seen by the server, the policy loop and the grace timer.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        activate::shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
+    // One stop signal, seen by the server, the policy loop, the metrics and the cron loop.
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
     let events = activate::forward(&watcher);
-    let policy_loop = {
-        let store = db.store.clone();
+    let mut tasks = Vec::new();
+    {
+        let store = store.clone();
         let stop = stopped(stop_rx.clone());
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             activate::run_loop(&store, unrecorded, events, stop, Some(metrics)).await
-        })
-    };
-    let metrics_loop = tokio::spawn(serve_metrics(
+        }));
+    }
+    tasks.push(tokio::spawn(serve_metrics(
         metrics_listener,
         metrics,
         stopped(stop_rx.clone()),
-    ));
-    let cron_loop = {
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(crate::cron::run(
-            daemon,
-            db.store.clone(),
-            watcher.clone(),
-            clock,
-            crate::cron::holder(),
-            stop,
-        ))
-    };
-    let mut server = tokio::spawn(tern_server::serve(
+    )));
+    // On a simulated clock the driver runs the cron jobs through AdvanceClock.
+    if simulated.is_none() {
+        tasks.push(tokio::spawn(crate::cron::run(
+            daemon.clone(),
+            stopped(stop_rx.clone()),
+        )));
+    }
+    let server = tokio::spawn(tern_server::serve(
         listener,
         api,
         ServeOptions {
@@ -162,29 +244,45 @@ pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
         },
         stopped(stop_rx.clone()),
     ));
-    activate::say(&format!(
-        "serving tern.v1 on {address}, metrics on {metrics_address}, policy {} ({} documents)",
-        active.version,
-        active.documents().len()
-    ));
+    Ok(Started {
+        address,
+        metrics_address,
+        daemon,
+        stop,
+        server,
+        tasks,
+    })
+}
 
-    let grace = Duration::from_secs(args.shutdown_grace);
+pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
+    let db = Database::open(url).await?;
+    let mut started = start(db.store.clone(), &args).await?;
+    let bundle = started.daemon.watcher.active();
+    activate::say(&format!(
+        "serving tern.v1 on {}, metrics on {}, policy {} ({} documents){}",
+        started.address,
+        started.metrics_address,
+        bundle.version,
+        bundle.documents().len(),
+        match args.simulate_from {
+            Some(t) => format!(", simulated clock from {}", t.to_rfc3339()),
+            None => String::new(),
+        }
+    ));
     let result = tokio::select! {
-        r = &mut server => r,
-        () = stopped(stop_rx.clone()) => match tokio::time::timeout(grace, &mut server).await {
-            Ok(r) => r,
-            Err(_) => {
-                eprintln!("warning: the {}s grace period ended with connections still open; exiting", args.shutdown_grace);
-                server.abort();
-                Ok(Ok(()))
+        r = &mut started.server => {
+            for t in &started.tasks {
+                t.abort();
             }
-        },
+            r.context("the server task failed").and_then(|r| r.map_err(Into::into))
+        }
+        () = activate::shutdown_signal() => {
+            started.stop();
+            started.finish(Duration::from_secs(args.shutdown_grace)).await
+        }
     };
-    policy_loop.abort();
-    cron_loop.abort();
-    metrics_loop.abort();
     db.close().await;
-    result.context("the server task failed")??;
+    result?;
     activate::say("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -91,26 +91,51 @@ pub struct LabelArgs {
     pub retention_days: u32,
 }
 
-pub async fn run(url: Option<&str>, args: TrainArgs) -> Result<ExitCode> {
-    if !(args.valid_fraction > 0.0 && args.valid_fraction < 1.0) {
-        bail!("--valid-fraction must be between 0 and 1 (exclusive)");
-    }
-    let config = TrainConfig {
-        seed: args.seed,
-        batch_size: args.batch_size,
-        learning_rate: args.learning_rate,
-        max_epochs: args.max_epochs,
-        ..TrainConfig::default()
-    };
-    let until = args.until.unwrap_or_else(Utc::now);
-    let from = until - TimeDelta::days(i64::from(args.days));
-    let window = TrainingWindow::split(from, until, args.valid_fraction)?;
+/// What one training run needs besides the store: the part of `tern train`'s arguments that the
+/// daemon's training job shares.
+#[derive(Debug, Clone)]
+pub struct TrainSettings {
+    pub days: u32,
+    pub valid_fraction: f64,
+    pub config: TrainConfig,
+    pub labels: LabelArgs,
+    pub work_dir: PathBuf,
+    /// Print progress (the CLI) or only log it (the daemon).
+    pub verbose: bool,
+}
 
-    let db = Database::open_existing(url, "tern train").await?;
+/// The period holds too few labelled rows to train and validate on: expected in a young
+/// installation, where scheduled training simply waits for the next night.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotEnoughHistory(String);
+
+/// A model trained and registered as a candidate.
+pub struct Trained {
+    pub version: String,
+    pub model: Model,
+    pub bytes: Vec<u8>,
+    pub metrics: tern_model::Metrics,
+}
+
+/// Reads the history up to `until`, trains, and registers the model as a candidate.
+pub async fn train_and_register(
+    store: &Store,
+    settings: &TrainSettings,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Trained> {
+    let from = until - TimeDelta::days(i64::from(settings.days));
+    let from = store
+        .first_message_at(from, until)
+        .await?
+        .unwrap_or(from)
+        .max(from);
+    let window = TrainingWindow::split(from, until, settings.valid_fraction)?;
     let spec = FeatureSpec::default();
     let started = std::time::Instant::now();
-    let spilled = spill(&db.store, &spec, &window, &args.labels, &args.work_dir).await?;
-    eprintln!(
+    let spilled = spill(store, &spec, &window, &settings.labels, &settings.work_dir).await?;
+    let read = format!(
         "read {} messages of {} users in {:.1}s: {} training rows, {} validation rows ({} without any observable label left out)",
         spilled.messages,
         spilled.users,
@@ -119,17 +144,25 @@ pub async fn run(url: Option<&str>, args: TrainArgs) -> Result<ExitCode> {
         spilled.valid.rows,
         spilled.unlabelled
     );
+    if settings.verbose {
+        eprintln!("{read}");
+    } else {
+        tracing::info!("{read}");
+    }
     if spilled.train.rows == 0 || spilled.valid.rows == 0 {
-        bail!(
+        return Err(NotEnoughHistory(format!(
             "not enough history to train on between {} and {}: {} training and {} validation rows with an observable label",
             window.train_from,
             window.valid_until,
             spilled.train.rows,
             spilled.valid.rows
-        );
+        ))
+        .into());
     }
 
-    let mut train = spilled.train.reader(Some(args.seed));
+    let seed = settings.config.seed;
+    let config = settings.config.clone();
+    let mut train = spilled.train.reader(Some(seed));
     let mut valid = spilled.valid.reader(None);
     let model = tokio::task::spawn_blocking(move || {
         tern_model::train(&spec, &config, &mut train, &mut valid, Some(window))
@@ -147,17 +180,18 @@ pub async fn run(url: Option<&str>, args: TrainArgs) -> Result<ExitCode> {
         .training
         .as_ref()
         .context("a trained model carries its summary")?;
-    for e in &summary.epochs {
-        eprintln!(
-            "epoch {:>2}: train loss {:.5}, validation loss {:.5}, {:.0} rows/s",
-            e.epoch + 1,
-            e.train_loss,
-            e.valid_loss,
-            e.rows_per_second
-        );
+    if settings.verbose {
+        for e in &summary.epochs {
+            eprintln!(
+                "epoch {:>2}: train loss {:.5}, validation loss {:.5}, {:.0} rows/s",
+                e.epoch + 1,
+                e.train_loss,
+                e.valid_loss,
+                e.rows_per_second
+            );
+        }
     }
-    print!("{}", metrics_table(&model));
-    db.store
+    store
         .register_model(
             &NewModel {
                 version: version.clone(),
@@ -165,7 +199,7 @@ pub async fn run(url: Option<&str>, args: TrainArgs) -> Result<ExitCode> {
                 artifact: bytes.clone(),
                 metrics: serde_json::json!({
                     "validation": metrics,
-                    "labels": args.labels,
+                    "labels": settings.labels,
                     "rows": { "train": spilled.train.rows, "valid": spilled.valid.rows },
                     "best_epoch": summary.best_epoch + 1,
                     "epochs": summary.epochs.len(),
@@ -173,24 +207,68 @@ pub async fn run(url: Option<&str>, args: TrainArgs) -> Result<ExitCode> {
                 train_from: Some(window.train_from),
                 train_until: Some(window.valid_until),
             },
-            Utc::now(),
+            now,
         )
         .await?;
+    Ok(Trained {
+        version,
+        model,
+        bytes,
+        metrics,
+    })
+}
+
+impl Default for LabelArgs {
+    /// The same as `tern train`'s flag defaults.
+    fn default() -> Self {
+        LabelArgs {
+            engagement_hours: 48,
+            conversion_days: 7,
+            reachability_days: 7,
+            retention_days: 28,
+        }
+    }
+}
+
+pub async fn run(url: Option<&str>, args: TrainArgs) -> Result<ExitCode> {
+    let settings = TrainSettings {
+        days: args.days,
+        valid_fraction: args.valid_fraction,
+        config: TrainConfig {
+            seed: args.seed,
+            batch_size: args.batch_size,
+            learning_rate: args.learning_rate,
+            max_epochs: args.max_epochs,
+            ..TrainConfig::default()
+        },
+        labels: args.labels,
+        work_dir: args.work_dir.clone(),
+        verbose: true,
+    };
+    // Checked before the database is opened: a usage mistake should not wait for a connection.
+    if !(args.valid_fraction > 0.0 && args.valid_fraction < 1.0) {
+        bail!("--valid-fraction must be between 0 and 1 (exclusive)");
+    }
+    let until = args.until.unwrap_or_else(Utc::now);
+    let db = Database::open_existing(url, "tern train").await?;
+    let trained = train_and_register(&db.store, &settings, until, Utc::now()).await?;
+    let version = &trained.version;
+    print!("{}", metrics_table(&trained.model));
     println!("registered model {version} (candidate)");
     if let Some(path) = &args.output {
-        std::fs::write(path, &bytes)
+        std::fs::write(path, &trained.bytes)
             .with_context(|| format!("cannot write the model to {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     if args.promote {
-        let refusals = promotion_refusals(&metrics);
+        let refusals = promotion_refusals(&trained.metrics);
         if !refusals.is_empty() && !args.force {
             bail!(
                 "model {version} is registered but not promoted: {} (use --force to promote it anyway)",
                 refusals.join("; ")
             );
         }
-        db.store.promote_model(&version, Utc::now()).await?;
+        db.store.promote_model(version, Utc::now()).await?;
         println!("promoted model {version}: it is now the active model");
     }
     db.close().await;

@@ -1451,3 +1451,111 @@ async fn generators_turn_events_and_cron_runs_into_opportunities_once() {
     );
     assert!(metrics.contains("tern_generator_errors_total{generator=\"new-release\"} 1"));
 }
+
+fn at(s: &str) -> prost_types::Timestamp {
+    let t = chrono::DateTime::parse_from_rfc3339(s).unwrap();
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+#[tokio::test]
+async fn on_a_simulated_clock_advance_clock_moves_time_and_runs_what_fell_due() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start_args(
+        &db.url,
+        BUNDLE,
+        &["--simulate-from", "2026-03-02T00:30:00Z"],
+    );
+    let channel = daemon.channel().await;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let plans = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM plans")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap()
+    };
+    // Nothing runs by itself: time stands still until the driver moves it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(plans().await, 0);
+
+    // 00:30 → 03:10: the hourly replan fell due three times and runs once, for 03:00.
+    let reply = admin
+        .advance_clock(pb::AdvanceClockRequest {
+            to: Some(at("2026-03-02T03:10:00Z")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.now, Some(at("2026-03-02T03:10:00Z")));
+    let ran: Vec<(&str, Option<prost_types::Timestamp>)> = reply
+        .ran
+        .iter()
+        .map(|r| (r.replan.as_str(), r.next_run))
+        .collect();
+    assert_eq!(ran, [("hourly", Some(at("2026-03-02T03:00:00Z")))]);
+    assert_eq!(plans().await, 1);
+    let started: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT started_at FROM plans")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(started.to_rfc3339(), "2026-03-02T03:10:00+00:00");
+
+    // Handlers read the same clock: an opportunity without created_at is created "now".
+    OpportunityServiceClient::new(channel.clone())
+        .submit(pb::SubmitRequest {
+            source: "test".into(),
+            opportunities: vec![opportunity("u1", "k1", &["push"])],
+        })
+        .await
+        .unwrap();
+    let created: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT created_at FROM opportunities")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(created.to_rfc3339(), "2026-03-02T03:10:00+00:00");
+
+    // Not yet another firing; then backwards and a missing time are refused.
+    let reply = admin
+        .advance_clock(pb::AdvanceClockRequest {
+            to: Some(at("2026-03-02T03:50:00Z")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.ran.is_empty());
+    let err = admin
+        .advance_clock(pb::AdvanceClockRequest {
+            to: Some(at("2026-03-02T03:00:00Z")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("back"), "{}", err.message());
+    let err = admin
+        .advance_clock(pb::AdvanceClockRequest { to: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(plans().await, 1);
+}
+
+#[tokio::test]
+async fn on_the_system_clock_advance_clock_is_refused() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start(&db.url);
+    let err = AdminServiceClient::new(daemon.channel().await)
+        .advance_clock(pb::AdvanceClockRequest {
+            to: Some(at("2030-01-01T00:00:00Z")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("--simulate-from"),
+        "{}",
+        err.message()
+    );
+}

@@ -43,6 +43,24 @@ pub mod pb {
     tonic::include_proto!("tern.v1");
 }
 
+impl pb::AckItem {
+    /// The ack that reports a leased item as sent: what a delivery service sends after
+    /// handing the item to its provider.
+    pub fn sent(item: &pb::LeasedItem) -> pb::AckItem {
+        pb::AckItem {
+            user_id: item.user_id.clone(),
+            item_id: item.item_id,
+            lease_token: item.lease_token.clone(),
+            status: pb::AckStatus::Sent as i32,
+        }
+    }
+}
+
+/// A time as the wire carries it.
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    convert::time(t)
+}
+
 /// The encoded descriptors of every tern.v1 file (and the well-known types they import), served
 /// by reflection so that `grpcurl` works without the `.proto` files.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -626,15 +626,7 @@ async fn serve_in(url: &str, database: &str, args: &ServeArgs) -> Result<String>
                 if items.is_empty() {
                     return anyhow::Ok(d);
                 }
-                let acks = items
-                    .iter()
-                    .map(|i| pb::AckItem {
-                        user_id: i.user_id.clone(),
-                        item_id: i.item_id,
-                        lease_token: i.lease_token.clone(),
-                        status: pb::AckStatus::Sent as i32,
-                    })
-                    .collect();
+                let acks = items.iter().map(pb::AckItem::sent).collect();
                 client.ack(pb::AckRequest { acks }).await?;
                 d.latencies.push(t.elapsed().as_secs_f64());
                 d.items += items.len();

@@ -32,12 +32,12 @@ use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use serde::Serialize;
 use tern_core::{NewOpportunity, OutcomeKind};
 use tern_policy::{Bundle, CapSet, ChannelScope, Priority};
-use tern_server::pb;
 use tern_server::pb::admin_service_client::AdminServiceClient;
 use tern_server::pb::feedback_service_client::FeedbackServiceClient;
 use tern_server::pb::opportunity_service_client::OpportunityServiceClient;
 use tern_server::pb::schedule_service_client::ScheduleServiceClient;
 use tern_server::pb::user_service_client::UserServiceClient;
+use tern_server::{pb, timestamp};
 use tern_sim::{Config, Delivery, Outcome, Profile, World};
 use tern_store::Store;
 use tonic::transport::Channel;
@@ -651,15 +651,7 @@ async fn deliver_due(
             let acks = c
                 .schedule
                 .ack(pb::AckRequest {
-                    acks: items
-                        .iter()
-                        .map(|i| pb::AckItem {
-                            user_id: i.user_id.clone(),
-                            item_id: i.item_id,
-                            lease_token: i.lease_token.clone(),
-                            status: pb::AckStatus::Sent as i32,
-                        })
-                        .collect(),
+                    acks: items.iter().map(pb::AckItem::sent).collect(),
                 })
                 .await
                 .context("ScheduleService.Ack")?
@@ -737,13 +729,6 @@ fn outcome_kind(k: OutcomeKind) -> pb::OutcomeKind {
         OutcomeKind::PushDisabled => pb::OutcomeKind::PushDisabled,
         OutcomeKind::Bounced => pb::OutcomeKind::Bounced,
         OutcomeKind::Complained => pb::OutcomeKind::Complained,
-    }
-}
-
-fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
     }
 }
 

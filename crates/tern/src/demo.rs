@@ -3,7 +3,8 @@
 //! A [`tern_sim::World`] stands in for the users; tern never sees its truth. For each arm (a way
 //! of deciding what to send) and seed, the demo makes a scratch database, starts a daemon in
 //! this process on a simulated clock, and drives it through its public gRPC API in every role:
-//! the upstream system submits the population's opportunities and profiles, the delivery
+//! the upstream system submits the population's profiles, its opportunities, and its password
+//! resets as events for the policy's generator, the delivery
 //! services pull due items on each channel and ack them, and the feedback reporter sends the
 //! outcomes (when simulated time reaches them) and each day's active users. Time moves an hour at
 //! a time through `AdminService.AdvanceClock`, which runs the cron jobs that fell due: the
@@ -86,6 +87,8 @@ spec:
   minValue: 0.0
 ";
 
+/// The event type of a password reset, as the example generator `password-reset` expects it.
+const RESET_EVENT: &str = "password_reset_requested";
 /// Nightly training, in UTC.
 const TRAIN_SCHEDULE: &str = "0 0 2 * * *";
 /// Items per Pull.
@@ -175,8 +178,11 @@ pub struct RunResult {
     pub conversions: u64,
     pub conversion_value: f64,
     pub unsubscribes: u64,
-    /// Opportunities the upstream role submitted (and tern stored as new).
+    /// Opportunities tern stored as new: submitted directly, or created by its generators from
+    /// the events submitted.
     pub submitted: u64,
+    /// Events submitted (password resets, which the policy's generator turns into messages).
+    pub events: u64,
     /// Where tern's opportunities ended, by state (tern arms only).
     pub opportunity_states: BTreeMap<String, u64>,
     /// Outcomes tern stored, by kind (tern arms only).
@@ -451,6 +457,10 @@ async fn simulate(
     let mut waiting: Vec<Outcome> = Vec::new();
     let mut days = Vec::new();
     let mut submitted = 0u64;
+    let mut events = 0u64;
+    let reset_generator = bundle.generators.iter().any(
+        |g| matches!(&g.trigger, tern_policy::Trigger::Event { event, .. } if event == RESET_EVENT),
+    );
     let mut reported = 0u64;
     let mut volume_by_hour: BTreeMap<String, [u64; 24]> = BTreeMap::new();
     let steps = i64::from(args.days) * 24;
@@ -539,10 +549,14 @@ async fn simulate(
 
         // Upstream: the opportunities that arose in the hour that just ended.
         let arisen = world.opportunities(hour_start, now);
-        submitted += arisen.len() as u64;
         match &mut clients {
             Some(c) => {
-                for chunk in arisen.chunks(BATCH) {
+                // Password resets arrive as events, for the policy's generator to turn into
+                // opportunities; the rest are submitted as opportunities.
+                let (resets, direct): (Vec<NewOpportunity>, Vec<NewOpportunity>) = arisen
+                    .into_iter()
+                    .partition(|o| reset_generator && o.category == "account");
+                for chunk in direct.chunks(BATCH) {
                     let reply = c
                         .opportunities
                         .submit(pb::SubmitRequest {
@@ -557,9 +571,30 @@ async fn simulate(
                         "tern rejected simulated opportunities: {:?}",
                         reply.rejected.first()
                     );
+                    submitted += u64::from(reply.created);
+                }
+                if !resets.is_empty() {
+                    let reply = c
+                        .opportunities
+                        .submit_events(pb::SubmitEventsRequest {
+                            events: resets.iter().map(reset_event).collect(),
+                        })
+                        .await
+                        .context("OpportunityService.SubmitEvents")?
+                        .into_inner();
+                    ensure!(
+                        reply.evaluation_errors == 0,
+                        "the password-reset generator failed: {:?}",
+                        reply.error_samples
+                    );
+                    submitted += u64::from(reply.opportunities_created);
+                    events += resets.len() as u64;
                 }
             }
-            None => fcfs.arrive(arisen),
+            None => {
+                submitted += arisen.len() as u64;
+                fcfs.arrive(arisen)
+            }
         }
     }
 
@@ -576,6 +611,7 @@ async fn simulate(
         unsubscribes: (summary.unsubscribes + summary.push_disables) as u64,
         days,
         submitted,
+        events,
         opportunity_states: BTreeMap::new(),
         outcomes_stored: BTreeMap::new(),
         outcomes_reported: reported,
@@ -764,6 +800,19 @@ fn user(p: &Profile) -> pb::User {
             state("in_app", true),
         ],
         opted_out_categories: Vec::new(),
+    }
+}
+
+/// The upstream event behind a simulated password reset: the policy's `password-reset`
+/// generator keys the message on `event.request_id`.
+fn reset_event(o: &NewOpportunity) -> pb::Event {
+    pb::Event {
+        r#type: RESET_EVENT.into(),
+        user_ids: vec![o.user_id.clone()],
+        event_id: o.dedupe_key.clone(),
+        numbers: Default::default(),
+        strings: [("request_id".to_string(), o.dedupe_key.clone())].into(),
+        occurred_at: Some(timestamp(o.created_at)),
     }
 }
 

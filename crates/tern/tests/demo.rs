@@ -56,6 +56,8 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
         "{states:?}"
     );
     assert!(n(&run["submitted"]) > 5_000, "{run}");
+    // Password resets went in as events, and the policy's generator made messages of them.
+    assert!(n(&run["events"]) > 0, "{run}");
     assert_eq!(
         sum(&run["opportunity_states"]),
         n(&run["submitted"]),

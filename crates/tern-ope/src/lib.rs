@@ -16,8 +16,13 @@
 //! `(Σw)² / Σw²`, and reports the candidate's probability mass on actions the logging policy
 //! never takes (no support), where no reweighting can say anything and a number would mislead.
 //!
+//! [`experiment`] holds the statistics of an experiment report: differences between arms with
+//! intervals, CUPED, and the sample-ratio-mismatch check.
+//!
 //! Plain data in and out: no SQL, no model, no policies. The caller computes propensities and
 //! the direct method's predictions.
+
+pub mod experiment;
 
 use tern_core::SplitMix64;
 

@@ -536,7 +536,7 @@ async fn simulate(
         // Delivery: everything due now, on every channel.
         let sent = match &mut clients {
             Some(c) => deliver_due(c, &mut world, now).await?,
-            None => fcfs.deliver(&mut world, hour_start, now)?,
+            None => fcfs.deliver(&mut world, now)?,
         };
         for (channel, outcomes) in sent {
             volume_by_hour.entry(channel).or_default()[now.hour() as usize] += 1;
@@ -907,7 +907,6 @@ impl<'b> Fcfs<'b> {
     fn deliver(
         &mut self,
         world: &mut World,
-        _since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, Vec<Outcome>)>> {
         let mut queue = std::mem::take(&mut self.queue);
@@ -1039,19 +1038,18 @@ pub fn cap_violations(bundle: &Bundle, receipts: &[tern_sim::Receipt]) -> Vec<St
                 .and_then(|c| Priority::parse(c.priority()))
                 .is_some_and(|p| caps.exempt.contains(&p))
         };
-        let counted: Vec<&tern_sim::Receipt> =
-            received.into_iter().filter(|r| !exempt(r)).collect();
+        let counted: Vec<Sent> = received
+            .into_iter()
+            .filter(|r| !exempt(r))
+            .map(|r| Sent {
+                channel: r.channel.clone(),
+                category: r.category.clone(),
+                exempt: false,
+                at: r.at,
+            })
+            .collect();
         for (i, r) in counted.iter().enumerate() {
-            let earlier: Vec<Sent> = counted[..i]
-                .iter()
-                .map(|e| Sent {
-                    channel: e.channel.clone(),
-                    category: e.category.clone(),
-                    exempt: false,
-                    at: e.at,
-                })
-                .collect();
-            if !allows(caps, &earlier, &r.channel, &r.category, r.at) {
+            if !allows(caps, &counted[..i], &r.channel, &r.category, r.at) {
                 violations.push(format!(
                     "{user}: {} {} at {} breaks cap set {}",
                     r.channel, r.category, r.at, caps.metadata.name
@@ -1065,12 +1063,7 @@ pub fn cap_violations(bundle: &Bundle, receipts: &[tern_sim::Receipt]) -> Vec<St
 /// The cap set the policy applies to a user: their effective experiment arm's, else the
 /// default; none for a holdout (they get nothing to count).
 fn user_caps<'b>(bundle: &'b Bundle, user: &str) -> Option<&'b CapSet> {
-    let assignments = bundle.assignments(user);
-    let effective = assignments
-        .iter()
-        .find(|(_, arm)| arm.holdout || arm.objective.is_some() || arm.caps.is_some())
-        .or(assignments.first());
-    match effective {
+    match crate::plan::effective_arm(bundle, user) {
         Some((_, arm)) if arm.holdout => None,
         Some((_, arm)) => match &arm.caps {
             Some(name) => bundle.cap_set(name),

@@ -221,18 +221,27 @@ fn arm_name(experiment: &str, arm: &str) -> String {
     format!("{experiment}/{arm}")
 }
 
+/// The experiment arm that decides how a user is treated: the first assignment, by experiment
+/// name, whose arm changes something (a holdout, an objective or caps), else the first.
+pub fn effective_arm<'b>(
+    bundle: &'b Bundle,
+    user_id: &str,
+) -> Option<(&'b tern_policy::Experiment, &'b tern_policy::Arm)> {
+    let assignments = bundle.assignments(user_id);
+    assignments
+        .iter()
+        .find(|(_, arm)| arm.holdout || arm.objective.is_some() || arm.caps.is_some())
+        .or(assignments.first())
+        .copied()
+}
+
 /// Sets each user's arm from the policy bundle's assignment (each experiment's traffic, its
 /// layer and its salted hash), so that the planner and every other reader of the bundle agree on
 /// who is in which arm. A user in several experiments (in different layers) gets the first, by
 /// experiment name, whose arm changes something: a holdout, an objective or caps.
 pub fn assign_arms(bundle: &Bundle, users: &mut [UserInput]) {
     for user in users {
-        let assignments = bundle.assignments(&user.user_id);
-        let effective = assignments
-            .iter()
-            .find(|(_, arm)| arm.holdout || arm.objective.is_some() || arm.caps.is_some())
-            .or(assignments.first());
-        user.arm = Some(match effective {
+        user.arm = Some(match effective_arm(bundle, &user.user_id) {
             Some((e, arm)) => arm_name(&e.metadata.name, &arm.name),
             None if bundle.experiments.is_empty() => {
                 user.arm = None;

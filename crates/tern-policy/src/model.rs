@@ -362,7 +362,7 @@ pub struct Experiment {
     pub layer: Option<String>,
     /// The share of users (of the layer, when set) that enter the experiment.
     pub traffic: f64,
-    /// The arms, in order: the order decides which hash range each arm gets.
+    /// The arms, in their written order (which does not affect who gets which arm).
     pub arms: Vec<Arm>,
 }
 
@@ -428,20 +428,28 @@ pub fn unit_hash(salt: &str, user_id: &str) -> f64 {
 }
 
 impl Experiment {
-    /// The arm of a user who is in this experiment: arms take consecutive ranges of
-    /// [`unit_hash`]`(salt, user)` in their written order, each as wide as its share. Whether
-    /// the user is in the experiment at all is [`crate::Bundle::assignments`]'s question.
+    /// The arm of a user who is in this experiment, by weighted rendezvous hashing: every arm
+    /// draws `−ln(1 − unit_hash(salt + "/" + arm name, user)) / share`, an exponential variable
+    /// with rate `share`, and the smallest draw wins, so an arm wins with probability equal to
+    /// its share. Because each arm's draw depends only on its own name and share:
+    /// - changing one arm's share (and rescaling the others to keep the sum at 1) moves users
+    ///   only into or out of that arm, the fewest that any assignment can move;
+    /// - adding an arm moves only the users it takes, removing one only the users it had, and
+    ///   reordering arms moves nobody.
+    ///
+    /// Consecutive hash ranges, the common alternative, shift every later arm's range when one
+    /// share changes. Whether the user is in the experiment at all is
+    /// [`crate::Bundle::assignments`]'s question.
     pub fn arm_for(&self, user_id: &str) -> Option<&Arm> {
-        let u = unit_hash(&self.salt, user_id);
-        let mut upper = 0.0;
-        for arm in &self.arms {
-            upper += arm.share;
-            if u < upper {
-                return Some(arm);
+        let mut best: Option<(f64, &Arm)> = None;
+        for arm in self.arms.iter().filter(|a| a.share > 0.0) {
+            let u = unit_hash(&format!("{}/{}", self.salt, arm.name), user_id);
+            let draw = -(1.0 - u).ln() / arm.share;
+            if best.is_none_or(|(b, _)| draw < b) {
+                best = Some((draw, arm));
             }
         }
-        // Shares sum to 1 within 1e-9; rounding can leave a sliver at the top for the last arm.
-        self.arms.last()
+        best.map(|(_, arm)| arm)
     }
 }
 

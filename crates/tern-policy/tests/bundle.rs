@@ -164,6 +164,50 @@ fn users_are_assigned_to_arms_by_share_and_layers_are_exclusive() {
 }
 
 #[test]
+fn changing_one_arms_share_moves_only_users_into_that_arm() {
+    let b = Bundle::load("../../policies").unwrap();
+    let before = b
+        .experiments
+        .iter()
+        .find(|e| e.metadata.name == "retention-weights")
+        .unwrap()
+        .clone();
+    // The holdout grows from 10% to 20%; the other two shrink in proportion, 45% → 40% each.
+    let mut after = before.clone();
+    for arm in &mut after.arms {
+        arm.share = if arm.holdout { 0.2 } else { 0.4 };
+    }
+    let mut reordered = before.clone();
+    reordered.arms.reverse();
+    let n = 20_000;
+    let (mut moved, mut into_holdout) = (0usize, 0usize);
+    for i in 0..n {
+        let user = format!("user-{i}");
+        let old = before.arm_for(&user).unwrap();
+        let new = after.arm_for(&user).unwrap();
+        assert_eq!(
+            reordered.arm_for(&user).unwrap().name,
+            old.name,
+            "the order of arms must not move {user}"
+        );
+        if old.name != new.name {
+            moved += 1;
+            assert!(
+                new.holdout,
+                "{user} moved from {} to {}",
+                old.name, new.name
+            );
+            into_holdout += 1;
+        }
+    }
+    // The least any assignment can move is the 10 points the holdout gains; consecutive ranges
+    // would move 15 (5 from control to retention, 10 from retention to the holdout).
+    let share = moved as f64 / n as f64;
+    assert!((share - 0.10).abs() < 0.01, "{share}");
+    assert_eq!(moved, into_holdout);
+}
+
+#[test]
 fn quiet_hours_wrap_midnight() {
     let b = Bundle::load("../../policies").unwrap();
     let q = b

@@ -1,5 +1,6 @@
 //! The store against a real PostgreSQL: a fresh database per test (see `tern_tests::TestDb`).
 
+mod experiments;
 mod generators;
 mod history;
 mod ingest;
@@ -78,6 +79,7 @@ pub fn item(user: &str, opportunity: OpportunityId, channel: &str) -> NewSchedul
         experiment: Some("exp".into()),
         arm: Some("control".into()),
         scores: json!({"conversion": 0.1}),
+        counterfactual: false,
     }
 }
 

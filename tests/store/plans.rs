@@ -192,3 +192,112 @@ async fn policy_activations_are_recorded_once_per_version() {
         1
     );
 }
+
+#[tokio::test]
+async fn holdout_counterfactuals_are_never_leased_and_become_withheld_when_due() {
+    let db = TestDb::new().await;
+    let batch: Vec<_> = (0..2)
+        .map(|i| opportunity("held", &format!("k{i}")))
+        .collect();
+    let ids = ingest_all(&db.store, &batch).await;
+    // What the policy would send the holdout user: one item due now, one in three hours.
+    let mut due = item("held", ids[0], "push");
+    due.counterfactual = true;
+    let mut later = item("held", ids[1], "push");
+    later.counterfactual = true;
+    later.send_after = t0() + TimeDelta::hours(3);
+    later.send_before = t0() + TimeDelta::hours(4);
+    let first = db
+        .store
+        .publish_plan(
+            &plan(),
+            &[due.clone(), later.clone()],
+            &Supersede::All,
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.items, first.withheld), (2, 0));
+    let leased = db
+        .store
+        .lease(
+            &LeaseRequest {
+                holder: "d".into(),
+                channels: vec!["push".into()],
+                max_items: 10,
+                lease_for: TimeDelta::minutes(5),
+            },
+            t0() + TimeDelta::minutes(1),
+        )
+        .await
+        .unwrap();
+    assert!(
+        leased.is_empty(),
+        "a counterfactual item must never be delivered"
+    );
+
+    // The next plan settles the one whose window opened; the later one is replaced as a
+    // pending item would be, and the settled opportunity is not planned again.
+    let at = t0() + TimeDelta::hours(1);
+    let second = db
+        .store
+        .publish_plan(&plan(), &[due, later], &Supersede::All, at)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            second.withheld,
+            second.superseded,
+            second.items,
+            second.skipped
+        ),
+        (1, 1, 1, 1)
+    );
+    let states = |sql: &'static str| count(&db.store, sql);
+    assert_eq!(
+        states("SELECT count(*) FROM schedule_items WHERE state = 'withheld'").await,
+        1
+    );
+    assert_eq!(
+        states("SELECT count(*) FROM opportunities WHERE state = 'withheld'").await,
+        1
+    );
+    assert_eq!(
+        states("SELECT count(*) FROM schedule_items WHERE state = 'counterfactual'").await,
+        1
+    );
+    assert_eq!(states("SELECT count(*) FROM messages").await, 0);
+}
+
+#[tokio::test]
+async fn assignments_keep_the_first_plan_and_count_arm_changes() {
+    let db = TestDb::new().await;
+    let a = |user: &str, arm: &str| tern_store::Assignment {
+        experiment: "exp".into(),
+        user_id: user.into(),
+        arm: arm.into(),
+    };
+    db.store
+        .record_assignments(&[a("u1", "control"), a("u2", "holdout")], "v1", t0())
+        .await
+        .unwrap();
+    let later = t0() + TimeDelta::hours(1);
+    db.store
+        .record_assignments(&[a("u1", "control"), a("u2", "treatment")], "v2", later)
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT user_id, arm, policy_version, arm_changes, first_planned_at \
+         FROM experiment_assignments ORDER BY user_id",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("u1".into(), "control".into(), "v2".into(), 0, t0()),
+            ("u2".into(), "treatment".into(), "v2".into(), 1, t0()),
+        ]
+    );
+}

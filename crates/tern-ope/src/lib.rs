@@ -60,6 +60,8 @@ pub enum OpeError {
     NotFinite { row: usize, field: &'static str },
     #[error("no logged decisions to estimate from")]
     Empty,
+    #[error("the two logs must describe the same decisions: {baseline} rows against {candidate}")]
+    Unpaired { baseline: usize, candidate: usize },
 }
 
 /// Checks every row; estimators assume a checked log.
@@ -239,6 +241,53 @@ pub fn evaluate(log: &[Logged], bootstrap: Bootstrap) -> Result<Evaluation, OpeE
     })
 }
 
+/// The doubly robust estimate of `candidate − baseline` on the same logged decisions (row `i` of
+/// each is the same decision), with a paired percentile bootstrap interval: both are resampled
+/// together, so what the two policies share (the users, the luck of the draws) cancels out of
+/// the interval, which is then much narrower than the two separate intervals suggest.
+pub fn compare(
+    baseline: &[Logged],
+    candidate: &[Logged],
+    bootstrap: Bootstrap,
+) -> Result<Estimate, OpeError> {
+    check(baseline)?;
+    check(candidate)?;
+    let n = baseline.len();
+    if candidate.len() != n {
+        return Err(OpeError::Unpaired {
+            baseline: n,
+            candidate: candidate.len(),
+        });
+    }
+    let dr = |l: &Logged| l.predicted_target + weight(l) * (l.reward - l.predicted_logged);
+    let diffs: Vec<f64> = baseline
+        .iter()
+        .zip(candidate)
+        .map(|(b, c)| dr(c) - dr(b))
+        .collect();
+    let mean = |d: &mut dyn Iterator<Item = f64>| d.sum::<f64>() / n as f64;
+    let value = mean(&mut diffs.iter().copied());
+    let mut rng = SplitMix64::new(bootstrap.seed);
+    let mut draws: Vec<f64> = (0..bootstrap.resamples)
+        .map(|_| mean(&mut (0..n).map(|_| diffs[rng.below(n)])))
+        .collect();
+    if draws.is_empty() {
+        return Ok(Estimate {
+            value,
+            low: value,
+            high: value,
+        });
+    }
+    draws.sort_by(f64::total_cmp);
+    let alpha = (1.0 - bootstrap.level.clamp(0.0, 1.0)) / 2.0;
+    let at = |q: f64| draws[((q * (draws.len() - 1) as f64).round() as usize).min(draws.len() - 1)];
+    Ok(Estimate {
+        value,
+        low: at(alpha),
+        high: at(1.0 - alpha),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +316,39 @@ mod tests {
 
     fn close(a: f64, b: f64) {
         assert!((a - b).abs() < 1e-12, "{a} != {b}");
+    }
+
+    #[test]
+    fn compare_estimates_the_paired_doubly_robust_difference() {
+        // The candidate of `log()` against the logging policy itself (target = 1 on every
+        // logged action, the direct method on the logged action): DR per row is then
+        // q + (r − q) / p with target 1: 0.6 + 2·(1 − 0.6) = 1.4; 0.3 + 2·(0 − 0.3) = −0.3;
+        // 0.5 + 4·(1 − 0.5) = 2.5; 0.9 + (1/0.75)·(1 − 0.9) = 1.0333…
+        let baseline: Vec<Logged> = log()
+            .iter()
+            .map(|l| Logged {
+                target: 1.0,
+                predicted_target: l.predicted_logged,
+                ..*l
+            })
+            .collect();
+        let base_dr = (1.4 - 0.3 + 2.5 + (0.9 + 0.1 / 0.75)) / 4.0;
+        close(doubly_robust(&baseline), base_dr);
+        let none = Bootstrap {
+            resamples: 0,
+            ..Bootstrap::default()
+        };
+        let d = compare(&baseline, &log(), none).unwrap();
+        close(d.value, 1.03 - base_dr);
+        // With resamples, the interval holds the estimate; a log against itself differs by 0.
+        let d = compare(&baseline, &log(), Bootstrap::default()).unwrap();
+        assert!(d.low < d.value && d.value < d.high, "{d:?}");
+        let same = compare(&log(), &log(), Bootstrap::default()).unwrap();
+        assert_eq!((same.value, same.low, same.high), (0.0, 0.0, 0.0));
+        assert!(matches!(
+            compare(&log(), &log()[..3], none),
+            Err(OpeError::Unpaired { .. })
+        ));
     }
 
     #[test]

@@ -20,8 +20,12 @@
 //!   replica plan at a time, recent plans and one user's schedule.
 //! - [`plans`]: publishing a plan's schedule in one transaction.
 //! - [`policies`]: the record of activated policy bundles, by content hash.
+//! - [`experiments`]: what an experiment report reads: each assigned user's messages, outcomes,
+//!   withheld counterfactual messages and activity over their own observation period.
 //! - [`reports`]: read-only summaries: opportunity states, suppressions over all plans,
 //!   outcome counts, the engagement prediction's calibration.
+//! - [`decisions`]: the logging policy's decisions over a period, with their propensities, for
+//!   off-policy evaluation.
 //! - [`peer`]: the plain-SQL versions of tern's jobs that benchmarks compare against.
 //! - [`admin`]: creating and dropping scratch databases (tests, benchmarks).
 //! - [`leases`]: handing due schedule items to delivery services under a lease (`FOR UPDATE SKIP
@@ -36,6 +40,8 @@
 //!   is idempotent; the message row for a `sent` ack is written in the ack's transaction.
 
 pub mod admin;
+pub mod decisions;
+pub mod experiments;
 pub mod generators;
 pub mod history;
 pub mod leases;
@@ -56,6 +62,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tern_core::InvalidInput;
 
+pub use decisions::{LoggedDecision, LoggedSend};
+pub use experiments::{ActivityWindows, ExperimentUser};
 pub use generators::{EventRecord, GeneratorUser};
 pub use history::{HistoryWindow, NewMessage, NewOutcome, OutcomeReport, UserHistory, WindowCount};
 pub use leases::{Ack, AckResult, LeaseRequest, LeasedItem};
@@ -65,7 +73,7 @@ pub use opportunities::{IngestReport, RowStatus};
 pub use planning::{
     OpenOpportunity, PastSend, PlanRecord, PlanningUser, ReplanLock, UserScheduleItem,
 };
-pub use plans::{NewPlan, NewScheduleItem, PublishedPlan, Supersede};
+pub use plans::{Assignment, NewPlan, NewScheduleItem, PublishedPlan, Supersede};
 pub use policies::PolicyVersion;
 pub use reports::CalibrationBin;
 pub use training::{TrainingMessage, TrainingUser};

@@ -32,6 +32,17 @@ pub struct NewScheduleItem {
     pub experiment: Option<String>,
     pub arm: Option<String>,
     pub scores: serde_json::Value,
+    /// What a holdout user would have been sent: stored as a `counterfactual` item that no puller
+    /// sees, and `withheld` (with its opportunity) once its send window opens.
+    pub counterfactual: bool,
+}
+
+/// One user's arm in one experiment, as a plan assigned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub experiment: String,
+    pub user_id: String,
+    pub arm: String,
 }
 
 /// Which pending items of earlier plans the new plan replaces.
@@ -54,6 +65,8 @@ pub struct PublishedPlan {
     pub skipped: u64,
     /// Pending items of earlier plans that this plan replaced.
     pub superseded: u64,
+    /// Counterfactual items of earlier plans whose send window had opened: now `withheld`.
+    pub withheld: u64,
 }
 
 impl Store {
@@ -92,6 +105,27 @@ impl Store {
         }
 
         let mut tx = self.pool.begin().await?;
+        // A counterfactual item whose window has opened is what a holdout user would have got by
+        // now; it is settled before the new plan replaces the pending ones, as a pulled item is.
+        let users_filter: Option<&[String]> = match supersede {
+            Supersede::All => None,
+            Supersede::Users(users) => Some(users),
+        };
+        let withheld = sqlx::query(
+            "WITH due AS ( \
+               UPDATE schedule_items SET state = 'withheld', updated_at = $1 \
+               WHERE state = 'counterfactual' AND send_after <= $1 \
+                 AND ($2::text[] IS NULL OR user_id = ANY($2)) \
+               RETURNING user_id, opportunity_id) \
+             UPDATE opportunities o SET state = 'withheld' FROM due \
+             WHERE o.user_id = due.user_id AND o.opportunity_id = due.opportunity_id \
+               AND o.state = 'open'",
+        )
+        .bind(now)
+        .bind(users_filter)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let plan_id: i64 = sqlx::query_scalar(
             "INSERT INTO plans (trigger, policy_version, model_version, seed, started_at, \
              published_at, horizon_end, state, stats) \
@@ -109,20 +143,25 @@ impl Store {
         .await?;
 
         let superseded = match supersede {
-            Supersede::All => sqlx::query(
-                "UPDATE schedule_items SET state = 'superseded', updated_at = $1 WHERE state = 'pending'",
-            )
-            .bind(now)
-            .execute(&mut *tx)
-            .await?,
-            Supersede::Users(users) => sqlx::query(
-                "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
-                 WHERE state = 'pending' AND user_id = ANY($2)",
-            )
-            .bind(now)
-            .bind(users)
-            .execute(&mut *tx)
-            .await?,
+            Supersede::All => {
+                sqlx::query(
+                    "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
+                 WHERE state IN ('pending', 'counterfactual')",
+                )
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+            }
+            Supersede::Users(users) => {
+                sqlx::query(
+                    "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
+                 WHERE state IN ('pending', 'counterfactual') AND user_id = ANY($2)",
+                )
+                .bind(now)
+                .bind(users)
+                .execute(&mut *tx)
+                .await?
+            }
         }
         .rows_affected();
 
@@ -139,20 +178,31 @@ impl Store {
             sorted.iter().map(|i| i.experiment.as_deref()).collect();
         let arms: Vec<Option<&str>> = sorted.iter().map(|i| i.arm.as_deref()).collect();
         let scores: Vec<&serde_json::Value> = sorted.iter().map(|i| &i.scores).collect();
+        let states: Vec<&str> = sorted
+            .iter()
+            .map(|i| {
+                if i.counterfactual {
+                    "counterfactual"
+                } else {
+                    "pending"
+                }
+            })
+            .collect();
 
         let inserted = sqlx::query(
             "INSERT INTO schedule_items (user_id, plan_id, opportunity_id, channel, send_after, \
-               send_before, value, propensity, experiment, arm, scores, updated_at) \
-             SELECT x.u, $1, x.o, x.c, x.a, x.b, x.v, x.p, x.e, x.r, x.s, $12 \
+               send_before, value, propensity, experiment, arm, scores, state, updated_at) \
+             SELECT x.u, $1, x.o, x.c, x.a, x.b, x.v, x.p, x.e, x.r, x.s, x.t, $12 \
              FROM unnest($2::text[], $3::bigint[], $4::text[], $5::timestamptz[], \
                          $6::timestamptz[], $7::float8[], $8::float8[], $9::text[], $10::text[], \
-                         $11::jsonb[]) AS x(u, o, c, a, b, v, p, e, r, s) \
+                         $11::jsonb[], $13::text[]) AS x(u, o, c, a, b, v, p, e, r, s, t) \
              WHERE EXISTS (SELECT 1 FROM opportunities op \
                            WHERE op.user_id = x.u AND op.opportunity_id = x.o \
                              AND op.state = 'open' AND op.expires_at > $12) \
                AND NOT EXISTS (SELECT 1 FROM schedule_items s \
                                WHERE s.user_id = x.u AND s.opportunity_id = x.o \
-                                 AND s.state IN ('pending', 'leased', 'sent'))",
+                                 AND s.state IN ('pending', 'leased', 'sent', \
+                                                 'counterfactual', 'withheld'))",
         )
         .bind(plan_id)
         .bind(&users)
@@ -166,6 +216,7 @@ impl Store {
         .bind(&arms)
         .bind(&scores)
         .bind(now)
+        .bind(&states)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -175,6 +226,47 @@ impl Store {
             items: inserted,
             skipped: items.len() as u64 - inserted,
             superseded,
+            withheld,
         })
+    }
+
+    /// Records each planned user's arm in each experiment they are in. The first plan to assign
+    /// a user starts their observation period; a later plan that assigns another arm (a share,
+    /// salt or layer changed) moves them and counts the change, so a report can set them apart.
+    pub async fn record_assignments(
+        &self,
+        assignments: &[Assignment],
+        policy_version: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        // Sorted by key, so that two replicas recording overlapping sets lock rows in one order.
+        let mut sorted: Vec<&Assignment> = assignments.iter().collect();
+        sorted.sort_by(|a, b| (&a.experiment, &a.user_id).cmp(&(&b.experiment, &b.user_id)));
+        sorted.dedup_by(|a, b| a.experiment == b.experiment && a.user_id == b.user_id);
+        let mut written = 0;
+        for chunk in sorted.chunks(10_000) {
+            let experiments: Vec<&str> = chunk.iter().map(|a| a.experiment.as_str()).collect();
+            let users: Vec<&str> = chunk.iter().map(|a| a.user_id.as_str()).collect();
+            let arms: Vec<&str> = chunk.iter().map(|a| a.arm.as_str()).collect();
+            written += sqlx::query(
+                "INSERT INTO experiment_assignments AS a (experiment, user_id, arm, \
+                   policy_version, first_planned_at, last_planned_at) \
+                 SELECT x.e, x.u, x.r, $4, $5, $5 \
+                 FROM unnest($1::text[], $2::text[], $3::text[]) AS x(e, u, r) \
+                 ON CONFLICT (experiment, user_id) DO UPDATE SET \
+                   arm = EXCLUDED.arm, policy_version = EXCLUDED.policy_version, \
+                   last_planned_at = GREATEST(a.last_planned_at, EXCLUDED.last_planned_at), \
+                   arm_changes = a.arm_changes + (a.arm <> EXCLUDED.arm)::int",
+            )
+            .bind(&experiments)
+            .bind(&users)
+            .bind(&arms)
+            .bind(policy_version)
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(written)
     }
 }

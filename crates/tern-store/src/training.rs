@@ -37,6 +37,8 @@ pub struct TrainingMessage {
     pub message_id: i64,
     pub channel: String,
     pub category: String,
+    /// The opportunity's priority class (caps exempt some).
+    pub priority: String,
     pub template: String,
     pub sent_at: DateTime<Utc>,
     pub opportunity_created_at: DateTime<Utc>,
@@ -108,7 +110,8 @@ impl Store {
         activity_until: NaiveDate,
     ) -> impl Stream<Item = Result<TrainingUser>> + Send + '_ {
         let messages = sqlx::query(
-            "SELECT m.user_id, m.message_id, m.channel, m.category, m.template, m.sent_at, \
+            "SELECT m.user_id, m.message_id, m.channel, m.category, m.priority, m.template, \
+                    m.sent_at, \
                     o.created_at AS opp_created_at, o.expires_at AS opp_expires_at, o.signals, \
                     u.timezone, u.created_at AS user_created_at, x.kinds, x.times \
              FROM messages m \
@@ -214,6 +217,7 @@ fn message(row: &PgRow) -> Result<TrainingMessage> {
         message_id: row.try_get("message_id")?,
         channel: row.try_get("channel")?,
         category: row.try_get("category")?,
+        priority: row.try_get("priority")?,
         template: row.try_get("template")?,
         sent_at: row.try_get("sent_at")?,
         opportunity_created_at: row.try_get("opp_created_at")?,

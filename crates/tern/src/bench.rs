@@ -32,6 +32,10 @@ pub enum Bench {
     /// The delivery path: Pull + Ack over gRPC on loopback by concurrent clients against a
     /// published schedule, beside the same work done by calling the store directly (no gRPC).
     Serve(ServeArgs),
+    /// Off-policy evaluation against the truth on the simulator: over --seeds seeds, how often
+    /// the IPS, SNIPS and doubly robust intervals for a candidate policy cover the value that
+    /// running it actually earns (docs/evaluation.md).
+    Ope(crate::coverage::CoverageArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -102,13 +106,15 @@ pub async fn run(url: Option<&str>, bench: Bench) -> Result<ExitCode> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; figures from it are not representative");
     }
-    if let Bench::Model(args) = bench {
-        // No database: the model is scored in memory.
-        return model(args);
+    match bench {
+        // No database: the model is scored in memory, the simulator runs in memory.
+        Bench::Model(args) => return model(args),
+        Bench::Ope(args) => return tokio::task::block_in_place(|| crate::coverage::run(args)),
+        _ => {}
     }
     let db = Database::open(url).await?;
     let result = match bench {
-        Bench::Model(_) => unreachable!("handled above"),
+        Bench::Model(_) | Bench::Ope(_) => unreachable!("handled above"),
         Bench::Ingest(args) => ingest(&db, args).await,
         Bench::Plan(args) => plan(&db, args).await,
         Bench::Serve(args) => serve(&db, args).await,
@@ -561,6 +567,7 @@ async fn serve_in(url: &str, database: &str, args: &ServeArgs) -> Result<String>
                 experiment: None,
                 arm: None,
                 scores: serde_json::json!({}),
+                counterfactual: false,
             })
             .collect();
         store

@@ -14,12 +14,12 @@ use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tern_model::Model;
-use tern_planner::{Plan, Planner, Predictor, UserInput};
+use tern_planner::{Plan, Planner, Predictor, Reason, UserInput};
 use tern_policy::{Bundle, CronSchedule, Watcher};
 use tern_server::{
     Clock, Control, ControlError, DaemonStatus, ManualClock, Metrics, ReplanSummary, SystemClock,
 };
-use tern_store::{NewPlan, NewScheduleItem, PlanningUser, Store, Supersede};
+use tern_store::{Assignment, NewPlan, NewScheduleItem, PlanningUser, Store, Supersede};
 
 use crate::cron::Cron;
 use crate::features;
@@ -250,6 +250,21 @@ impl Daemon {
         let input = self.store.planning_input(now, HISTORY, filter).await?;
         let mut inputs: Vec<UserInput> = input.into_iter().map(|u| user_input(u, now)).collect();
         assign_arms(&bundle, &mut inputs);
+        // Every experiment each planned user is in, not only the one that decides their
+        // treatment: a user in two layers counts in both reports.
+        let assignments: Vec<Assignment> = inputs
+            .iter()
+            .flat_map(|u| {
+                bundle
+                    .assignments(&u.user_id)
+                    .into_iter()
+                    .map(|(e, arm)| Assignment {
+                        experiment: e.metadata.name.clone(),
+                        user_id: u.user_id.clone(),
+                        arm: arm.name.clone(),
+                    })
+            })
+            .collect();
         let model = self.active_model().await?;
         let model_version = model.as_ref().map(|(v, _)| v.clone());
         let seed = now.timestamp_micros() as u64;
@@ -291,6 +306,9 @@ impl Daemon {
                 &supersede,
                 now,
             )
+            .await?;
+        self.store
+            .record_assignments(&assignments, &bundle.version, now)
             .await?;
         let summary = ReplanSummary {
             plan_id: published.plan_id,
@@ -466,7 +484,13 @@ fn schedule_items(plan: &Plan) -> Vec<NewScheduleItem> {
             None if u.arm == OUTSIDE => (None, None),
             None => (None, Some(u.arm.clone())),
         };
-        for c in &u.choices {
+        let counterfactuals = u
+            .suppressions
+            .iter()
+            .filter(|s| s.reason == Reason::Holdout)
+            .filter_map(|s| s.counterfactual.as_deref());
+        let choices = u.choices.iter().map(|c| (c, false));
+        for (c, counterfactual) in choices.chain(counterfactuals.map(|c| (c, true))) {
             items.push(NewScheduleItem {
                 user_id: u.user_id.clone(),
                 opportunity_id: c.opportunity,
@@ -483,6 +507,7 @@ fn schedule_items(plan: &Plan) -> Vec<NewScheduleItem> {
                     "retention": c.scores.retention,
                     "reachability_loss": c.scores.reachability_loss,
                 }),
+                counterfactual,
             });
         }
     }

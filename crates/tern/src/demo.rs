@@ -162,6 +162,11 @@ pub struct DemoArgs {
     /// Print only the summaries, not a line per day.
     #[arg(long)]
     quiet: bool,
+    /// Keep the run's database under this name instead of dropping it, so that `tern experiment
+    /// report`, `tern evaluate` and `tern policy simulate` can be run on its history (one arm
+    /// and one seed only; needs DATABASE_URL, since a private PostgreSQL is removed on exit).
+    #[arg(long, value_name = "NAME")]
+    keep_database: Option<String>,
 }
 
 /// One arm on one seed: what the simulator saw, and what tern recorded.
@@ -213,6 +218,24 @@ pub async fn run(url: Option<&str>, args: DemoArgs) -> Result<ExitCode> {
         a
     };
     ensure!(!arms.is_empty(), "--arms needs at least one arm");
+    if let Some(name) = &args.keep_database {
+        ensure!(
+            arms.len() == 1 && args.seeds == 1,
+            "--keep-database keeps one run: give one arm and one seed"
+        );
+        ensure!(
+            url.is_some(),
+            "--keep-database needs DATABASE_URL: a private PostgreSQL is removed on exit"
+        );
+        ensure!(
+            !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "--keep-database {name:?}: use 1 to 63 lowercase letters, digits and underscores"
+        );
+    }
     let work = std::env::temp_dir().join(format!("tern-demo-{}", std::process::id()));
     let source = match &args.policies {
         Some(dir) => read_dir_files(dir)?,
@@ -283,11 +306,13 @@ async fn run_all(
                     f.to_text()
                 )
             })?;
-            let scratch = format!(
-                "tern_demo_{}_{}_{seed}",
-                std::process::id(),
-                arm.name().replace('-', "_")
-            );
+            let scratch = args.keep_database.clone().unwrap_or_else(|| {
+                format!(
+                    "tern_demo_{}_{}_{seed}",
+                    std::process::id(),
+                    arm.name().replace('-', "_")
+                )
+            });
             db.store.create_database(&scratch, None).await?;
             let outcome = async {
                 let store = Store::connect_to_database(&db.url, &scratch).await?;
@@ -297,12 +322,51 @@ async fn run_all(
                 r
             }
             .await;
-            db.store.drop_database(&scratch).await?;
+            if args.keep_database.is_none() {
+                db.store.drop_database(&scratch).await?;
+            } else if outcome.is_ok() {
+                println!("kept the run's database as {scratch}");
+            }
             results.push(outcome?);
         }
     }
     db.close().await;
     Ok(results)
+}
+
+/// The example bundle without its experiments (and, given `objective`, with that document as its
+/// only Objective): loaded from a scratch directory, so that it works from any directory.
+pub fn example_bundle(objective: Option<&str>) -> Result<Bundle> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tern-example-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| {
+        for (name, text) in EXAMPLE_POLICIES {
+            let kept: Vec<&str> = split_documents(text)
+                .into_iter()
+                .filter(|doc| {
+                    let kind = kind_of(doc);
+                    kind != Some("Experiment")
+                        && !(kind == Some("Objective") && objective.is_some())
+                })
+                .collect();
+            if !kept.is_empty() {
+                std::fs::write(dir.join(name), kept.join("\n---\n"))?;
+            }
+        }
+        if let Some(doc) = objective {
+            std::fs::write(dir.join("zz-objective.yaml"), doc)?;
+        }
+        Bundle::load(&dir)
+            .map_err(|f| anyhow::anyhow!("the example policies are not valid:\n{}", f.to_text()))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// Writes the arm's bundle: the source files, less Experiment documents when comparing, and

@@ -19,16 +19,25 @@
 //! - `cron.rs`: replans on the policies' cron schedules, each firing on exactly one replica.
 //! - `config.rs`: `--config FILE`, settings from a TOML file.
 //! - `bench.rs`: `tern bench ingest|plan`, the benchmarks behind docs/benchmarks.md.
+//! - `experiment.rs`: `tern experiment report`: an experiment's arms compared, with intervals,
+//!   CUPED, the sample-ratio check and guardrails.
+//! - `coverage.rs`: `tern bench ope`, the estimators' intervals checked against the truth on the
+//!   simulator.
+//! - `evaluate.rs`: `tern evaluate` and `tern policy simulate`: a candidate bundle replayed on
+//!   logged decisions, its value estimated off-policy.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's convention).
 
 mod activate;
 mod bench;
 mod config;
+mod coverage;
 mod cron;
 mod daemon;
 mod db;
 mod demo;
+mod evaluate;
+mod experiment;
 mod features;
 mod generators;
 mod migrate;
@@ -108,6 +117,13 @@ enum Command {
     /// Measure tern's own hot paths against their naive baselines (release builds only).
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Report on a running experiment: each arm's users, messages and outcomes, differences
+    /// against control with intervals, the sample-ratio check and the guardrails' verdict.
+    #[command(subcommand)]
+    Experiment(experiment::ExperimentCommand),
+    /// Estimate from the logged decisions what a candidate policy bundle would have earned, per
+    /// objective (IPS, SNIPS and doubly robust, with bootstrap intervals), before it ships.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 fn main() -> ExitCode {
@@ -158,6 +174,8 @@ fn main() -> ExitCode {
             Command::Train(args) => train::run(url, args).await,
             Command::Serve(args) => serve::run(url, args).await,
             Command::Model(cmd) => registry::run(url, cmd).await,
+            Command::Experiment(cmd) => experiment::run(url, cmd).await,
+            Command::Evaluate(args) => evaluate::run(url, args).await,
         }
     });
     match result {

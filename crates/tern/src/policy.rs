@@ -1,4 +1,5 @@
-//! `tern policy`: check a policy bundle, diff two bundles, print the JSON Schema.
+//! `tern policy`: check a policy bundle, diff two bundles, print the JSON Schema (and, through
+//! `evaluate.rs`, simulate a change on logged decisions).
 //!
 //! `check`, `diff` and `schema` need no database: they read files and print; `watch` (in
 //! `activate.rs`) follows a directory and records activations in the database. Exit codes
@@ -49,6 +50,11 @@ pub enum PolicyCommand {
     /// Follow a bundle directory as the daemon does: activate each valid change, record it in
     /// the database, report each rejected one. Runs until SIGINT or SIGTERM.
     Watch(crate::activate::WatchArgs),
+    /// Replay the logged decisions of recent days through the current bundle and a changed one,
+    /// and print as Markdown (for a pull-request comment) what the change would do: volume per
+    /// channel and hour, suppressions by reason, users affected, and the estimated change in
+    /// value with confidence intervals.
+    Simulate(crate::evaluate::SimulateArgs),
 }
 
 /// `println!` through [`out`].
@@ -71,6 +77,9 @@ pub async fn run(database_url: Option<&str>, cmd: PolicyCommand) -> anyhow::Resu
             ExitCode::SUCCESS
         }
         PolicyCommand::Watch(args) => return crate::activate::watch(database_url, args).await,
+        PolicyCommand::Simulate(args) => {
+            return crate::evaluate::simulate(database_url, args).await
+        }
     })
 }
 

@@ -45,6 +45,18 @@ impl ModelPredictor {
     }
 }
 
+impl ModelPredictor {
+    /// The same model predicting each outcome's probability as such, retention included (no
+    /// base rate subtracted): what off-policy evaluation's direct method compares with the
+    /// observed outcomes.
+    pub fn probabilities(model: Arc<Model>, now: DateTime<Utc>) -> ModelPredictor {
+        ModelPredictor {
+            retention_base_rate: 0.0,
+            ..ModelPredictor::new(model, now)
+        }
+    }
+}
+
 impl Predictor for ModelPredictor {
     fn predict(&self, user: &UserInput, out: &mut Vec<Scores>) {
         self.predict_many(&[user], out);
@@ -55,40 +67,12 @@ impl Predictor for ModelPredictor {
         let channels = &spec.declaration().channels;
         let total: usize = users.iter().map(|u| candidates(u)).sum();
         let mut rows = spec.matrix(total);
-        let mut history = Vec::with_capacity(channels.len());
+        let mut history = Vec::new();
         let mut encoded = true;
         for user in users {
-            let tz = features::zone(Some(&user.timezone));
-            let past: Vec<Past<'_>> = user
-                .history
-                .iter()
-                .map(|p| Past {
-                    channel: &p.channel,
-                    sent_at: p.sent_at,
-                    opened_at: p.opened_at,
-                })
-                .collect();
-            features::channel_history(channels, &past, self.now, &mut history);
-            let context = features::user_context(&user.activity, tz, self.now);
-            for o in &user.opportunities {
-                for channel in &o.channels {
-                    let ctx = features::context(
-                        &Candidate {
-                            channel,
-                            category: &o.category,
-                            template: &o.template,
-                            signals: &o.signals,
-                            created_at: o.created_at,
-                            expires_at: o.expires_at,
-                        },
-                        context,
-                        &history,
-                        tz,
-                        self.now,
-                    );
-                    encoded &= rows.push(spec, &ctx).is_ok();
-                }
-            }
+            for_each_candidate(channels, user, self.now, &mut history, |ctx| {
+                encoded &= rows.push(spec, ctx).is_ok();
+            });
         }
         let mut p = vec![[0.0f32; HEADS]; rows.rows()];
         if !encoded || self.model.predict(&rows, &mut p).is_err() {
@@ -123,6 +107,50 @@ impl Predictor for ModelPredictor {
                     });
                 }
             }
+        }
+    }
+}
+
+/// Builds the model's context of each candidate of `user` (opportunity by opportunity, channel
+/// by channel, as predictors emit scores) as if sent at `now`, and hands it to `f`: the one
+/// place where a planner input becomes model features, for scoring and for training on
+/// replayed decisions alike.
+pub fn for_each_candidate<'h>(
+    channels: &'h [String],
+    user: &UserInput,
+    now: DateTime<Utc>,
+    history: &mut Vec<tern_model::ChannelHistory<'h>>,
+    mut f: impl FnMut(&tern_model::CandidateContext<'_>),
+) {
+    let tz = features::zone(Some(&user.timezone));
+    let past: Vec<Past<'_>> = user
+        .history
+        .iter()
+        .map(|p| Past {
+            channel: &p.channel,
+            sent_at: p.sent_at,
+            opened_at: p.opened_at,
+        })
+        .collect();
+    features::channel_history(channels, &past, now, history);
+    let context = features::user_context(&user.activity, tz, now);
+    for o in &user.opportunities {
+        for channel in &o.channels {
+            let ctx = features::context(
+                &Candidate {
+                    channel,
+                    category: &o.category,
+                    template: &o.template,
+                    signals: &o.signals,
+                    created_at: o.created_at,
+                    expires_at: o.expires_at,
+                },
+                context,
+                history,
+                tz,
+                now,
+            );
+            f(&ctx);
         }
     }
 }

@@ -513,7 +513,7 @@ fn rows_of_user<'s>(
 /// Like every label, it is observable only when its whole window has passed, even when a
 /// positive is already visible: taking early positives while the negatives of the same sends are
 /// still masked would inflate the rate on the most recent period, which is the validation period.
-fn retained(
+pub(crate) fn retained(
     days: &[NaiveDate],
     t: DateTime<Utc>,
     horizon: TimeDelta,

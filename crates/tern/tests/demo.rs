@@ -14,9 +14,16 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("demo.json");
     let html = dir.join("report.html");
+    // The run's database is kept, to run the analysis commands on a real loop's history.
+    let kept = format!("{}_kept", db.name);
+    let kept_url = db
+        .url
+        .replace(&format!("/{}", db.name), &format!("/{kept}"));
     let out = tern(
         &[
             "demo",
+            "--keep-database",
+            &kept,
             "--users",
             "1000",
             "--days",
@@ -52,9 +59,12 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
     assert!(
         states
             .keys()
-            .all(|k| ["sent", "expired", "open", "cancelled"].contains(&k.as_str())),
+            .all(|k| ["sent", "expired", "open", "cancelled", "withheld"].contains(&k.as_str())),
         "{states:?}"
     );
+    // The example's holdout users were planned like everyone else, and what the policy would
+    // have sent them was recorded, not sent.
+    assert!(n(&states["withheld"]) > 0, "{states:?}");
     assert!(n(&run["submitted"]) > 5_000, "{run}");
     // Password resets went in as events, and the policy's generator made messages of them.
     assert!(n(&run["events"]) > 0, "{run}");
@@ -102,6 +112,63 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
         page.contains("<svg") && page.contains("Retention"),
         "{page}"
     );
+
+    // The analysis commands on the kept history: an experiment report over the example's
+    // experiment (holdout included), and an off-policy estimate with the trained model.
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies");
+    let until = "2026-03-07T00:00:00Z";
+    let report = ok(&tern(
+        &[
+            "experiment",
+            "report",
+            "retention-weights",
+            "--policies",
+            policies,
+            "--until",
+            until,
+            "--format",
+            "json",
+        ],
+        Some(&kept_url),
+    ));
+    let report: Value = serde_json::from_str(&report).unwrap();
+    let arms = report["arms"].as_array().unwrap();
+    assert_eq!(arms.len(), 3, "{report}");
+    assert!(arms.iter().all(|a| n(&a["users"]) > 0), "{report}");
+    let holdout = arms.iter().find(|a| a["holdout"] == true).unwrap();
+    assert!(n(&holdout["would_be_messages"]["count"]) > 0, "{holdout}");
+    let control = arms.iter().find(|a| a["name"] == "control").unwrap();
+    assert!(n(&control["messages"]["count"]) > 0, "{control}");
+
+    let evaluation = ok(&tern(
+        &[
+            "evaluate",
+            "--policies",
+            policies,
+            "--until",
+            until,
+            "--days",
+            "5",
+            "--json",
+        ],
+        Some(&kept_url),
+    ));
+    let evaluation: Value = serde_json::from_str(&evaluation).unwrap();
+    assert!(n(&evaluation["decisions"]) > 1_000, "{evaluation}");
+    assert!(
+        evaluation["direct_method"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("model m-")),
+        "{evaluation}"
+    );
+    let engagement = evaluation["objectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["objective"] == "engagement")
+        .unwrap();
+    assert!(n(&engagement["rows"]) > 1_000, "{engagement}");
+    db.store.drop_database(&kept).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,0 +1,116 @@
+//! Logged decisions for off-policy evaluation: every opportunity that reached a final state in
+//! a period, with what the logging policy did about it and the probability it did it with.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use crate::{Result, Store};
+
+/// One opportunity decided in the period: sent (through a schedule item, so with a propensity)
+/// or expired unsent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedDecision {
+    pub user_id: String,
+    pub opportunity_id: i64,
+    pub category: String,
+    pub priority: String,
+    pub template: String,
+    pub channels: Vec<String>,
+    /// The opportunity's numeric value signals.
+    pub signals: BTreeMap<String, f64>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// What the logging policy sent, if it sent anything.
+    pub sent: Option<LoggedSend>,
+}
+
+/// The logged action of a sent opportunity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedSend {
+    pub message_id: i64,
+    pub channel: String,
+    /// The probability with which the plan chose this item, in (0, 1].
+    pub propensity: f64,
+    pub sent_at: DateTime<Utc>,
+    /// When the plan that chose it started: the moment of the decision.
+    pub planned_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// The decisions of `[from, until)`: opportunities sent from a plan's schedule item in it
+    /// (messages imported from elsewhere have no propensity and are left out), and
+    /// opportunities created in it that expired unsent. Open, cancelled and withheld
+    /// opportunities are not final decisions of the logging policy and are left out too.
+    pub async fn logged_decisions(
+        &self,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<LoggedDecision>> {
+        let rows = sqlx::query(
+            "SELECT o.user_id, o.opportunity_id, o.category, o.priority, o.template, o.channels, \
+                    o.signals, o.created_at, o.expires_at, \
+                    m.message_id, m.channel, m.propensity, m.sent_at, p.started_at AS planned_at \
+             FROM opportunities o \
+             LEFT JOIN messages m ON m.user_id = o.user_id \
+                  AND m.opportunity_id = o.opportunity_id AND m.item_id IS NOT NULL \
+             LEFT JOIN plans p ON p.plan_id = m.plan_id \
+             WHERE (o.state = 'sent' AND m.sent_at >= $1 AND m.sent_at < $2 \
+                    AND m.propensity IS NOT NULL AND p.started_at IS NOT NULL) \
+                OR (o.state = 'expired' AND o.created_at >= $1 AND o.created_at < $2) \
+             ORDER BY o.user_id, o.opportunity_id",
+        )
+        .bind(from)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let message_id: Option<i64> = row.try_get("message_id")?;
+                let sent = match message_id {
+                    Some(message_id) => Some(LoggedSend {
+                        message_id,
+                        channel: row.try_get("channel")?,
+                        propensity: row.try_get("propensity")?,
+                        sent_at: row.try_get("sent_at")?,
+                        planned_at: row.try_get("planned_at")?,
+                    }),
+                    None => None,
+                };
+                Ok(LoggedDecision {
+                    user_id: row.try_get("user_id")?,
+                    opportunity_id: row.try_get("opportunity_id")?,
+                    category: row.try_get("category")?,
+                    priority: row.try_get("priority")?,
+                    template: row.try_get("template")?,
+                    channels: row.try_get("channels")?,
+                    signals: crate::planning::numbers(row.try_get("signals")?),
+                    created_at: row.try_get("created_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                    sent,
+                })
+            })
+            .collect()
+    }
+
+    /// Each known user's time zone and first appearance, by id; unknown users are left out.
+    pub async fn user_zones(
+        &self,
+        users: &[&str],
+    ) -> Result<BTreeMap<String, (String, Option<DateTime<Utc>>)>> {
+        let rows =
+            sqlx::query("SELECT user_id, timezone, created_at FROM users WHERE user_id = ANY($1)")
+                .bind(users)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("user_id")?,
+                    (row.try_get("timezone")?, row.try_get("created_at")?),
+                ))
+            })
+            .collect()
+    }
+}

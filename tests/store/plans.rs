@@ -267,6 +267,16 @@ async fn holdout_counterfactuals_are_never_leased_and_become_withheld_when_due()
         1
     );
     assert_eq!(states("SELECT count(*) FROM messages").await, 0);
+    // The next plan sees the withheld message as the user's history: a holdout user's
+    // counterfactual plan obeys the caps it would obey if the policy were sending.
+    let input = db
+        .store
+        .planning_input(at, TimeDelta::days(28), None)
+        .await
+        .unwrap();
+    let held = input.iter().find(|u| u.user_id == "held").unwrap();
+    assert_eq!(held.history.len(), 1);
+    assert_eq!(held.history[0].sent_at, t0());
 }
 
 #[tokio::test]

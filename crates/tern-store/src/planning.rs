@@ -21,8 +21,10 @@ pub struct PlanningUser {
     pub first_seen_at: Option<DateTime<Utc>>,
     /// Active days since the start of the history window, ascending.
     pub active_days: Vec<NaiveDate>,
-    /// Messages sent inside the history window, and items leased now (counted as sent at their
-    /// send time: a leased item will most likely be sent, and caps must hold if it is).
+    /// Messages sent inside the history window, items leased now (counted as sent at their
+    /// send time), and a holdout user's withheld counterfactual items (counted as sent when
+    /// their window opened): the policy's caps and fatigue then shape what it would send a
+    /// holdout user exactly as they would if it were sending.
     pub history: Vec<PastSend>,
     pub opportunities: Vec<OpenOpportunity>,
 }
@@ -199,7 +201,13 @@ impl Store {
              SELECT s.user_id, s.channel, o.category, o.priority, s.send_after, NULL \
              FROM schedule_items s \
              JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
-             WHERE s.user_id = ANY($1) AND s.state = 'leased'",
+             WHERE s.user_id = ANY($1) AND s.state = 'leased' \
+             UNION ALL \
+             SELECT s.user_id, s.channel, o.category, o.priority, s.send_after, NULL \
+             FROM schedule_items s \
+             JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+             WHERE s.user_id = ANY($1) AND s.state = 'withheld' \
+               AND s.send_after >= $2 AND s.send_after <= $3",
         )
         .bind(&ids)
         .bind(now - history)

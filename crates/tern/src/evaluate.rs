@@ -4,8 +4,10 @@
 //! # The decision and its action
 //! A logged decision is one opportunity that reached a final state: sent on a channel (from a
 //! plan's schedule item, with the probability the plan chose it with) or expired unsent. Its
-//! context is the user as the deciding plan saw them: time zone, activity, and what they had
-//! been sent in the 28 days before. Its actions are the opportunity's channels and "nothing".
+//! context is the user as the deciding plan saw them: time zone, activity, what they had been
+//! sent in the 28 days before, and what else they were sent while the opportunity was open
+//! (which the deciding plan had counted as pending items beside it). Its actions are the
+//! opportunity's channels and "nothing".
 //!
 //! The candidate is replayed as the planner would run it, on each context at the moment of the
 //! decision, with exploration off: a deterministic policy whose probability of the logged
@@ -272,9 +274,17 @@ fn decision(
         .unwrap_or_else(|| ("UTC".to_string(), None));
     let active_days = history.map_or(&[][..], |h| h.active_days.as_slice());
     let messages = history.map_or(&[][..], |h| h.messages.as_slice());
+    // The deciding plan counted the user's past sends and, as pending items, the other sends it
+    // scheduled beside this one; the sends of the opportunity's lifetime stand for those. (The
+    // model's features read only what was sent before the decision.)
+    let own = d.sent.as_ref().map(|s| s.message_id);
     let past: Vec<PastSend> = messages
         .iter()
-        .filter(|m| m.sent_at < decided_at && m.sent_at >= decided_at - TimeDelta::days(28))
+        .filter(|m| {
+            m.sent_at >= decided_at - TimeDelta::days(28)
+                && m.sent_at < d.expires_at
+                && Some(m.message_id) != own
+        })
         .map(|m| PastSend {
             channel: m.channel.clone(),
             category: m.category.clone(),
@@ -808,7 +818,7 @@ pub fn simulation_markdown(
     let _ = writeln!(out, "\n#### Estimated value per decision\n");
     let _ = writeln!(
         out,
-        "| objective | decisions | current | new | change | \n| --- | ---: | ---: | ---: | ---: |"
+        "| objective | decisions | current | new | change |\n| --- | ---: | ---: | ---: | ---: |"
     );
     let mut warnings = Vec::new();
     for (k, name) in OBJECTIVES.iter().enumerate() {

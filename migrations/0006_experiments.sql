@@ -8,7 +8,8 @@ CREATE TABLE experiment_assignments (
     experiment       text COLLATE "C" NOT NULL,
     user_id          text COLLATE "C" NOT NULL,
     arm              text COLLATE "C" NOT NULL,
-    -- The policy version of the plan that last assigned the user.
+    -- The policy version of the plan that last wrote the row (a change of arm, or the daily
+    -- refresh of last_planned_at).
     policy_version   text        NOT NULL,
     first_planned_at timestamptz NOT NULL,
     last_planned_at  timestamptz NOT NULL,
@@ -32,3 +33,7 @@ ALTER TABLE opportunities ADD CONSTRAINT opportunities_state_check
 
 CREATE INDEX schedule_items_counterfactual ON schedule_items (send_after)
     WHERE state = 'counterfactual';
+-- A holdout user's would-be history (planning) and would-be messages (reports), without
+-- scanning the superseded items that every replan leaves behind.
+CREATE INDEX schedule_items_withheld ON schedule_items (user_id, send_after)
+    WHERE state = 'withheld';

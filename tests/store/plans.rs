@@ -235,10 +235,49 @@ async fn holdout_counterfactuals_are_never_leased_and_become_withheld_when_due()
         leased.is_empty(),
         "a counterfactual item must never be delivered"
     );
+    // An ack naming a counterfactual item (a confused or malicious client) changes nothing.
+    let item_id: i64 = sqlx::query_scalar(
+        "SELECT item_id FROM schedule_items WHERE state = 'counterfactual' ORDER BY item_id LIMIT 1",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    let ack = Ack {
+        user_id: "held".into(),
+        item_id,
+        lease_token: uuid::Uuid::new_v4(),
+        status: AckStatus::Sent,
+    };
+    assert_eq!(
+        db.store
+            .ack(&ack, t0() + TimeDelta::minutes(2))
+            .await
+            .unwrap(),
+        tern_store::AckResult::Stale
+    );
 
-    // The next plan settles the one whose window opened; the later one is replaced as a
-    // pending item would be, and the settled opportunity is not planned again.
+    // An hour on, the replan first settles the one whose window opened, so that the plan sees
+    // it as history and does not choose its opportunity again.
     let at = t0() + TimeDelta::hours(1);
+    assert_eq!(db.store.settle_counterfactuals(at).await.unwrap(), 1);
+    assert_eq!(db.store.settle_counterfactuals(at).await.unwrap(), 0);
+    let input = db
+        .store
+        .planning_input(at, TimeDelta::days(28), None)
+        .await
+        .unwrap();
+    let held = input.iter().find(|u| u.user_id == "held").unwrap();
+    assert_eq!(held.history.len(), 1);
+    assert_eq!(held.history[0].sent_at, t0());
+    assert_eq!(
+        held.opportunities
+            .iter()
+            .map(|o| o.opportunity_id)
+            .collect::<Vec<_>>(),
+        vec![ids[1]]
+    );
+    // The plan re-chooses both, as a planner that had not seen the settlement would: the
+    // withheld one is skipped, the later one replaces its earlier counterfactual.
     let second = db
         .store
         .publish_plan(&plan(), &[due, later], &Supersede::All, at)
@@ -251,7 +290,7 @@ async fn holdout_counterfactuals_are_never_leased_and_become_withheld_when_due()
             second.items,
             second.skipped
         ),
-        (1, 1, 1, 1)
+        (0, 1, 1, 1)
     );
     let states = |sql: &'static str| count(&db.store, sql);
     assert_eq!(
@@ -267,16 +306,6 @@ async fn holdout_counterfactuals_are_never_leased_and_become_withheld_when_due()
         1
     );
     assert_eq!(states("SELECT count(*) FROM messages").await, 0);
-    // The next plan sees the withheld message as the user's history: a holdout user's
-    // counterfactual plan obeys the caps it would obey if the policy were sending.
-    let input = db
-        .store
-        .planning_input(at, TimeDelta::days(28), None)
-        .await
-        .unwrap();
-    let held = input.iter().find(|u| u.user_id == "held").unwrap();
-    assert_eq!(held.history.len(), 1);
-    assert_eq!(held.history[0].sent_at, t0());
 }
 
 #[tokio::test]
@@ -306,7 +335,8 @@ async fn assignments_keep_the_first_plan_and_count_arm_changes() {
     assert_eq!(
         rows,
         vec![
-            ("u1".into(), "control".into(), "v2".into(), 0, t0()),
+            // Unchanged within a day: not rewritten.
+            ("u1".into(), "control".into(), "v1".into(), 0, t0()),
             ("u2".into(), "treatment".into(), "v2".into(), 1, t0()),
         ]
     );

@@ -211,12 +211,15 @@ named_enum! {
         Expired => "expired",
         /// Withdrawn (by upstream, or because the user opted out of all its channels).
         Cancelled => "cancelled",
+        /// A holdout user's: the policy would have sent it by now, and nothing was sent.
+        Withheld => "withheld",
     }
 }
 
 named_enum! {
     /// Where a schedule item is in its life: pending → leased → sent/failed/skipped, or expired,
-    /// cancelled or superseded by a newer plan.
+    /// cancelled or superseded by a newer plan. A holdout user's items are counterfactual (never
+    /// leased) → withheld once their window opens.
     ItemState {
         Pending => "pending",
         Leased => "leased",
@@ -226,6 +229,8 @@ named_enum! {
         Expired => "expired",
         Cancelled => "cancelled",
         Superseded => "superseded",
+        Counterfactual => "counterfactual",
+        Withheld => "withheld",
     }
 }
 

@@ -60,8 +60,10 @@ pub enum OpeError {
     NotFinite { row: usize, field: &'static str },
     #[error("no logged decisions to estimate from")]
     Empty,
-    #[error("the two logs must describe the same decisions: {baseline} rows against {candidate}")]
+    #[error("the two logs must describe the same decisions (the same propensities and rewards, row by row): {baseline} rows against {candidate}")]
     Unpaired { baseline: usize, candidate: usize },
+    #[error("{units} units for {rows} rows: every row needs its unit")]
+    Units { rows: usize, units: usize },
 }
 
 /// Checks every row; estimators assume a checked log.
@@ -199,16 +201,34 @@ impl Default for Bootstrap {
 }
 
 /// IPS, SNIPS and doubly robust with bootstrap intervals (the same resamples for all three, so
-/// their intervals are comparable), the effective sample size and the unsupported mass.
+/// their intervals are comparable), the effective sample size and the unsupported mass. Each
+/// row is resampled on its own: right when decisions are independent; see [`evaluate_by_unit`]
+/// when they come in groups.
 pub fn evaluate(log: &[Logged], bootstrap: Bootstrap) -> Result<Evaluation, OpeError> {
+    let units: Vec<u64> = (0..log.len() as u64).collect();
+    evaluate_by_unit(log, &units, bootstrap)
+}
+
+/// [`evaluate`] with a bootstrap that resamples whole units (`units[i]` is row `i`'s: a user,
+/// say) rather than rows. One user's decisions share the user's mood, fatigue and reachability,
+/// so they are not independent, and resampling them one by one gives intervals that are too
+/// narrow for users with many decisions.
+pub fn evaluate_by_unit(
+    log: &[Logged],
+    units: &[u64],
+    bootstrap: Bootstrap,
+) -> Result<Evaluation, OpeError> {
     check(log)?;
+    let groups = groups(log.len(), units)?;
     let n = log.len();
     let mut rng = SplitMix64::new(bootstrap.seed);
     let mut draws: [Vec<f64>; 3] = Default::default();
     let mut sample = Vec::with_capacity(n);
     for _ in 0..bootstrap.resamples {
         sample.clear();
-        sample.extend((0..n).map(|_| log[rng.below(n)]));
+        for _ in 0..groups.len() {
+            sample.extend(groups[rng.below(groups.len())].iter().map(|&i| log[i]));
+        }
         draws[0].push(ips(&sample));
         draws[1].push(snips(&sample));
         draws[2].push(doubly_robust(&sample));
@@ -241,6 +261,27 @@ pub fn evaluate(log: &[Logged], bootstrap: Bootstrap) -> Result<Evaluation, OpeE
     })
 }
 
+/// Row indices grouped by unit, in the order units first appear (so that one row per unit
+/// resamples exactly as rows do).
+fn groups(rows: usize, units: &[u64]) -> Result<Vec<Vec<usize>>, OpeError> {
+    if units.len() != rows {
+        return Err(OpeError::Units {
+            rows,
+            units: units.len(),
+        });
+    }
+    let mut index: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, u) in units.iter().enumerate() {
+        let g = *index.entry(*u).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    Ok(groups)
+}
+
 /// The doubly robust estimate of `candidate − baseline` on the same logged decisions (row `i` of
 /// each is the same decision), with a paired percentile bootstrap interval: both are resampled
 /// together, so what the two policies share (the users, the luck of the draws) cancels out of
@@ -250,26 +291,52 @@ pub fn compare(
     candidate: &[Logged],
     bootstrap: Bootstrap,
 ) -> Result<Estimate, OpeError> {
+    let units: Vec<u64> = (0..baseline.len() as u64).collect();
+    compare_by_unit(baseline, candidate, &units, bootstrap)
+}
+
+/// [`compare`] resampling whole units, as [`evaluate_by_unit`] does.
+pub fn compare_by_unit(
+    baseline: &[Logged],
+    candidate: &[Logged],
+    units: &[u64],
+    bootstrap: Bootstrap,
+) -> Result<Estimate, OpeError> {
     check(baseline)?;
     check(candidate)?;
     let n = baseline.len();
-    if candidate.len() != n {
+    // The same decisions: the same logged propensity and outcome, row by row.
+    if candidate.len() != n
+        || baseline
+            .iter()
+            .zip(candidate)
+            .any(|(b, c)| b.propensity != c.propensity || b.reward != c.reward)
+    {
         return Err(OpeError::Unpaired {
             baseline: n,
             candidate: candidate.len(),
         });
     }
+    let groups = groups(n, units)?;
     let dr = |l: &Logged| l.predicted_target + weight(l) * (l.reward - l.predicted_logged);
     let diffs: Vec<f64> = baseline
         .iter()
         .zip(candidate)
         .map(|(b, c)| dr(c) - dr(b))
         .collect();
-    let mean = |d: &mut dyn Iterator<Item = f64>| d.sum::<f64>() / n as f64;
-    let value = mean(&mut diffs.iter().copied());
+    let value = diffs.iter().sum::<f64>() / n as f64;
     let mut rng = SplitMix64::new(bootstrap.seed);
     let mut draws: Vec<f64> = (0..bootstrap.resamples)
-        .map(|_| mean(&mut (0..n).map(|_| diffs[rng.below(n)])))
+        .map(|_| {
+            let (mut sum, mut rows) = (0.0, 0usize);
+            for _ in 0..groups.len() {
+                for &i in &groups[rng.below(groups.len())] {
+                    sum += diffs[i];
+                    rows += 1;
+                }
+            }
+            sum / rows.max(1) as f64
+        })
         .collect();
     if draws.is_empty() {
         return Ok(Estimate {
@@ -348,6 +415,29 @@ mod tests {
         assert!(matches!(
             compare(&log(), &log()[..3], none),
             Err(OpeError::Unpaired { .. })
+        ));
+    }
+
+    #[test]
+    fn the_bootstrap_resamples_whole_units() {
+        // One unit holding every row: each resample is the whole log, so the intervals close
+        // on the estimates.
+        let one = [7u64; 4];
+        let e = evaluate_by_unit(&log(), &one, Bootstrap::default()).unwrap();
+        for x in [e.ips, e.snips, e.doubly_robust] {
+            close(x.low, x.value);
+            close(x.high, x.value);
+        }
+        close(e.ips.value, 1.4);
+        let d = compare_by_unit(&log(), &log(), &one, Bootstrap::default()).unwrap();
+        assert_eq!((d.low, d.high), (0.0, 0.0));
+        // Each row its own unit is the row bootstrap.
+        let rows = evaluate(&log(), Bootstrap::default()).unwrap();
+        let own = evaluate_by_unit(&log(), &[3, 1, 4, 5], Bootstrap::default()).unwrap();
+        assert_eq!(rows, own);
+        assert!(matches!(
+            evaluate_by_unit(&log(), &[1, 2], Bootstrap::default()),
+            Err(OpeError::Units { rows: 4, units: 2 })
         ));
     }
 

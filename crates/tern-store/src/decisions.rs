@@ -39,10 +39,12 @@ pub struct LoggedSend {
 }
 
 impl Store {
-    /// The decisions of `[from, until)`: opportunities sent from a plan's schedule item in it
-    /// (messages imported from elsewhere have no propensity and are left out), and
-    /// opportunities created in it that expired unsent. Open, cancelled and withheld
-    /// opportunities are not final decisions of the logging policy and are left out too.
+    /// The decisions on the opportunities created in `[from, until)` that were final by
+    /// `until`: sent from a plan's schedule item before it (messages imported from elsewhere
+    /// have no propensity and are left out), or expired unsent by then. Selecting by creation,
+    /// whatever the action, keeps the set of decisions independent of what the logging policy
+    /// did with them. Open, cancelled and withheld opportunities are not final decisions of the
+    /// logging policy and are left out too. Two indexable branches rather than one `OR`.
     pub async fn logged_decisions(
         &self,
         from: DateTime<Utc>,
@@ -53,13 +55,19 @@ impl Store {
                     o.signals, o.created_at, o.expires_at, \
                     m.message_id, m.channel, m.propensity, m.sent_at, p.started_at AS planned_at \
              FROM opportunities o \
-             LEFT JOIN messages m ON m.user_id = o.user_id \
+             JOIN messages m ON m.user_id = o.user_id \
                   AND m.opportunity_id = o.opportunity_id AND m.item_id IS NOT NULL \
-             LEFT JOIN plans p ON p.plan_id = m.plan_id \
-             WHERE (o.state = 'sent' AND m.sent_at >= $1 AND m.sent_at < $2 \
-                    AND m.propensity IS NOT NULL AND p.started_at IS NOT NULL) \
-                OR (o.state = 'expired' AND o.created_at >= $1 AND o.created_at < $2) \
-             ORDER BY o.user_id, o.opportunity_id",
+             JOIN plans p ON p.plan_id = m.plan_id \
+             WHERE o.state = 'sent' AND o.created_at >= $1 AND o.created_at < $2 \
+               AND m.sent_at < $2 AND m.propensity IS NOT NULL \
+             UNION ALL \
+             SELECT o.user_id, o.opportunity_id, o.category, o.priority, o.template, o.channels, \
+                    o.signals, o.created_at, o.expires_at, \
+                    NULL, NULL, NULL, NULL, NULL \
+             FROM opportunities o \
+             WHERE o.state = 'expired' AND o.created_at >= $1 AND o.created_at < $2 \
+               AND o.expires_at <= $2 \
+             ORDER BY 1, 2",
         )
         .bind(from)
         .bind(until)

@@ -244,8 +244,8 @@ impl Store {
     }
 
     /// Marks open opportunities whose expiry has passed as expired, and retires the schedule
-    /// items that can no longer be sent: pending ones past their window or opportunity, and
-    /// leased ones whose lease has also run out. Returns how many opportunities expired.
+    /// items that can no longer be sent: pending (and counterfactual) ones past their window or
+    /// opportunity, and leased ones whose lease has also run out. Returns how many opportunities expired.
     pub async fn expire(&self, now: DateTime<Utc>) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         let expired = sqlx::query(
@@ -259,7 +259,8 @@ impl Store {
             "UPDATE schedule_items s SET state = 'expired', updated_at = $1 \
              FROM opportunities o \
              WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
-               AND (s.state = 'pending' OR (s.state = 'leased' AND s.lease_expires_at <= $1)) \
+               AND (s.state IN ('pending', 'counterfactual') \
+                    OR (s.state = 'leased' AND s.lease_expires_at <= $1)) \
                AND (s.send_before <= $1 OR o.state <> 'open')",
         )
         .bind(now)

@@ -22,9 +22,11 @@ pub struct PlanningUser {
     /// Active days since the start of the history window, ascending.
     pub active_days: Vec<NaiveDate>,
     /// Messages sent inside the history window, items leased now (counted as sent at their
-    /// send time), and a holdout user's withheld counterfactual items (counted as sent when
-    /// their window opened): the policy's caps and fatigue then shape what it would send a
-    /// holdout user exactly as they would if it were sending.
+    /// send time), and a holdout user's withheld items (counted as sent when their window
+    /// opened; [`Store::settle_counterfactuals`] withholds the due ones before a plan reads
+    /// this): the policy's caps then shape what it would send a holdout user as they would if
+    /// it were sending. (Such sends never have an open, which the fatigue features read as
+    /// ignored messages.)
     pub history: Vec<PastSend>,
     pub opportunities: Vec<OpenOpportunity>,
 }

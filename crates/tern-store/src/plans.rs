@@ -107,25 +107,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // A counterfactual item whose window has opened is what a holdout user would have got by
         // now; it is settled before the new plan replaces the pending ones, as a pulled item is.
-        let users_filter: Option<&[String]> = match supersede {
-            Supersede::All => None,
-            Supersede::Users(users) => Some(users),
-        };
-        let withheld = sqlx::query(
-            "WITH due AS ( \
-               UPDATE schedule_items SET state = 'withheld', updated_at = $1 \
-               WHERE state = 'counterfactual' AND send_after <= $1 \
-                 AND ($2::text[] IS NULL OR user_id = ANY($2)) \
-               RETURNING user_id, opportunity_id) \
-             UPDATE opportunities o SET state = 'withheld' FROM due \
-             WHERE o.user_id = due.user_id AND o.opportunity_id = due.opportunity_id \
-               AND o.state = 'open'",
-        )
-        .bind(now)
-        .bind(users_filter)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let withheld = settle(&mut tx, now).await?;
         let plan_id: i64 = sqlx::query_scalar(
             "INSERT INTO plans (trigger, policy_version, model_version, seed, started_at, \
              published_at, horizon_end, state, stats) \
@@ -142,28 +124,38 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
 
-        let superseded = match supersede {
-            Supersede::All => {
-                sqlx::query(
+        // One statement per state, each matching its partial index (`schedule_items_due`,
+        // `schedule_items_counterfactual`): `state IN (both)` matches neither and scans every
+        // item ever planned, which grows with every replan. (And no `$2 IS NULL OR ...`, which a
+        // generic plan cannot fold away.)
+        let mut superseded = 0;
+        for pending in [true, false] {
+            let query = match (supersede, pending) {
+                (Supersede::All, true) => sqlx::query(
                     "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
-                 WHERE state IN ('pending', 'counterfactual')",
+                     WHERE state = 'pending'",
+                )
+                .bind(now),
+                (Supersede::All, false) => sqlx::query(
+                    "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
+                     WHERE state = 'counterfactual'",
+                )
+                .bind(now),
+                (Supersede::Users(users), true) => sqlx::query(
+                    "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
+                     WHERE state = 'pending' AND user_id = ANY($2)",
                 )
                 .bind(now)
-                .execute(&mut *tx)
-                .await?
-            }
-            Supersede::Users(users) => {
-                sqlx::query(
+                .bind(users),
+                (Supersede::Users(users), false) => sqlx::query(
                     "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
-                 WHERE state IN ('pending', 'counterfactual') AND user_id = ANY($2)",
+                     WHERE state = 'counterfactual' AND user_id = ANY($2)",
                 )
                 .bind(now)
-                .bind(users)
-                .execute(&mut *tx)
-                .await?
-            }
+                .bind(users),
+            };
+            superseded += query.execute(&mut *tx).await?.rows_affected();
         }
-        .rows_affected();
 
         let mut sorted: Vec<&NewScheduleItem> = items.iter().collect();
         sorted.sort_by(|a, b| (&a.user_id, a.opportunity_id).cmp(&(&b.user_id, b.opportunity_id)));
@@ -230,9 +222,24 @@ impl Store {
         })
     }
 
+    /// Settles every counterfactual item whose send window has opened by `now`: the item and
+    /// its opportunity become `withheld`, which is when a real item would have been pulled. A
+    /// replan calls this before it reads its input, so that a holdout user's due would-be
+    /// messages count as their history and are not chosen again; [`Store::publish_plan`] does
+    /// it too. Returns the items settled.
+    pub async fn settle_counterfactuals(&self, now: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let settled = settle(&mut tx, now).await?;
+        tx.commit().await?;
+        Ok(settled)
+    }
+
     /// Records each planned user's arm in each experiment they are in. The first plan to assign
     /// a user starts their observation period; a later plan that assigns another arm (a share,
     /// salt or layer changed) moves them and counts the change, so a report can set them apart.
+    /// An unchanged row is rewritten at most once a day (to refresh `last_planned_at`), so that
+    /// hourly replans of every user do not rewrite every row every hour. Returns the rows
+    /// written.
     pub async fn record_assignments(
         &self,
         assignments: &[Assignment],
@@ -256,7 +263,9 @@ impl Store {
                  ON CONFLICT (experiment, user_id) DO UPDATE SET \
                    arm = EXCLUDED.arm, policy_version = EXCLUDED.policy_version, \
                    last_planned_at = GREATEST(a.last_planned_at, EXCLUDED.last_planned_at), \
-                   arm_changes = a.arm_changes + (a.arm <> EXCLUDED.arm)::int",
+                   arm_changes = a.arm_changes + (a.arm <> EXCLUDED.arm)::int \
+                 WHERE a.arm <> EXCLUDED.arm \
+                    OR a.last_planned_at < EXCLUDED.last_planned_at - interval '1 day'",
             )
             .bind(&experiments)
             .bind(&users)
@@ -269,4 +278,24 @@ impl Store {
         }
         Ok(written)
     }
+}
+
+/// Every user's due counterfactual items (not only the replanned ones': a due counterfactual
+/// must not wait for its user's next plan) become `withheld`, with their open opportunity.
+async fn settle(tx: &mut sqlx::PgConnection, now: DateTime<Utc>) -> Result<u64> {
+    let settled: i64 = sqlx::query_scalar(
+        "WITH due AS ( \
+           UPDATE schedule_items SET state = 'withheld', updated_at = $1 \
+           WHERE state = 'counterfactual' AND send_after <= $1 \
+           RETURNING user_id, opportunity_id), \
+         opportunities_withheld AS ( \
+           UPDATE opportunities o SET state = 'withheld' FROM due \
+           WHERE o.user_id = due.user_id AND o.opportunity_id = due.opportunity_id \
+             AND o.state = 'open') \
+         SELECT count(*) FROM due",
+    )
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(settled as u64)
 }

@@ -247,6 +247,8 @@ impl Daemon {
         let planner = Planner::new(config).map_err(|e| {
             ControlError::Failed(format!("the active policy cannot be planned with: {e}"))
         })?;
+        // A holdout user's due would-be messages become their history before it is read.
+        self.store.settle_counterfactuals(now).await?;
         let input = self.store.planning_input(now, HISTORY, filter).await?;
         let mut inputs: Vec<UserInput> = input.into_iter().map(|u| user_input(u, now)).collect();
         assign_arms(&bundle, &mut inputs);
@@ -284,6 +286,11 @@ impl Daemon {
         } else {
             Supersede::Users(users)
         };
+        // Before the plan is published, so that a user's observation period never starts after
+        // the first message of their arm.
+        self.store
+            .record_assignments(&assignments, &bundle.version, now)
+            .await?;
         let published = self
             .store
             .publish_plan(
@@ -306,9 +313,6 @@ impl Daemon {
                 &supersede,
                 now,
             )
-            .await?;
-        self.store
-            .record_assignments(&assignments, &bundle.version, now)
             .await?;
         let summary = ReplanSummary {
             plan_id: published.plan_id,

@@ -19,8 +19,9 @@
 //! or clicked within `--engagement-hours`), converted, lost reachability (unsubscribed, push
 //! disabled or complained), retained (active in the last week of the retention horizon after
 //! the send). Sending nothing earns 0 on each, by definition, which needs no logging: only the
-//! candidate's sends need support. A reward that cannot be observed yet (its window has not
-//! closed by `--until`) leaves the decision out of that objective's estimate.
+//! candidate's sends need support. A decision counts for an objective once the objective's
+//! window after the opportunity's expiry has closed by `--until`, whatever was done, so that
+//! the recent end of the period does not keep more of one action than of another.
 //!
 //! # Support
 //! A send the candidate makes where the logging policy sent something else is supported only
@@ -51,6 +52,7 @@ use tern_store::{LoggedDecision, Store, TrainingUser};
 use crate::db::Database;
 use crate::features;
 use crate::plan::{assign_arms, planner_config};
+use crate::policy::out;
 use crate::predict::{ModelPredictor, Prior};
 use crate::train::{retained, LabelArgs};
 
@@ -205,6 +207,20 @@ pub fn rows(decisions: &[Decision], replayed: &[Replayed], objective: usize) -> 
         .collect()
 }
 
+/// The unit of each row of [`rows`] for `objective`: its user, so that the bootstrap resamples
+/// users, whose decisions are not independent of each other.
+pub fn units(decisions: &[Decision], objective: usize) -> Vec<u64> {
+    let mut ids: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    decisions
+        .iter()
+        .filter(|d| d.rewards[objective].is_some())
+        .map(|d| {
+            let next = ids.len() as u64;
+            *ids.entry(d.user.user_id.as_str()).or_insert(next)
+        })
+        .collect()
+}
+
 /// The candidate's estimates, objective by objective.
 pub fn estimates(
     decisions: &[Decision],
@@ -217,7 +233,11 @@ pub fn estimates(
         .map(|(k, name)| {
             (
                 *name,
-                tern_ope::evaluate(&rows(decisions, replayed, k), bootstrap),
+                tern_ope::evaluate_by_unit(
+                    &rows(decisions, replayed, k),
+                    &units(decisions, k),
+                    bootstrap,
+                ),
             )
         })
         .collect()
@@ -306,8 +326,13 @@ fn decision(
         TimeDelta::days(i64::from(labels.retention_days)),
         TimeDelta::days(i64::from(labels.reachability_days)),
     ];
+    // One rule of observability for every action: the window after the opportunity's expiry
+    // has closed. (Measured from the send, sends would be observable sooner than the
+    // decisions that sent nothing, and the recent end of the period would keep more of the
+    // latter: a bias towards "nothing".)
+    let ready: [bool; 4] = std::array::from_fn(|k| d.expires_at + windows[k] <= as_of);
     let rewards = match &d.sent {
-        None => std::array::from_fn(|k| (decided_at + windows[k] <= as_of).then_some(0.0)),
+        None => std::array::from_fn(|k| ready[k].then_some(0.0)),
         Some(s) => {
             let outcomes = messages
                 .iter()
@@ -321,7 +346,7 @@ fn decision(
                 (t + window <= as_of).then_some(f64::from(u8::from(hit)))
             };
             let (kept, observable) = retained(active_days, t, windows[2], as_of);
-            [
+            let rewards = [
                 within(|k| k == OutcomeKind::Converted, windows[0]),
                 within(
                     |k| matches!(k, OutcomeKind::Opened | OutcomeKind::Clicked),
@@ -329,7 +354,8 @@ fn decision(
                 ),
                 observable.then_some(f64::from(kept)),
                 within(OutcomeKind::loses_reachability, windows[3]),
-            ]
+            ];
+            std::array::from_fn(|k| rewards[k].filter(|_| ready[k]))
         }
     };
     Decision {
@@ -487,8 +513,8 @@ pub async fn run(url: Option<&str>, args: EvaluateArgs) -> Result<ExitCode> {
         let estimates = estimates(&decisions, &replayed, bootstrap);
         let summary = Summary::of(&decisions, &replayed);
         if args.json {
-            println!(
-                "{}",
+            out(&format!(
+                "{}\n",
                 serde_json::to_string_pretty(&json!({
                     "policies": args.policies.display().to_string(),
                     "policy_version": bundle.version,
@@ -502,12 +528,9 @@ pub async fn run(url: Option<&str>, args: EvaluateArgs) -> Result<ExitCode> {
                     "same_action": summary.same_action,
                     "objectives": estimates.iter().map(|(name, e)| estimate_json(name, e)).collect::<Vec<_>>(),
                 }))?
-            );
+            ));
         } else {
-            print!(
-                "{}",
-                evaluation_text(&args.policies, &bundle, &scoring.name(), from, until, &summary, &estimates, bootstrap.level)
-            );
+            out(&evaluation_text(&args.policies, &bundle, &scoring.name(), from, until, &summary, &estimates, bootstrap.level));
         }
         Ok(())
     }
@@ -690,18 +713,15 @@ pub async fn simulate(url: Option<&str>, args: SimulateArgs) -> Result<ExitCode>
                 replay(&new, &decisions, &scorer, &dm)?,
             ))
         })?;
-        print!(
-            "{}",
-            simulation_markdown(
-                (&args.against, &current),
-                (&args.new, &new),
-                &decisions,
-                (&a, &b),
-                &scoring.name(),
-                (from, until),
-                bootstrap,
-            )?
-        );
+        out(&simulation_markdown(
+            (&args.against, &current),
+            (&args.new, &new),
+            &decisions,
+            (&a, &b),
+            &scoring.name(),
+            (from, until),
+            bootstrap,
+        )?);
         Ok(())
     }
     .await;
@@ -822,11 +842,15 @@ pub fn simulation_markdown(
     );
     let mut warnings = Vec::new();
     for (k, name) in OBJECTIVES.iter().enumerate() {
-        let (ra, rb) = (rows(decisions, a, k), rows(decisions, b, k));
+        let (ra, rb, users) = (
+            rows(decisions, a, k),
+            rows(decisions, b, k),
+            units(decisions, k),
+        );
         let (ea, eb, diff) = match (
-            tern_ope::evaluate(&ra, bootstrap),
-            tern_ope::evaluate(&rb, bootstrap),
-            tern_ope::compare(&ra, &rb, bootstrap),
+            tern_ope::evaluate_by_unit(&ra, &users, bootstrap),
+            tern_ope::evaluate_by_unit(&rb, &users, bootstrap),
+            tern_ope::compare_by_unit(&ra, &rb, &users, bootstrap),
         ) {
             (Ok(ea), Ok(eb), Ok(diff)) => (ea, eb, diff),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {

@@ -441,7 +441,7 @@ async fn report(database_url: Option<&str>, args: ReportArgs) -> Result<ExitCode
         Format::Markdown => render_markdown(&report),
         Format::Json => render_json(&report)?,
     };
-    print!("{out}");
+    crate::policy::out(&out);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -85,7 +85,7 @@ pub async fn run(database_url: Option<&str>, cmd: PolicyCommand) -> anyhow::Resu
 
 /// Writes to stdout, ignoring a closed pipe (`tern policy schema | head` must not panic the way
 /// `println!` does).
-fn out(text: &str) {
+pub(crate) fn out(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();

@@ -233,29 +233,12 @@ pub fn evaluate_by_unit(
         draws[1].push(snips(&sample));
         draws[2].push(doubly_robust(&sample));
     }
-    let alpha = (1.0 - bootstrap.level.clamp(0.0, 1.0)) / 2.0;
-    let interval = |value: f64, d: &mut Vec<f64>| {
-        if d.is_empty() {
-            return Estimate {
-                value,
-                low: value,
-                high: value,
-            };
-        }
-        d.sort_by(f64::total_cmp);
-        let at = |q: f64| d[((q * (d.len() - 1) as f64).round() as usize).min(d.len() - 1)];
-        Estimate {
-            value,
-            low: at(alpha),
-            high: at(1.0 - alpha),
-        }
-    };
     let [i, s, d] = &mut draws;
     Ok(Evaluation {
         rows: n,
-        ips: interval(ips(log), i),
-        snips: interval(snips(log), s),
-        doubly_robust: interval(doubly_robust(log), d),
+        ips: percentile_interval(ips(log), i, bootstrap.level),
+        snips: percentile_interval(snips(log), s, bootstrap.level),
+        doubly_robust: percentile_interval(doubly_robust(log), d, bootstrap.level),
         effective_sample_size: effective_sample_size(log),
         unsupported: log.iter().map(|l| l.unsupported).sum::<f64>() / n as f64,
     })
@@ -338,21 +321,27 @@ pub fn compare_by_unit(
             sum / rows.max(1) as f64
         })
         .collect();
+    Ok(percentile_interval(value, &mut draws, bootstrap.level))
+}
+
+/// The estimate with the percentile interval of its bootstrap draws at `level`; the bare
+/// estimate when there are no draws.
+fn percentile_interval(value: f64, draws: &mut [f64], level: f64) -> Estimate {
     if draws.is_empty() {
-        return Ok(Estimate {
+        return Estimate {
             value,
             low: value,
             high: value,
-        });
+        };
     }
     draws.sort_by(f64::total_cmp);
-    let alpha = (1.0 - bootstrap.level.clamp(0.0, 1.0)) / 2.0;
+    let alpha = (1.0 - level.clamp(0.0, 1.0)) / 2.0;
     let at = |q: f64| draws[((q * (draws.len() - 1) as f64).round() as usize).min(draws.len() - 1)];
-    Ok(Estimate {
+    Estimate {
         value,
         low: at(alpha),
         high: at(1.0 - alpha),
-    })
+    }
 }
 
 #[cfg(test)]

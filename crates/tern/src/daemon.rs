@@ -251,20 +251,17 @@ impl Daemon {
         self.store.settle_counterfactuals(now).await?;
         let input = self.store.planning_input(now, HISTORY, filter).await?;
         let mut inputs: Vec<UserInput> = input.into_iter().map(|u| user_input(u, now)).collect();
-        assign_arms(&bundle, &mut inputs);
         // Every experiment each planned user is in, not only the one that decides their
         // treatment: a user in two layers counts in both reports.
-        let assignments: Vec<Assignment> = inputs
-            .iter()
-            .flat_map(|u| {
-                bundle
-                    .assignments(&u.user_id)
-                    .into_iter()
-                    .map(|(e, arm)| Assignment {
-                        experiment: e.metadata.name.clone(),
-                        user_id: u.user_id.clone(),
-                        arm: arm.name.clone(),
-                    })
+        let assignments: Vec<Assignment> = assign_arms(&bundle, &mut inputs)
+            .into_iter()
+            .zip(&inputs)
+            .flat_map(|(assigned, u)| {
+                assigned.into_iter().map(|(e, arm)| Assignment {
+                    experiment: e.metadata.name.clone(),
+                    user_id: u.user_id.clone(),
+                    arm: arm.name.clone(),
+                })
             })
             .collect();
         let model = self.active_model().await?;

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use futures::TryStreamExt;
 use serde_json::json;
@@ -51,7 +51,7 @@ use tern_store::{LoggedDecision, Store, TrainingUser};
 
 use crate::db::Database;
 use crate::features;
-use crate::plan::{assign_arms, planner_config};
+use crate::plan::{assign_arms, load_bundle, planner_config};
 use crate::policy::out;
 use crate::predict::{ModelPredictor, Prior};
 use crate::train::{retained, LabelArgs};
@@ -483,17 +483,6 @@ impl Scoring {
             None => Box::new(Prior),
         })
     }
-}
-
-fn load_bundle(dir: &Path) -> Result<Bundle> {
-    Bundle::load(dir).map_err(|findings| {
-        anyhow!(
-            "{} is not a valid policy bundle ({} error(s)); run `tern policy check {}`",
-            dir.display(),
-            findings.error_count(),
-            dir.display()
-        )
-    })
 }
 
 pub async fn run(url: Option<&str>, args: EvaluateArgs) -> Result<ExitCode> {

@@ -19,7 +19,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use tern_core::OutcomeKind;
 use tern_ope::experiment::{cuped, difference, sample_ratio, Difference};
-use tern_policy::Bundle;
 use tern_store::{ActivityWindows, ExperimentUser};
 
 use crate::db::Database;
@@ -366,14 +365,7 @@ pub async fn run(database_url: Option<&str>, cmd: ExperimentCommand) -> Result<E
 
 async fn report(database_url: Option<&str>, args: ReportArgs) -> Result<ExitCode> {
     // The bundle first: a wrong name or directory needs no database to be reported.
-    let bundle = Bundle::load(&args.policies).map_err(|findings| {
-        anyhow!(
-            "{} is not a valid policy bundle ({} error(s)); run `tern policy check {}`",
-            args.policies.display(),
-            findings.error_count(),
-            args.policies.display()
-        )
-    })?;
+    let bundle = crate::plan::load_bundle(&args.policies)?;
     let experiment = bundle.experiment(&args.name).ok_or_else(|| {
         let known: Vec<&str> = bundle
             .experiments

@@ -49,14 +49,7 @@ pub struct PlanArgs {
 }
 
 pub fn run(args: PlanArgs) -> Result<ExitCode> {
-    let bundle = Bundle::load(&args.policies).map_err(|findings| {
-        anyhow!(
-            "{} is not a valid policy bundle ({} error(s)); run `tern policy check {}`",
-            args.policies.display(),
-            findings.error_count(),
-            args.policies.display()
-        )
-    })?;
+    let bundle = load_bundle(&args.policies)?;
     let config = planner_config(&bundle, args.replan.as_deref())?;
     let planner = Planner::new(config).context("the policy cannot be planned with")?;
     let input =
@@ -103,6 +96,18 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
         bundle.short_version()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads a bundle for a command, with one line that says how to see every finding.
+pub fn load_bundle(dir: &std::path::Path) -> Result<Bundle> {
+    Bundle::load(dir).map_err(|findings| {
+        anyhow!(
+            "{} is not a valid policy bundle ({} error(s)); run `tern policy check {}`",
+            dir.display(),
+            findings.error_count(),
+            dir.display()
+        )
+    })
 }
 
 /// Translates a policy bundle into the planner's configuration: the channels with their quiet
@@ -227,7 +232,12 @@ pub fn effective_arm<'b>(
     bundle: &'b Bundle,
     user_id: &str,
 ) -> Option<(&'b tern_policy::Experiment, &'b tern_policy::Arm)> {
-    let assignments = bundle.assignments(user_id);
+    effective(&bundle.assignments(user_id))
+}
+
+fn effective<'b>(
+    assignments: &[(&'b tern_policy::Experiment, &'b tern_policy::Arm)],
+) -> Option<(&'b tern_policy::Experiment, &'b tern_policy::Arm)> {
     assignments
         .iter()
         .find(|(_, arm)| arm.holdout || arm.objective.is_some() || arm.caps.is_some())
@@ -239,17 +249,25 @@ pub fn effective_arm<'b>(
 /// layer and its salted hash), so that the planner and every other reader of the bundle agree on
 /// who is in which arm. A user in several experiments (in different layers) gets the first, by
 /// experiment name, whose arm changes something: a holdout, an objective or caps.
-pub fn assign_arms(bundle: &Bundle, users: &mut [UserInput]) {
-    for user in users {
-        user.arm = Some(match effective_arm(bundle, &user.user_id) {
-            Some((e, arm)) => arm_name(&e.metadata.name, &arm.name),
-            None if bundle.experiments.is_empty() => {
-                user.arm = None;
-                continue;
-            }
-            None => OUTSIDE.to_string(),
-        });
-    }
+///
+/// Returns every user's assignments, in input order, for callers that record them (the
+/// daemon), so that no one hashes a user twice.
+pub fn assign_arms<'b>(
+    bundle: &'b Bundle,
+    users: &mut [UserInput],
+) -> Vec<Vec<(&'b tern_policy::Experiment, &'b tern_policy::Arm)>> {
+    users
+        .iter_mut()
+        .map(|user| {
+            let assignments = bundle.assignments(&user.user_id);
+            user.arm = match effective(&assignments) {
+                Some((e, arm)) => Some(arm_name(&e.metadata.name, &arm.name)),
+                None if bundle.experiments.is_empty() => None,
+                None => Some(OUTSIDE.to_string()),
+            };
+            assignments
+        })
+        .collect()
 }
 
 fn cap_rules(rules: &[tern_policy::CapRule]) -> Vec<CapRule> {

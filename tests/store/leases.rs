@@ -299,31 +299,56 @@ async fn acks_are_idempotent_and_conflicting_or_forged_acks_change_nothing() {
     );
 }
 
+/// `failed` is the provider's transient refusal: the opportunity stays open for a later plan.
+/// `skipped` is the sender's decision not to send: the opportunity is closed (`cancelled`), so no
+/// plan offers it again. Both record no message, acked alone or in a batch.
 #[tokio::test]
-async fn a_failed_or_skipped_ack_records_no_message_and_leaves_the_opportunity_open() {
+async fn a_failed_ack_leaves_the_opportunity_open_and_a_skipped_one_closes_it() {
     let db = TestDb::new().await;
-    schedule(&db.store, 2, 1).await;
+    schedule(&db.store, 4, 1).await;
     let items = db
         .store
         .lease(&request("l", 10, TimeDelta::seconds(60)), t0())
         .await
         .unwrap();
-    assert_eq!(items.len(), 2);
-    for (it, status) in items.iter().zip([AckStatus::Failed, AckStatus::Skipped]) {
+    assert_eq!(items.len(), 4);
+    // The first two one by one, the other two as a batch (the set-based path).
+    for (it, status) in items[..2]
+        .iter()
+        .zip([AckStatus::Failed, AckStatus::Skipped])
+    {
         assert_eq!(
             db.store.ack(&ack(it, status), t0()).await.unwrap(),
             AckResult::Acked { message_id: None }
         );
     }
-    assert_eq!(count(&db.store, "SELECT count(*) FROM messages").await, 0);
+    let batch = [
+        ack(&items[2], AckStatus::Failed),
+        ack(&items[3], AckStatus::Skipped),
+    ];
     assert_eq!(
-        count(
-            &db.store,
-            "SELECT count(*) FROM opportunities WHERE state = 'open'"
-        )
-        .await,
-        2
+        db.store.ack_many(&batch, t0()).await.unwrap(),
+        [AckResult::Acked { message_id: None }; 2]
     );
+    assert_eq!(count(&db.store, "SELECT count(*) FROM messages").await, 0);
+    let state = |i: usize| {
+        format!(
+            "SELECT count(*) FROM opportunities WHERE opportunity_id = {} AND state = ",
+            items[i].opportunity_id
+        )
+    };
+    for (i, expected) in [
+        (0, "'open'"),
+        (1, "'cancelled'"),
+        (2, "'open'"),
+        (3, "'cancelled'"),
+    ] {
+        assert_eq!(
+            count(&db.store, &format!("{}{expected}", state(i))).await,
+            1,
+            "item {i}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -34,6 +34,7 @@ pub fn opportunity(user: &str, key: &str) -> NewOpportunity {
         priority: "marketing".into(),
         channels: vec!["push".into(), "email".into()],
         signals: BTreeMap::from([("relevance".into(), 0.7)]),
+        payload: Default::default(),
         created_at: t0() - TimeDelta::hours(1),
         expires_at: t0() + TimeDelta::hours(48),
     }

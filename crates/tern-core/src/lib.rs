@@ -11,7 +11,10 @@
 //!   and outcomes, each with a stable lowercase wire/database name (`as_str` / `FromStr`).
 //! - [`SplitMix64`]: the seeded generator behind every random draw (exploration, training).
 //! - [`validate_name`]: the rule for channel, category and priority-class names, which policies
-//!   declare freely (`push`, `email`, `in_app`, `sms`, ...).
+//!   declare freely (`push`, `email`, `in_app`, `sms`, ...), and the policy language shares.
+//! - [`validate_text`], [`check_no_nul`], [`validate_time`], [`check_json`],
+//!   [`validate_payload`]: what the database would refuse, refused first with the field named,
+//!   so that no malformed request reaches SQL and comes back as an internal error.
 
 mod random;
 
@@ -34,11 +37,31 @@ pub type OpportunityId = i64;
 /// The priority class that exempts a message from marketing caps.
 pub const TRANSACTIONAL: &str = "transactional";
 
-/// The longest accepted name (channel, category, priority class, template, source).
-pub const MAX_NAME_LEN: usize = 128;
+/// The longest accepted name (channel, category, priority class, event type): the policy
+/// language's rule for every name it declares (a Kubernetes label value, 63 characters), so that
+/// a name a policy can declare is exactly a name an upstream system can send.
+pub const MAX_NAME_LEN: usize = 63;
 
-/// The longest accepted user id or dedupe key.
+/// The longest accepted template id or source: free text, not a name (`emails/welcome.v2`).
+pub const MAX_LABEL_LEN: usize = 128;
+
+/// The longest accepted user id, dedupe key, event id, lease holder or locale.
 pub const MAX_KEY_LEN: usize = 512;
+
+/// The most entries in an opportunity's payload.
+pub const MAX_PAYLOAD_ENTRIES: usize = 64;
+
+/// The most bytes of an opportunity's payload, keys and values together: a payload carries the
+/// template's parameters (ids, titles, short strings), not the message body.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+
+/// The earliest instant tern stores: 0001-01-01T00:00:00Z. PostgreSQL's `timestamptz` reaches
+/// further back, but no message opportunity is older than the common era, and a bound well inside
+/// the database's range keeps every arithmetic on stored times (windows, horizons) in range.
+pub const MIN_TIMESTAMP_SECS: i64 = -62_135_596_800;
+
+/// The latest instant tern stores: 9999-12-31T23:59:59Z.
+pub const MAX_TIMESTAMP_SECS: i64 = 253_402_300_799;
 
 /// A name that policies declare (channel, category, priority class): lowercase ASCII letters,
 /// digits, `_` and `-`, starting with a letter. The restriction keeps names safe in metric labels,
@@ -57,6 +80,78 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), InvalidInput>
             "{what} {name:?} is not a valid name: use 1 to {MAX_NAME_LEN} lowercase letters, digits, '_' or '-', starting with a letter"
         )))
     }
+}
+
+/// Refuses text that PostgreSQL cannot store: a NUL character is valid in a protobuf string and
+/// in Rust, but no `text` or `jsonb` value may hold one. Every string that reaches the database
+/// passes through here (or through [`validate_text`]) first.
+pub fn check_no_nul(what: &str, s: &str) -> Result<(), InvalidInput> {
+    if s.contains('\0') {
+        Err(InvalidInput::new(format!(
+            "{what} contains a NUL character (U+0000), which cannot be stored"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Free text that must be present: 1 to `max` bytes, no NUL.
+pub fn validate_text(what: &str, s: &str, max: usize) -> Result<(), InvalidInput> {
+    if s.is_empty() || s.len() > max {
+        return Err(InvalidInput::new(format!(
+            "{what} must be 1 to {max} bytes"
+        )));
+    }
+    check_no_nul(what, s)
+}
+
+/// Refuses an instant outside [`MIN_TIMESTAMP_SECS`, `MAX_TIMESTAMP_SECS`].
+pub fn validate_time(what: &str, t: DateTime<Utc>) -> Result<(), InvalidInput> {
+    let s = t.timestamp();
+    if (MIN_TIMESTAMP_SECS..=MAX_TIMESTAMP_SECS).contains(&s) {
+        Ok(())
+    } else {
+        Err(InvalidInput::new(format!(
+            "{what} is out of range: tern stores instants from 0001-01-01 to 9999-12-31 (UTC)"
+        )))
+    }
+}
+
+/// Refuses a JSON value that PostgreSQL's `jsonb` cannot store: a NUL in any string or key
+/// (written `\u0000` in the JSON text). `what` names the field in the message.
+pub fn check_json(what: &str, v: &serde_json::Value) -> Result<(), InvalidInput> {
+    match v {
+        serde_json::Value::String(s) => check_no_nul(what, s),
+        serde_json::Value::Array(items) => items.iter().try_for_each(|i| check_json(what, i)),
+        serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            check_no_nul(&format!("a key of {what}"), k)?;
+            check_json(what, v)
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks an opportunity's payload: at most [`MAX_PAYLOAD_ENTRIES`] entries and
+/// [`MAX_PAYLOAD_BYTES`] bytes, keys 1 to [`MAX_NAME_LEN`] bytes, nothing with a NUL.
+pub fn validate_payload(payload: &BTreeMap<String, String>) -> Result<(), InvalidInput> {
+    if payload.len() > MAX_PAYLOAD_ENTRIES {
+        return Err(InvalidInput::new(format!(
+            "payload has {} entries; at most {MAX_PAYLOAD_ENTRIES} are allowed",
+            payload.len()
+        )));
+    }
+    let mut bytes = 0;
+    for (k, v) in payload {
+        validate_text("a payload key", k, MAX_NAME_LEN)?;
+        check_no_nul(&format!("payload {k:?}"), v)?;
+        bytes += k.len() + v.len();
+    }
+    if bytes > MAX_PAYLOAD_BYTES {
+        return Err(InvalidInput::new(format!(
+            "payload is {bytes} bytes; at most {MAX_PAYLOAD_BYTES} are allowed"
+        )));
+    }
+    Ok(())
 }
 
 /// Why an input was refused, in one sentence meant for the caller that sent it.
@@ -87,6 +182,10 @@ pub struct NewOpportunity {
     pub channels: Vec<String>,
     /// Domain value signals (e.g. `relevance`, `order_value`) that the model reads as features.
     pub signals: BTreeMap<String, f64>,
+    /// The template's parameters (a release id, an order number), handed to the delivery service
+    /// with the leased item. tern stores and returns them; it never reads them.
+    #[serde(default)]
+    pub payload: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
@@ -95,26 +194,10 @@ impl NewOpportunity {
     /// Checks everything that can be checked without the database. The store refuses rows that
     /// fail this, so that one malformed row in a batch is reported rather than failing the batch.
     pub fn validate(&self) -> Result<(), InvalidInput> {
-        if self.user_id.is_empty() || self.user_id.len() > MAX_KEY_LEN {
-            return Err(InvalidInput::new(format!(
-                "user_id must be 1 to {MAX_KEY_LEN} bytes"
-            )));
-        }
-        if self.dedupe_key.is_empty() || self.dedupe_key.len() > MAX_KEY_LEN {
-            return Err(InvalidInput::new(format!(
-                "dedupe_key must be 1 to {MAX_KEY_LEN} bytes"
-            )));
-        }
-        if self.source.is_empty() || self.source.len() > MAX_NAME_LEN {
-            return Err(InvalidInput::new(format!(
-                "source must be 1 to {MAX_NAME_LEN} bytes"
-            )));
-        }
-        if self.template.is_empty() || self.template.len() > MAX_NAME_LEN {
-            return Err(InvalidInput::new(format!(
-                "template must be 1 to {MAX_NAME_LEN} bytes"
-            )));
-        }
+        validate_text("user_id", &self.user_id, MAX_KEY_LEN)?;
+        validate_text("dedupe_key", &self.dedupe_key, MAX_KEY_LEN)?;
+        validate_text("source", &self.source, MAX_LABEL_LEN)?;
+        validate_text("template", &self.template, MAX_LABEL_LEN)?;
         validate_name("category", &self.category)?;
         validate_name("priority", &self.priority)?;
         if self.channels.is_empty() {
@@ -129,17 +212,16 @@ impl NewOpportunity {
             }
         }
         for (name, value) in &self.signals {
-            if name.is_empty() || name.len() > MAX_NAME_LEN {
-                return Err(InvalidInput::new(format!(
-                    "signal names must be 1 to {MAX_NAME_LEN} bytes"
-                )));
-            }
+            validate_text("a signal name", name, MAX_NAME_LEN)?;
             if !value.is_finite() {
                 return Err(InvalidInput::new(format!(
                     "signal {name:?} must be a finite number"
                 )));
             }
         }
+        validate_payload(&self.payload)?;
+        validate_time("created_at", self.created_at)?;
+        validate_time("expires_at", self.expires_at)?;
         if self.expires_at <= self.created_at {
             return Err(InvalidInput::new(format!(
                 "expires_at ({}) must be after created_at ({})",
@@ -209,7 +291,8 @@ named_enum! {
         Sent => "sent",
         /// Its expiry passed before it was sent.
         Expired => "expired",
-        /// Withdrawn (by upstream, or because the user opted out of all its channels).
+        /// Withdrawn: by upstream, because the user opted out of all its channels, or by the
+        /// delivery service's `skipped` ack (it decided this message should not go out).
         Cancelled => "cancelled",
         /// A holdout user's: the policy would have sent it by now, and nothing was sent.
         Withheld => "withheld",
@@ -241,7 +324,8 @@ named_enum! {
         Sent => "sent",
         /// The provider refused it; the opportunity stays open for a later plan.
         Failed => "failed",
-        /// The delivery service decided not to send it (e.g. stale content).
+        /// The delivery service decided not to send it (e.g. stale content): the opportunity is
+        /// closed (`cancelled`), and no later plan offers it again.
         Skipped => "skipped",
     }
 }
@@ -296,6 +380,7 @@ mod tests {
             priority: "marketing".into(),
             channels: vec!["push".into(), "email".into()],
             signals: BTreeMap::from([("relevance".into(), 0.5)]),
+            payload: BTreeMap::from([("release_id".into(), "r-42".into())]),
             created_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
             expires_at: Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap(),
         }
@@ -322,6 +407,26 @@ mod tests {
                 "finite",
             ),
             (|o| o.expires_at = o.created_at, "must be after created_at"),
+            (|o| o.user_id = "u\0".into(), "NUL"),
+            (|o| o.template = "t\0".into(), "NUL"),
+            (|o| o.category = "a".repeat(64), "1 to 63"),
+            (
+                |o| {
+                    o.payload.insert("id".into(), "x\0".into());
+                },
+                "payload \"id\" contains a NUL",
+            ),
+            (
+                |o| {
+                    o.payload
+                        .insert("big".into(), "x".repeat(MAX_PAYLOAD_BYTES));
+                },
+                "payload is",
+            ),
+            (
+                |o| o.created_at = DateTime::from_timestamp(-220_000_000_000, 0).unwrap(),
+                "created_at is out of range",
+            ),
         ];
         for (mutate, expected) in cases {
             let mut o = opportunity();
@@ -329,6 +434,33 @@ mod tests {
             let err = o.validate().unwrap_err();
             assert!(err.0.contains(expected), "{err} should contain {expected}");
         }
+    }
+
+    #[test]
+    fn json_with_a_nul_anywhere_is_refused() {
+        let ok = serde_json::json!({"a": [1, "b", {"c": null}]});
+        assert_eq!(check_json("attributes", &ok), Ok(()));
+        let bad: serde_json::Value = serde_json::from_str(r#"{"a": ["x\u0000"]}"#).unwrap();
+        assert!(check_json("attributes", &bad)
+            .unwrap_err()
+            .0
+            .contains("NUL"));
+        let bad_key: serde_json::Value = serde_json::from_str(r#"{"k\u0000": 1}"#).unwrap();
+        assert!(check_json("attributes", &bad_key)
+            .unwrap_err()
+            .0
+            .starts_with("a key of attributes"));
+    }
+
+    #[test]
+    fn instants_outside_the_stored_range_are_refused() {
+        let first = DateTime::from_timestamp(MIN_TIMESTAMP_SECS, 0).unwrap();
+        let last = DateTime::from_timestamp(MAX_TIMESTAMP_SECS, 0).unwrap();
+        assert_eq!(first.to_rfc3339(), "0001-01-01T00:00:00+00:00");
+        assert_eq!(last.to_rfc3339(), "9999-12-31T23:59:59+00:00");
+        assert!(validate_time("t", first).is_ok() && validate_time("t", last).is_ok());
+        assert!(validate_time("t", first - chrono::TimeDelta::seconds(1)).is_err());
+        assert!(validate_time("t", last + chrono::TimeDelta::seconds(1)).is_err());
     }
 
     #[test]

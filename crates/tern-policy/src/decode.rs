@@ -55,6 +55,7 @@ pub(crate) const GENERATOR: &[&str] = &[
     "priority",
     "dedupeKey",
     "signals",
+    "payload",
 ];
 pub(crate) const ON: &[&str] = &["event"];
 pub(crate) const MESSAGE: &[&str] = &["template", "category"];
@@ -1214,46 +1215,20 @@ impl<'a> Decoder<'a> {
             }),
         };
         let dedupe_key = f.get("dedupeKey").map(|n| self.cel(n, "dedupeKey", vars));
-        let mut signals = BTreeMap::new();
-        let mut signals_ok = true;
-        if let Some(n) = f.get("signals") {
-            if let Value::Map(entries) = &n.value {
-                for (k, v) in entries {
-                    let Some(name) = self.name(k, "signals") else {
-                        signals_ok = false;
-                        continue;
-                    };
-                    if signals.contains_key(&name) {
-                        self.error(k.pos, format!("duplicate signal `{name}`"));
-                        signals_ok = false;
-                        continue;
-                    }
-                    match self.cel(v, &format!("signals.{name}"), vars) {
-                        Some(e) => {
-                            signals.insert(name, e);
-                        }
-                        None => signals_ok = false,
-                    }
-                }
-            } else {
-                self.error(
-                    n.pos,
-                    format!(
-                        "`signals` must map signal names to CEL expressions, found {}",
-                        n.describe()
-                    ),
-                );
-                signals_ok = false;
-            }
-        }
+        let signals = match f.get("signals") {
+            Some(n) => self.cel_map(n, "signals", "signal", vars),
+            None => Some(BTreeMap::new()),
+        };
+        let payload = match f.get("payload") {
+            Some(n) => self.cel_map(n, "payload", "payload field", vars),
+            None => Some(BTreeMap::new()),
+        };
         let dedupe_key = match dedupe_key {
             None => None,
             Some(Some(e)) => Some(e),
             Some(None) => return None,
         };
-        if !signals_ok {
-            return None;
-        }
+        let (signals, payload) = (signals?, payload?);
         Some(Generator {
             metadata,
             source,
@@ -1264,7 +1239,49 @@ impl<'a> Decoder<'a> {
             priority: priority?,
             dedupe_key,
             signals,
+            payload,
         })
+    }
+
+    /// A map from names to CEL expressions (a generator's `signals` or `payload`); `None` after
+    /// reporting every mistake in it.
+    fn cel_map(
+        &mut self,
+        n: &Node,
+        field: &str,
+        what: &str,
+        vars: &[&str],
+    ) -> Option<BTreeMap<String, Expr>> {
+        let Value::Map(entries) = &n.value else {
+            self.error(
+                n.pos,
+                format!(
+                    "`{field}` must map names to CEL expressions, found {}",
+                    n.describe()
+                ),
+            );
+            return None;
+        };
+        let mut map = BTreeMap::new();
+        let mut ok = true;
+        for (k, v) in entries {
+            let Some(name) = self.name(k, field) else {
+                ok = false;
+                continue;
+            };
+            if map.contains_key(&name) {
+                self.error(k.pos, format!("duplicate {what} `{name}`"));
+                ok = false;
+                continue;
+            }
+            match self.cel(v, &format!("{field}.{name}"), vars) {
+                Some(e) => {
+                    map.insert(name, e);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(map)
     }
 
     fn experiment(

@@ -32,7 +32,7 @@ use crate::model::{Expr, Generator, Priority, Trigger};
 #[error("generator {generator}: {field} ({source_text}): {message}")]
 pub struct EvalError {
     pub generator: String,
-    /// `when`, `segment`, `dedupeKey` or `signals.NAME`.
+    /// `when`, `segment`, `dedupeKey`, `signals.NAME` or `payload.NAME`.
     pub field: String,
     pub source_text: String,
     pub message: String,
@@ -72,6 +72,8 @@ pub struct Proposal {
     pub priority: Priority,
     pub channels: Vec<String>,
     pub signals: BTreeMap<String, f64>,
+    /// The template's parameters, as strings.
+    pub payload: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
@@ -196,6 +198,25 @@ impl<'g> Firing<'g> {
             }
             signals.insert(name.clone(), x);
         }
+        let mut payload = BTreeMap::new();
+        for (name, expr) in &g.payload {
+            let field = format!("payload.{name}");
+            let text = match self.eval(&field, expr)? {
+                Value::String(s) => s.as_ref().clone(),
+                Value::Int(i) => i.to_string(),
+                Value::UInt(u) => u.to_string(),
+                Value::Float(f) if f.is_finite() => f.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(self.error(
+                        &field,
+                        expr,
+                        format!("gave {}, not a string, number or bool", kind(&other)),
+                    ))
+                }
+            };
+            payload.insert(name.clone(), text);
+        }
         Ok(Some(Proposal {
             user_id: user.id.clone(),
             dedupe_key,
@@ -205,6 +226,7 @@ impl<'g> Firing<'g> {
             priority: g.priority,
             channels: g.channels.clone(),
             signals,
+            payload,
             created_at: self.created_at,
             expires_at: self.created_at + g.ttl.max(TimeDelta::seconds(1)),
         }))
@@ -390,6 +412,14 @@ mod tests {
         );
         assert_eq!(p.expires_at - p.created_at, TimeDelta::hours(48));
         assert_eq!(p.channels, ["email", "in_app", "push"]);
+        // What the sender renders: the release, and numbers as text.
+        assert_eq!(
+            p.payload,
+            BTreeMap::from([
+                ("artist_id".into(), "a1".into()),
+                ("release_id".into(), "r-9".into()),
+            ])
+        );
 
         // The condition: not a follower, wrong country, unpopular.
         assert_eq!(

@@ -313,6 +313,9 @@ pub struct Generator {
     pub dedupe_key: Option<Expr>,
     /// Value signals the opportunity carries, by name, each computed by an expression.
     pub signals: BTreeMap<String, Expr>,
+    /// The template's parameters, by name, each computed by an expression and handed to the
+    /// delivery service as a string with the leased item (the release id of a new release).
+    pub payload: BTreeMap<String, Expr>,
 }
 
 /// What makes a generator fire.
@@ -617,13 +620,15 @@ impl Generator {
             "dedupeKey",
             self.dedupe_key.as_ref().map(|e| json!(e.source)),
         );
-        if !self.signals.is_empty() {
-            let signals: BTreeMap<&str, &str> = self
-                .signals
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.source.as_str()))
-                .collect();
-            s.insert("signals".into(), json!(signals));
+        let sources = |m: &BTreeMap<String, Expr>| -> BTreeMap<String, String> {
+            m.iter()
+                .map(|(k, e)| (k.clone(), e.source.clone()))
+                .collect()
+        };
+        for (field, map) in [("signals", &self.signals), ("payload", &self.payload)] {
+            if !map.is_empty() {
+                s.insert(field.into(), json!(sources(map)));
+            }
         }
         document("Generator", &self.metadata, s)
     }

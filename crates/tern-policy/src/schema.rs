@@ -168,6 +168,7 @@ fn specs() -> Vec<(&'static str, &'static str, Json)> {
                     ("priority", priority.clone()),
                     ("dedupeKey", cel("Opportunities with equal keys for one user are one.")),
                     ("signals", json!({ "type": "object", "propertyNames": { "pattern": NAME_PATTERN }, "additionalProperties": cel("A value signal.") })),
+                    ("payload", json!({ "type": "object", "propertyNames": { "pattern": NAME_PATTERN }, "maxProperties": 64, "additionalProperties": cel("A template parameter, handed to the sender as a string.") })),
                 ],
                 &["message", "channels", "ttl"],
             ),

@@ -8,12 +8,11 @@ use chrono::{NaiveTime, TimeDelta};
 pub const MAX_DURATION_SECS: i64 = 10 * 366 * 86_400;
 
 /// Whether `s` is a valid name: `[a-z][a-z0-9_-]*`, at most 63 characters (so that names fit
-/// Kubernetes labels and metric label values).
+/// Kubernetes labels and metric label values). The same rule as `tern_core::validate_name`,
+/// which the API applies to the names upstream systems send: a name a policy can declare is
+/// exactly a name a request can use.
 pub fn is_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && s.len() <= 63
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+    tern_core::validate_name("name", s).is_ok()
 }
 
 /// Parses a duration such as `30m`, `4h`, `1d`, `7d`, `2w` or `1h30m` (units s, m, h, d, w,

@@ -115,9 +115,18 @@ fn lease_duration(d: Option<&prost_types::Duration>) -> Result<TimeDelta, Status
     Ok(lease)
 }
 
-fn token(s: &str, row: usize) -> Result<uuid::Uuid, Status> {
-    s.parse()
-        .map_err(|_| invalid(format!("ack {row}: lease_token is not a lease token")))
+/// A lease token; `what` names where it was (`ack 3`, `the lease`).
+fn token(s: &str, what: &str) -> Result<uuid::Uuid, Status> {
+    s.parse().map_err(|_| {
+        invalid(format!(
+            "{what}: lease_token is not a lease token (the UUID that Pull returned)"
+        ))
+    })
+}
+
+/// A required user id (or other key): 1 to 512 bytes, no NUL.
+fn key(what: &str, s: &str) -> Result<(), Status> {
+    tern_core::validate_text(what, s, tern_core::MAX_KEY_LEN).map_err(|e| invalid(e.0))
 }
 
 #[tonic::async_trait]
@@ -129,17 +138,17 @@ impl pb::opportunity_service_server::OpportunityService for Api {
         let started = Instant::now();
         let result: Result<Response<pb::SubmitReply>, Status> = async {
             let req = request.into_inner();
-            if req.source.is_empty() {
-                return Err(invalid("source is required"));
-            }
+            tern_core::validate_text("source", &req.source, tern_core::MAX_LABEL_LEN)
+                .map_err(|e| invalid(e.0))?;
             batch_size("opportunities", req.opportunities.len())?;
             let now = self.clock.now();
+            let vocabulary = self.control.vocabulary();
             let n = req.opportunities.len();
             let mut results: Vec<Option<pb::row_result::Result>> = vec![None; n];
             let mut rows = Vec::with_capacity(n);
             let mut at = Vec::with_capacity(n);
             for (i, o) in req.opportunities.into_iter().enumerate() {
-                match convert::opportunity(o, &req.source, now) {
+                match convert::opportunity(o, &req.source, now, vocabulary.as_ref()) {
                     Ok(o) => {
                         rows.push(o);
                         at.push(i);
@@ -230,6 +239,25 @@ impl pb::opportunity_service_server::OpportunityService for Api {
                 duplicate_opportunities: clamp(summary.opportunities_duplicate),
                 evaluation_errors: clamp(summary.evaluation_errors),
                 error_samples: summary.error_samples,
+                results: summary
+                    .results
+                    .into_iter()
+                    .map(|r| pb::EventResult {
+                        event_id: r.event_id,
+                        duplicate_event: r.duplicate_event,
+                        opportunities: r
+                            .opportunities
+                            .into_iter()
+                            .map(|o| pb::GeneratedOpportunity {
+                                generator: o.generator,
+                                user_id: o.user_id,
+                                dedupe_key: o.dedupe_key,
+                                opportunity_id: o.opportunity_id.unwrap_or(0),
+                                duplicate: o.opportunity_id.is_none(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
             }))
         }
         .await;
@@ -314,9 +342,8 @@ impl pb::feedback_service_server::FeedbackService for Api {
             let mut outcomes = Vec::with_capacity(req.outcomes.len());
             for (i, o) in req.outcomes.into_iter().enumerate() {
                 let row = |m: String| invalid(format!("outcome {i}: {m}"));
-                if o.user_id.is_empty() {
-                    return Err(row("user_id is required".into()));
-                }
+                tern_core::validate_text("user_id", &o.user_id, tern_core::MAX_KEY_LEN)
+                    .map_err(|e| row(e.0))?;
                 if o.value.is_some_and(|v| !v.is_finite()) {
                     return Err(row("value must be a finite number".into()));
                 }
@@ -357,6 +384,7 @@ impl pb::feedback_service_server::FeedbackService for Api {
             let now = self.clock.now();
             let mut days = Vec::with_capacity(req.activity.len());
             for (i, a) in req.activity.into_iter().enumerate() {
+                key(&format!("activity {i}: user_id"), &a.user_id)?;
                 let at = match &a.occurred_at {
                     Some(t) => convert::from_time(t, "occurred_at")
                         .map_err(|m| invalid(format!("activity {i}: {m}")))?,
@@ -401,11 +429,12 @@ impl pb::schedule_service_server::ScheduleService for Api {
                     )));
                 }
             }
-            if req.holder.is_empty() {
-                return Err(invalid("holder is required"));
-            }
+            key("holder", &req.holder)?;
             if req.channels.is_empty() {
                 return Err(invalid("at least one channel is required"));
+            }
+            for c in &req.channels {
+                tern_core::validate_name("channel", c).map_err(|e| invalid(e.0))?;
             }
             if req.max_items == 0 || req.max_items > MAX_PULL {
                 return Err(invalid(format!("max_items must be 1 to {MAX_PULL}")));
@@ -452,6 +481,9 @@ impl pb::schedule_service_server::ScheduleService for Api {
                     lease_token: i.lease_token.to_string(),
                     lease_expires_at: Some(time(i.lease_expires_at)),
                     attempt: i.attempt.max(0) as u32,
+                    payload: i.payload.into_iter().collect(),
+                    dedupe_key: i.dedupe_key,
+                    locale: i.locale.unwrap_or_default(),
                 })
                 .collect();
             Ok(Response::new(pb::PullReply { items }))
@@ -476,10 +508,11 @@ impl pb::schedule_service_server::ScheduleService for Api {
             // The whole request is checked before any ack is applied.
             let mut acks = Vec::with_capacity(req.acks.len());
             for (i, a) in req.acks.iter().enumerate() {
+                key(&format!("ack {i}: user_id"), &a.user_id)?;
                 acks.push(Ack {
                     user_id: a.user_id.clone(),
                     item_id: a.item_id,
-                    lease_token: token(&a.lease_token, i)?,
+                    lease_token: token(&a.lease_token, &format!("ack {i}"))?,
                     status: convert::ack_status(a.status)
                         .map_err(|m| invalid(format!("ack {i}: {m}")))?,
                 });
@@ -536,8 +569,9 @@ impl pb::schedule_service_server::ScheduleService for Api {
         let started = Instant::now();
         let result: Result<Response<pb::ExtendLeaseReply>, Status> = async {
             let req = request.into_inner();
+            key("user_id", &req.user_id)?;
             let lease_for = lease_duration(req.lease.as_ref())?;
-            let token = token(&req.lease_token, 0)?;
+            let token = token(&req.lease_token, "the lease")?;
             let until = self
                 .store
                 .extend_lease(
@@ -567,9 +601,7 @@ impl pb::schedule_service_server::ScheduleService for Api {
         let started = Instant::now();
         let result: Result<Response<pb::GetUserScheduleReply>, Status> = async {
             let req = request.into_inner();
-            if req.user_id.is_empty() {
-                return Err(invalid("user_id is required"));
-            }
+            key("user_id", &req.user_id)?;
             let items = self
                 .store
                 .user_schedule(&req.user_id, 500)
@@ -587,6 +619,8 @@ impl pb::schedule_service_server::ScheduleService for Api {
                     value: i.value,
                     propensity: i.propensity,
                     plan_id: i.plan_id,
+                    payload: i.payload.into_iter().collect(),
+                    dedupe_key: i.dedupe_key,
                 })
                 .collect();
             Ok(Response::new(pb::GetUserScheduleReply { items }))
@@ -605,8 +639,8 @@ impl pb::admin_service_server::AdminService for Api {
         let started = Instant::now();
         let result: Result<Response<pb::PlanSummary>, Status> = async {
             let req = request.into_inner();
-            if req.user_ids.iter().any(|u| u.is_empty()) {
-                return Err(invalid("user_ids must not contain an empty id"));
+            for (i, u) in req.user_ids.iter().enumerate() {
+                key(&format!("user_ids[{i}]"), u)?;
             }
             let summary = self
                 .control

@@ -15,11 +15,16 @@ pub(crate) fn time(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// A wire timestamp as an instant tern can store: valid nanos, and within
+/// [`tern_core::validate_time`]'s range (the database's is narrower than protobuf's).
 pub(crate) fn from_time(t: &prost_types::Timestamp, field: &str) -> Result<DateTime<Utc>, String> {
-    u32::try_from(t.nanos)
+    let t = u32::try_from(t.nanos)
         .ok()
+        .filter(|&n| n < 1_000_000_000)
         .and_then(|n| DateTime::from_timestamp(t.seconds, n))
-        .ok_or_else(|| format!("{field} is not a valid timestamp"))
+        .ok_or_else(|| format!("{field} is not a valid timestamp"))?;
+    tern_core::validate_time(field, t).map_err(|e| e.0)?;
+    Ok(t)
 }
 
 pub(crate) fn from_duration(d: &prost_types::Duration, field: &str) -> Result<TimeDelta, String> {
@@ -29,11 +34,13 @@ pub(crate) fn from_duration(d: &prost_types::Duration, field: &str) -> Result<Ti
     TimeDelta::new(d.seconds, d.nanos as u32).ok_or_else(|| format!("{field} is out of range"))
 }
 
-/// One submitted opportunity as the store takes it; `Err` is the row's rejection reason.
+/// One submitted opportunity as the store takes it; `Err` is the row's rejection reason. With a
+/// vocabulary (the active policy's names), its priority, channels and category must be declared.
 pub(crate) fn opportunity(
     o: pb::Opportunity,
     source: &str,
     now: DateTime<Utc>,
+    vocabulary: Option<&crate::Vocabulary>,
 ) -> Result<NewOpportunity, String> {
     let created_at = match &o.created_at {
         Some(t) => from_time(t, "created_at")?,
@@ -50,7 +57,7 @@ pub(crate) fn opportunity(
     if let Some((name, _)) = o.signals.iter().find(|(_, v)| !v.is_finite()) {
         return Err(format!("signal {name:?} is not a finite number"));
     }
-    Ok(NewOpportunity {
+    let opportunity = NewOpportunity {
         user_id: o.user_id,
         dedupe_key: o.dedupe_key,
         source: source.to_string(),
@@ -59,9 +66,21 @@ pub(crate) fn opportunity(
         priority: o.priority,
         channels: o.channels,
         signals: o.signals.into_iter().collect::<BTreeMap<_, _>>(),
+        payload: o.payload.into_iter().collect::<BTreeMap<_, _>>(),
         created_at,
         expires_at,
-    })
+    };
+    // Everything else (lengths, names, NUL characters, the payload's size) in one place, the
+    // same rules the store applies.
+    opportunity.validate().map_err(|e| e.0)?;
+    if let Some(v) = vocabulary {
+        v.check(
+            &opportunity.priority,
+            &opportunity.channels,
+            &opportunity.category,
+        )?;
+    }
+    Ok(opportunity)
 }
 
 pub(crate) fn outcome_kind(k: i32) -> Result<OutcomeKind, String> {
@@ -109,30 +128,27 @@ pub(crate) fn summary(s: &crate::ReplanSummary) -> pb::PlanSummary {
 }
 
 /// One event, checked whole: its type is a name, its id 1 to 512 bytes, it names at least one
-/// user (each 1 to 512 bytes) and its numbers are finite.
+/// user (each 1 to 512 bytes), its numbers are finite and no string holds a NUL.
 pub(crate) fn event(e: pb::Event) -> Result<crate::Event, String> {
-    tern_core::validate_name("type", &e.r#type).map_err(|e| e.0)?;
-    if e.event_id.is_empty() || e.event_id.len() > tern_core::MAX_KEY_LEN {
-        return Err(format!(
-            "event_id must be 1 to {} bytes",
-            tern_core::MAX_KEY_LEN
-        ));
-    }
+    use tern_core::{check_no_nul, validate_text, MAX_KEY_LEN};
+    let text = |r: Result<(), tern_core::InvalidInput>| r.map_err(|e| e.0);
+    text(tern_core::validate_name("type", &e.r#type))?;
+    text(validate_text("event_id", &e.event_id, MAX_KEY_LEN))?;
     if e.user_ids.is_empty() {
         return Err("user_ids: at least one user is required".into());
     }
-    if let Some(u) = e
-        .user_ids
-        .iter()
-        .find(|u| u.is_empty() || u.len() > tern_core::MAX_KEY_LEN)
-    {
-        return Err(format!(
-            "user id {u:?} must be 1 to {} bytes",
-            tern_core::MAX_KEY_LEN
-        ));
+    for (i, u) in e.user_ids.iter().enumerate() {
+        text(validate_text(&format!("user_ids[{i}]"), u, MAX_KEY_LEN))?;
     }
     if let Some((name, _)) = e.numbers.iter().find(|(_, v)| !v.is_finite()) {
         return Err(format!("number {name:?} is not finite"));
+    }
+    for name in e.numbers.keys() {
+        text(check_no_nul("a number's name", name))?;
+    }
+    for (name, value) in &e.strings {
+        text(check_no_nul("a string's name", name))?;
+        text(check_no_nul(&format!("string {name:?}"), value))?;
     }
     let occurred_at = e
         .occurred_at

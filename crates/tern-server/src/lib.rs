@@ -21,6 +21,7 @@ mod api;
 pub mod auth;
 mod convert;
 mod errors;
+mod limit;
 pub mod metrics;
 
 use std::future::Future;
@@ -160,6 +161,49 @@ pub trait Control: Send + Sync + 'static {
         &self,
         to: DateTime<Utc>,
     ) -> Result<Vec<(String, DateTime<Utc>)>, ControlError>;
+    /// The names the active policy declares, which `Submit` holds each row to; `None` when
+    /// there is no policy to hold them to (every well-formed name is accepted then).
+    fn vocabulary(&self) -> Option<Vocabulary> {
+        None
+    }
+}
+
+/// The names an opportunity may use: what the active policy declares. A row naming anything
+/// else would only ever be suppressed (an unknown channel) or silently escape the rules meant
+/// for it (an undeclared category, a misspelt priority class), so `Submit` refuses it at once.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Vocabulary {
+    /// The priority classes of the policy language.
+    pub priorities: Vec<String>,
+    /// The declared channels.
+    pub channels: Vec<String>,
+    /// The declared categories; empty when the policy declares none (any name is accepted).
+    pub categories: Vec<String>,
+}
+
+impl Vocabulary {
+    /// Why a row's names are not all declared, naming the ones that are.
+    pub fn check(&self, priority: &str, channels: &[String], category: &str) -> Result<(), String> {
+        if !self.priorities.iter().any(|p| p == priority) {
+            return Err(format!(
+                "priority {priority:?} is not a priority class; use one of: {}",
+                self.priorities.join(", ")
+            ));
+        }
+        if let Some(c) = channels.iter().find(|c| !self.channels.contains(c)) {
+            return Err(format!(
+                "channel {c:?} is not declared by the active policy; declared: {}",
+                self.channels.join(", ")
+            ));
+        }
+        if !self.categories.is_empty() && !self.categories.iter().any(|c| c == category) {
+            return Err(format!(
+                "category {category:?} is not declared by the active policy; declared: {}",
+                self.categories.join(", ")
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// An upstream event, validated: a name for its type, a non-empty id, at least one user id,
@@ -185,12 +229,34 @@ pub struct EventsSummary {
     pub evaluation_errors: u64,
     /// The first few such errors, as sentences.
     pub error_samples: Vec<String>,
+    /// Per submitted event, in request order: what it created.
+    pub results: Vec<EventResult>,
+}
+
+/// What one event created.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventResult {
+    pub event_id: String,
+    /// Seen before (or earlier in the same request): it created nothing now.
+    pub duplicate_event: bool,
+    pub opportunities: Vec<GeneratedOpportunity>,
+}
+
+/// One opportunity a generator proposed for an event.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GeneratedOpportunity {
+    pub generator: String,
+    pub user_id: String,
+    pub dedupe_key: String,
+    /// The new opportunity's id; `None` when the same user and key existed already.
+    pub opportunity_id: Option<i64>,
 }
 
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Largest request accepted; bigger ones are refused with OUT_OF_RANGE before decoding.
+    /// Largest request accepted; bigger ones are refused with RESOURCE_EXHAUSTED before their
+    /// bytes are buffered (see `limit.rs`).
     pub max_message_bytes: usize,
     /// After shutdown is requested, health reports NOT_SERVING for this long before the listener
     /// closes, so that load balancers stop routing here first.
@@ -273,7 +339,7 @@ pub async fn serve(
     };
     let tokens = options.tokens.clone();
     let auth = move |request| tokens.check(request);
-    let mut builder = Server::builder();
+    let mut builder = Server::builder().layer(limit::SizeLimitLayer::new(max));
     if let Some((cert, key)) = &options.tls {
         builder = builder.tls_config(
             tonic::transport::ServerTlsConfig::new()

@@ -65,6 +65,7 @@ pub(crate) fn day_opportunities(
                     .map(|c| c.as_str().to_string())
                     .collect(),
                 signals,
+                payload: Default::default(),
                 created_at,
                 expires_at: created_at + category.ttl(),
             });

@@ -40,6 +40,13 @@ pub struct LeasedItem {
     pub priority: String,
     /// The opportunity's numeric value signals.
     pub signals: std::collections::BTreeMap<String, f64>,
+    /// The opportunity's template parameters.
+    pub payload: std::collections::BTreeMap<String, String>,
+    /// The opportunity's key, unique per user: a sender may use it to make its own provider
+    /// call idempotent.
+    pub dedupe_key: String,
+    /// The user's BCP 47 locale, when upstream gave one.
+    pub locale: Option<String>,
     pub send_after: DateTime<Utc>,
     pub send_before: DateTime<Utc>,
     pub lease_token: Uuid,
@@ -118,7 +125,8 @@ impl Store {
                AND o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
              RETURNING s.user_id, s.item_id, s.opportunity_id, s.plan_id, s.channel, o.template, \
                o.category, o.priority, o.signals, s.send_after, s.send_before, s.lease_token, \
-               s.lease_expires_at, s.attempt",
+               s.lease_expires_at, s.attempt, o.payload, o.dedupe_key, \
+               (SELECT u.locale FROM users u WHERE u.user_id = s.user_id)",
         )
         .bind({
             let mut channels = req.channels.clone();
@@ -150,6 +158,9 @@ impl Store {
                     lease_token: r.try_get(11)?,
                     lease_expires_at: r.try_get(12)?,
                     attempt: r.try_get(13)?,
+                    payload: crate::opportunities::payload_map(r.try_get(14)?),
+                    dedupe_key: r.try_get(15)?,
+                    locale: r.try_get(16)?,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -222,6 +233,12 @@ impl Store {
             .map(|(u, i, _)| (u.as_str(), *i))
             .collect();
         let message_ids = record_sent(&mut tx, &sent, now).await?;
+        let skipped: Vec<(&str, i64)> = applied
+            .iter()
+            .filter(|(_, _, st)| st == "skipped")
+            .map(|(u, i, _)| (u.as_str(), *i))
+            .collect();
+        close_skipped(&mut tx, &skipped).await?;
         let applied: std::collections::HashSet<(&str, i64)> =
             applied.iter().map(|(u, i, _)| (u.as_str(), *i)).collect();
         for &i in &first {
@@ -311,11 +328,14 @@ async fn ack_in(
             .bind(now)
             .execute(&mut **tx)
             .await?;
-            let message_id = if ack.status == AckStatus::Sent {
-                let ids = record_sent(tx, &[(ack.user_id.as_str(), ack.item_id)], now).await?;
-                ids.into_values().next()
-            } else {
-                None
+            let item = [(ack.user_id.as_str(), ack.item_id)];
+            let message_id = match ack.status {
+                AckStatus::Sent => record_sent(tx, &item, now).await?.into_values().next(),
+                AckStatus::Skipped => {
+                    close_skipped(tx, &item).await?;
+                    None
+                }
+                AckStatus::Failed => None,
             };
             AckResult::Acked { message_id }
         }
@@ -375,6 +395,29 @@ async fn record_sent(
     .execute(&mut *tx)
     .await?;
     Ok(rows.into_iter().map(|(u, i, m)| ((u, i), m)).collect())
+}
+
+/// Closes the opportunities of `skipped` acks: the sender decided this message should not go out
+/// (its content went stale, its own rules said no), so no later plan offers it again, on this
+/// channel or another. A `failed` ack, by contrast, leaves the opportunity open for a retry.
+async fn close_skipped(tx: &mut sqlx::PgConnection, items: &[(&str, i64)]) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<&str> = items.iter().map(|(u, _)| *u).collect();
+    let ids: Vec<i64> = items.iter().map(|(_, i)| *i).collect();
+    sqlx::query(
+        "UPDATE opportunities o SET state = 'cancelled' \
+         FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
+         JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
+         WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+           AND o.state = 'open'",
+    )
+    .bind(&users)
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 async fn message_of(

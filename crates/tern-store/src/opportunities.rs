@@ -1,7 +1,7 @@
 //! Opportunities: batch ingest, loading the open ones, expiry.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -64,6 +64,7 @@ struct Columns {
     /// (channel names cannot contain commas, see `tern_core::validate_name`).
     channels: Vec<String>,
     signals: Vec<serde_json::Value>,
+    payload: Vec<serde_json::Value>,
     created_at: Vec<DateTime<Utc>>,
     expires_at: Vec<DateTime<Utc>>,
 }
@@ -83,8 +84,32 @@ impl Columns {
                 .map(|(k, v)| (k.clone(), serde_json::Value::from(*v)))
                 .collect(),
         ));
+        self.payload.push(payload_json(&o.payload));
         self.created_at.push(o.created_at);
         self.expires_at.push(o.expires_at);
+    }
+}
+
+/// A payload as the `jsonb` object it is stored as.
+pub(crate) fn payload_json(p: &BTreeMap<String, String>) -> serde_json::Value {
+    serde_json::Value::Object(
+        p.iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+            .collect(),
+    )
+}
+
+/// A stored payload back as a map; entries that are not strings (none are written) are left out.
+pub(crate) fn payload_map(v: serde_json::Value) -> BTreeMap<String, String> {
+    match v {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect(),
+        _ => BTreeMap::new(),
     }
 }
 
@@ -94,11 +119,12 @@ macro_rules! insert_batch {
     ($guard:literal) => {
         concat!(
             "INSERT INTO opportunities (user_id, dedupe_key, source, template, category, priority, \
-               channels, signals, created_at, expires_at) \
-             SELECT u, d, s, t, c, p, string_to_array(ch, ','), sg, ca, ea \
+               channels, signals, payload, created_at, expires_at) \
+             SELECT u, d, s, t, c, p, string_to_array(ch, ','), sg, pl, ca, ea \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                         $7::text[], $8::jsonb[], $9::timestamptz[], $10::timestamptz[]) \
-                  AS x(u, d, s, t, c, p, ch, sg, ca, ea) ",
+                         $7::text[], $8::jsonb[], $9::jsonb[], $10::timestamptz[], \
+                         $11::timestamptz[]) \
+                  AS x(u, d, s, t, c, p, ch, sg, pl, ca, ea) ",
             $guard,
             " RETURNING user_id, dedupe_key, opportunity_id"
         )
@@ -114,7 +140,7 @@ const INSERT_ON_CONFLICT: &str = insert_batch!("ON CONFLICT (user_id, dedupe_key
 const UNIQUE_VIOLATION: &str = "23505";
 
 const SELECT_COLUMNS: &str = "opportunity_id, user_id, dedupe_key, source, template, category, \
-     priority, channels, signals, created_at, expires_at, state";
+     priority, channels, signals, payload, created_at, expires_at, state";
 
 impl Store {
     /// Stores a batch of opportunities in one statement. Idempotent on `(user_id, dedupe_key)`:
@@ -187,8 +213,8 @@ impl Store {
             cols.push(o);
             let id: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO opportunities (user_id, dedupe_key, source, template, category, priority, \
-                 channels, signals, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, string_to_array($7, ','), $8, $9, $10) \
+                 channels, signals, payload, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, string_to_array($7, ','), $8, $9, $10, $11) \
                  ON CONFLICT (user_id, dedupe_key) DO NOTHING RETURNING opportunity_id",
             )
             .bind(&cols.user_id[0])
@@ -199,6 +225,7 @@ impl Store {
             .bind(&cols.priority[0])
             .bind(&cols.channels[0])
             .bind(&cols.signals[0])
+            .bind(&cols.payload[0])
             .bind(cols.created_at[0])
             .bind(cols.expires_at[0])
             .fetch_optional(&self.pool)
@@ -287,6 +314,7 @@ async fn insert_batch(pool: &sqlx::PgPool, cols: &Columns) -> Result<Vec<sqlx::p
             .bind(&cols.priority)
             .bind(&cols.channels)
             .bind(&cols.signals)
+            .bind(&cols.payload)
             .bind(&cols.created_at)
             .bind(&cols.expires_at)
             .fetch_all(pool)
@@ -321,6 +349,7 @@ fn opportunity_from_row(row: &sqlx::postgres::PgRow) -> Result<Opportunity> {
                         .collect()
                 })
                 .unwrap_or_default(),
+            payload: payload_map(row.try_get("payload")?),
             created_at: row.try_get("created_at")?,
             expires_at: row.try_get("expires_at")?,
         },

@@ -78,6 +78,9 @@ pub struct UserScheduleItem {
     pub send_before: DateTime<Utc>,
     pub value: f64,
     pub propensity: f64,
+    /// The opportunity's template parameters.
+    pub payload: BTreeMap<String, String>,
+    pub dedupe_key: String,
 }
 
 /// Held while a replan runs: a transaction-scoped advisory lock, released when this is dropped
@@ -275,7 +278,7 @@ impl Store {
     pub async fn user_schedule(&self, user_id: &str, limit: i64) -> Result<Vec<UserScheduleItem>> {
         let rows = sqlx::query(
             "SELECT s.item_id, s.opportunity_id, s.plan_id, s.channel, o.template, s.state, \
-                    s.send_after, s.send_before, s.value, s.propensity \
+                    s.send_after, s.send_before, s.value, s.propensity, o.payload, o.dedupe_key \
              FROM schedule_items s \
              JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
              WHERE s.user_id = $1 ORDER BY s.item_id DESC LIMIT $2",
@@ -297,6 +300,8 @@ impl Store {
                     send_before: r.try_get("send_before")?,
                     value: r.try_get("value")?,
                     propensity: r.try_get("propensity")?,
+                    payload: crate::opportunities::payload_map(r.try_get("payload")?),
+                    dedupe_key: r.try_get("dedupe_key")?,
                 })
             })
             .collect()

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use tern_core::{validate_name, InvalidInput, MAX_KEY_LEN};
+use tern_core::{check_json, validate_name, validate_text, InvalidInput, MAX_KEY_LEN};
 
 use crate::{Result, Store};
 
@@ -32,17 +32,15 @@ pub struct ChannelState {
 
 impl User {
     pub fn validate(&self) -> Result<(), InvalidInput> {
-        if self.user_id.is_empty() || self.user_id.len() > MAX_KEY_LEN {
-            return Err(InvalidInput::new(format!(
-                "user_id must be 1 to {MAX_KEY_LEN} bytes"
-            )));
-        }
-        if self.timezone.is_empty() {
-            return Err(InvalidInput::new("timezone must not be empty"));
+        validate_text("user_id", &self.user_id, MAX_KEY_LEN)?;
+        validate_text("timezone", &self.timezone, MAX_KEY_LEN)?;
+        if let Some(locale) = &self.locale {
+            validate_text("locale", locale, MAX_KEY_LEN)?;
         }
         if !self.attributes.is_object() {
             return Err(InvalidInput::new("attributes must be a JSON object"));
         }
+        check_json("attributes", &self.attributes)?;
         for c in &self.opted_out_categories {
             validate_name("category", c)?;
         }

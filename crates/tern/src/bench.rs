@@ -152,6 +152,7 @@ fn opportunity(i: usize, prefix: &str) -> NewOpportunity {
             ("relevance".into(), (i % 97) as f64 / 97.0),
             ("popularity".into(), (i % 13) as f64 / 13.0),
         ]),
+        payload: Default::default(),
         created_at: now,
         expires_at: now + TimeDelta::hours(48),
     }

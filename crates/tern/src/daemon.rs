@@ -377,6 +377,26 @@ impl Control for Daemon {
         Ok(cron.pass(self).await.ran)
     }
 
+    fn vocabulary(&self) -> Option<tern_server::Vocabulary> {
+        let bundle = self.watcher.active();
+        Some(tern_server::Vocabulary {
+            priorities: tern_policy::Priority::ALL
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            channels: bundle
+                .channels
+                .iter()
+                .map(|c| c.metadata.name.clone())
+                .collect(),
+            categories: bundle
+                .categories
+                .iter()
+                .map(|c| c.metadata.name.clone())
+                .collect(),
+        })
+    }
+
     async fn status(&self) -> Result<DaemonStatus, ControlError> {
         let bundle = self.watcher.active();
         let rejected = self.watcher.status().last_error;

@@ -889,6 +889,7 @@ fn opportunity(o: &NewOpportunity) -> pb::Opportunity {
         priority: o.priority.clone(),
         channels: o.channels.clone(),
         signals: o.signals.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        payload: o.payload.clone().into_iter().collect(),
         created_at: Some(timestamp(o.created_at)),
         expires_at: Some(timestamp(o.expires_at)),
         ..Default::default()

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use tern_core::NewOpportunity;
 use tern_policy::{Bundle, EvalError, EventView, Firing, Generator, Proposal, UserView};
-use tern_server::{ControlError, Event, EventsSummary, Metrics};
+use tern_server::{ControlError, Event, EventResult, EventsSummary, GeneratedOpportunity, Metrics};
 use tern_store::{EventRecord, GeneratorUser, Store};
 
 /// Opportunities are stored in batches of this many.
@@ -31,6 +31,10 @@ pub struct Tally {
     pub errors: u64,
     pub samples: Vec<String>,
     pending: Vec<NewOpportunity>,
+    /// For each pending row, the index of the event (in the request) that proposed it.
+    pending_event: Vec<Option<usize>>,
+    /// What each event's proposals became, by event index: stored or found existing.
+    made: Vec<(usize, GeneratedOpportunity)>,
 }
 
 impl Tally {
@@ -41,7 +45,13 @@ impl Tally {
         }
     }
 
-    async fn push(&mut self, store: &Store, p: Proposal) -> Result<(), ControlError> {
+    async fn push(
+        &mut self,
+        store: &Store,
+        p: Proposal,
+        event: Option<usize>,
+    ) -> Result<(), ControlError> {
+        self.pending_event.push(event);
         self.pending.push(NewOpportunity {
             user_id: p.user_id,
             dedupe_key: p.dedupe_key,
@@ -51,6 +61,7 @@ impl Tally {
             priority: p.priority.as_str().to_string(),
             channels: p.channels,
             signals: p.signals,
+            payload: p.payload,
             created_at: p.created_at,
             expires_at: p.expires_at,
         });
@@ -69,18 +80,44 @@ impl Tally {
         self.duplicate += report.duplicate_count() as u64;
         // Generators write names and keys the policy validated; a rejected row means a generator
         // produced something the store refuses (say, a key too long), which is its error.
-        for (row, status) in self.pending.iter().zip(&report.rows) {
-            if let tern_store::RowStatus::Rejected(reason) = status {
-                self.errors += 1;
-                if self.samples.len() < SAMPLES {
-                    self.samples.push(format!(
-                        "{} for user {}: the opportunity was rejected: {reason}",
-                        row.source, row.user_id
-                    ));
+        for ((row, status), event) in self
+            .pending
+            .iter()
+            .zip(&report.rows)
+            .zip(&self.pending_event)
+        {
+            let id = match status {
+                tern_store::RowStatus::New(id) => Some(*id),
+                tern_store::RowStatus::Duplicate => None,
+                tern_store::RowStatus::Rejected(reason) => {
+                    self.errors += 1;
+                    if self.samples.len() < SAMPLES {
+                        self.samples.push(format!(
+                            "{} for user {}: the opportunity was rejected: {reason}",
+                            row.source, row.user_id
+                        ));
+                    }
+                    continue;
                 }
+            };
+            if let Some(event) = event {
+                self.made.push((
+                    *event,
+                    GeneratedOpportunity {
+                        generator: row
+                            .source
+                            .strip_prefix("generator:")
+                            .unwrap_or(&row.source)
+                            .to_string(),
+                        user_id: row.user_id.clone(),
+                        dedupe_key: row.dedupe_key.clone(),
+                        opportunity_id: id,
+                    },
+                ));
             }
         }
         self.pending.clear();
+        self.pending_event.clear();
         Ok(())
     }
 
@@ -123,18 +160,27 @@ pub async fn submit_events(
 ) -> Result<EventsSummary, ControlError> {
     let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
     let mut seen: HashSet<String> = store.seen_events(&ids).await?;
+    let mut results: Vec<EventResult> = Vec::with_capacity(events.len());
+    // Fresh events with their index in the request.
     let mut fresh = Vec::with_capacity(events.len());
     let mut duplicates = 0;
-    for e in events {
-        if seen.insert(e.event_id.clone()) {
-            fresh.push(e);
-        } else {
+    for (i, e) in events.into_iter().enumerate() {
+        let duplicate_event = !seen.insert(e.event_id.clone());
+        results.push(EventResult {
+            event_id: e.event_id.clone(),
+            duplicate_event,
+            opportunities: Vec::new(),
+        });
+        if duplicate_event {
             duplicates += 1;
+        } else {
+            fresh.push((i, e));
         }
     }
 
     let wanted: Vec<String> = fresh
         .iter()
+        .map(|(_, e)| e)
         .filter(|e| generators_for(bundle, &e.event_type).next().is_some())
         .flat_map(|e| e.user_ids.iter().cloned())
         .collect::<HashSet<_>>()
@@ -149,7 +195,7 @@ pub async fn submit_events(
 
     let mut per_generator: BTreeMap<&str, Tally> = BTreeMap::new();
     let mut records = Vec::with_capacity(fresh.len());
-    for e in &fresh {
+    for (index, e) in &fresh {
         let view = EventView {
             event_id: e.event_id.clone(),
             numbers: e.numbers.clone(),
@@ -177,7 +223,7 @@ pub async fn submit_events(
                 match firing.propose(user) {
                     Ok(Some(p)) => {
                         proposed += 1;
-                        tally.push(store, p).await?
+                        tally.push(store, p, Some(*index)).await?
                     }
                     Ok(None) => {}
                     Err(err) => tally.error(err),
@@ -199,6 +245,9 @@ pub async fn submit_events(
     };
     for (name, tally) in &mut per_generator {
         tally.flush(store).await?;
+        for (event, made) in tally.made.drain(..) {
+            results[event].opportunities.push(made);
+        }
         tally.count(metrics, name);
         summary.opportunities_created += tally.created;
         summary.opportunities_duplicate += tally.duplicate;
@@ -209,6 +258,7 @@ pub async fn submit_events(
             }
         }
     }
+    summary.results = results;
     // Only now: an event is recorded once what it created is stored.
     if !records.is_empty() {
         store.record_events(&records, now).await?;
@@ -247,7 +297,7 @@ pub async fn run_scheduled(
         after = Some(last.user_id.clone());
         for u in page {
             match firing.propose(&user_view(u)) {
-                Ok(Some(p)) => tally.push(store, p).await?,
+                Ok(Some(p)) => tally.push(store, p, None).await?,
                 Ok(None) => {}
                 Err(e) => tally.error(e),
             }

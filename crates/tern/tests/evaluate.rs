@@ -51,6 +51,7 @@ async fn logged_history(db: &TestDb) {
             priority: "normal".into(),
             channels: vec!["push".into(), "email".into(), "in_app".into()],
             signals: BTreeMap::from([("relevance".into(), i as f64 / USERS as f64)]),
+            payload: Default::default(),
             created_at: t0() - TimeDelta::hours(1),
             expires_at: t0() + TimeDelta::hours(6),
         })

@@ -109,6 +109,7 @@ fn opportunity(user: &str, key: &str) -> NewOpportunity {
         priority: "marketing".into(),
         channels: vec!["push".into(), "email".into()],
         signals: BTreeMap::new(),
+        payload: Default::default(),
         created_at: t0() - TimeDelta::hours(1),
         expires_at: t0() + TimeDelta::days(2),
     }

@@ -61,6 +61,7 @@ async fn seed_history(store: &Store, users: usize, seed: u64) {
                     priority: "marketing".into(),
                     channels: vec![channel.into()],
                     signals: BTreeMap::from([("relevance".to_string(), relevance)]),
+                    payload: Default::default(),
                     created_at: created,
                     expires_at: created + Duration::days(2),
                 });

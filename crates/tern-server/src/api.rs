@@ -86,6 +86,11 @@ impl Api {
         errors::store(err)
     }
 
+    /// The store, for the server's health probe.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Whether the server is still taking new work.
     pub fn serving(&self) -> bool {
         self.serving.load(std::sync::atomic::Ordering::SeqCst)

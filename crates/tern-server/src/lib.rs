@@ -7,7 +7,9 @@
 //! - `convert.rs`: wire ↔ domain conversions, each refusing malformed input with a sentence.
 //! - `errors.rs`: store and control errors → gRPC status codes, in one place.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` endpoint.
-//! - [`serve`]: the server with health, reflection, message-size limits and graceful shutdown.
+//! - [`serve`]: the server with health (NOT_SERVING while the database does not answer),
+//!   reflection (`grpc.reflection.v1` and `v1alpha`), message-size limits, the token check
+//!   ([`auth`]) and graceful shutdown.
 //!
 //! # Invariants
 //! - A malformed request changes nothing and gets INVALID_ARGUMENT with what is wrong; a batch
@@ -30,11 +32,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 pub use api::{Api, MAX_BATCH, MAX_EVENT_USERS};
-pub use auth::{Tokens, TokensError};
+pub use auth::{AuthLayer, Scope, Tokens, TokensError};
 pub use errors::ControlError;
 pub use metrics::{serve_metrics, Metrics};
 
@@ -266,6 +267,9 @@ pub struct ServeOptions {
     pub tokens: Tokens,
     /// TLS certificate chain and private key (PEM); plaintext when absent.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// How often the database is asked `SELECT 1`; health is NOT_SERVING from the first probe
+    /// that gets no answer (within this interval) until one gets an answer again.
+    pub health_probe: Duration,
 }
 
 impl Default for ServeOptions {
@@ -275,6 +279,7 @@ impl Default for ServeOptions {
             drain_delay: Duration::ZERO,
             tokens: Tokens::none(),
             tls: None,
+            health_probe: Duration::from_secs(2),
         }
     }
 }
@@ -317,11 +322,27 @@ pub async fn serve(
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl and newer tools speak v1, many older clients only
+    // v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let probe = tokio::spawn(probe_database(
+        api.store().clone(),
+        health.clone(),
+        names,
+        api.serving.clone(),
+        options.health_probe,
+    ));
 
     let max = options.max_message_bytes;
     let drain = options.drain_delay;
@@ -329,6 +350,7 @@ pub async fn serve(
     let signal = async move {
         shutdown.await;
         serving.store(false, std::sync::atomic::Ordering::SeqCst);
+        probe.abort();
         for name in names {
             health
                 .set_service_status(name, tonic_health::ServingStatus::NotServing)
@@ -337,8 +359,6 @@ pub async fn serve(
         tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight calls");
         tokio::time::sleep(drain).await;
     };
-    let tokens = options.tokens.clone();
-    let auth = move |request| tokens.check(request);
     let mut builder = Server::builder().layer(limit::SizeLimitLayer::new(max));
     if let Some((cert, key)) = &options.tls {
         builder = builder.tls_config(
@@ -346,35 +366,70 @@ pub async fn serve(
                 .identity(tonic::transport::Identity::from_pem(cert, key)),
         )?;
     }
+    // The token check sees every call's path, so one table decides which scope each method
+    // needs (`auth::METHOD_SCOPES`), and the handlers need not know.
     builder
+        .layer(AuthLayer::new(options.tokens.clone()))
         .add_service(health_service)
-        .add_service(reflection)
-        .add_service(InterceptedService::new(
-            OpportunityServiceServer::new(api.clone()).max_decoding_message_size(max),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            ScheduleServiceServer::new(api.clone()).max_decoding_message_size(max),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            UserServiceServer::new(api.clone()).max_decoding_message_size(max),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            FeedbackServiceServer::new(api.clone()).max_decoding_message_size(max),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            AdminServiceServer::new(api).max_decoding_message_size(max),
-            auth,
-        ))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(OpportunityServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(ScheduleServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(UserServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(FeedbackServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(AdminServiceServer::new(api).max_decoding_message_size(max))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             signal,
         )
         .await?;
     Ok(())
+}
+
+/// Asks the database `SELECT 1` every `every` and turns health NOT_SERVING while it does not
+/// answer in time (dropped, refusing connections, down), SERVING again once it does. Stops
+/// touching health once shutdown has begun (`serving` false): then it stays NOT_SERVING.
+async fn probe_database(
+    store: tern_store::Store,
+    health: tonic_health::server::HealthReporter,
+    names: [&'static str; 6],
+    serving: Arc<std::sync::atomic::AtomicBool>,
+    every: Duration,
+) {
+    use std::sync::atomic::Ordering;
+    let set = |status| {
+        let health = health.clone();
+        async move {
+            for name in names {
+                health.set_service_status(name, status).await;
+            }
+        }
+    };
+    let mut up = true;
+    loop {
+        tokio::time::sleep(every).await;
+        let answer = tokio::time::timeout(every.max(Duration::from_secs(1)), store.ping()).await;
+        let now_up = matches!(answer, Ok(Ok(())));
+        if now_up == up || !serving.load(Ordering::SeqCst) {
+            continue;
+        }
+        up = now_up;
+        if up {
+            tracing::warn!("the database answers again: health is SERVING");
+            set(tonic_health::ServingStatus::Serving).await;
+            // Shutdown may have begun meanwhile; it owns health from then on.
+            if !serving.load(Ordering::SeqCst) {
+                set(tonic_health::ServingStatus::NotServing).await;
+            }
+        } else {
+            let why = match answer {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {} ms", every.as_millis().max(1000)),
+            };
+            tracing::warn!(error = %why, "the database does not answer: health is NOT_SERVING");
+            set(tonic_health::ServingStatus::NotServing).await;
+        }
+    }
 }
 
 /// Builds an [`Api`].

@@ -41,6 +41,12 @@ impl Store {
         Ok(())
     }
 
+    /// One round trip (`SELECT 1`): whether the database answers now. For health probes.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Drops database `name`, disconnecting whoever is still connected to it.
     pub async fn drop_database(&self, name: &str) -> Result<()> {
         check_name(name)?;

@@ -142,6 +142,10 @@ impl From<sqlx::Error> for StoreError {
                 Some("57P01" | "57P02" | "57P03" | "53300") => {
                     StoreError::Unavailable(err.to_string())
                 }
+                // invalid_catalog_name: the database was dropped (or not created yet) under a
+                // running tern. Nothing can be written until it is back: the same condition as a
+                // server that is down, not a bug in a query.
+                Some("3D000") => StoreError::Unavailable(err.to_string()),
                 // Connection exceptions (class 08).
                 Some(code) if code.starts_with("08") => StoreError::Unavailable(err.to_string()),
                 // The database refuses connections for now (`ALLOW_CONNECTIONS false`, as

@@ -293,6 +293,9 @@ async fn run_all(
     work: &Path,
 ) -> Result<Vec<RunResult>> {
     let keep_experiments = arms.len() == 1;
+    // Listening from the start, so that SIGTERM or Ctrl-C at any point ends the run below
+    // instead of the process, and its scratch database is dropped before exiting.
+    let mut interrupted = Interrupted::listen()?;
     let db = Database::open(url).await?;
     let mut results = Vec::new();
     for seed in args.seed..args.seed + u64::from(args.seeds) {
@@ -314,24 +317,64 @@ async fn run_all(
                 )
             });
             db.store.create_database(&scratch, None).await?;
-            let outcome = async {
+            let run = async {
                 let store = Store::connect_to_database(&db.url, &scratch).await?;
                 store.migrate().await?;
                 let r = simulate(&store, arm, seed, args, &dir, &bundle).await;
                 store.close().await;
                 r
-            }
-            .await;
+            };
+            // On a signal the run is dropped where it stands (its in-process daemon with it),
+            // and the cleanup below runs as after a failure.
+            let (outcome, signal) = tokio::select! {
+                r = run => (r, None),
+                s = interrupted.recv() => (Err(anyhow::anyhow!("interrupted by {s}")), Some(s)),
+            };
             if args.keep_database.is_none() {
                 db.store.drop_database(&scratch).await?;
             } else if outcome.is_ok() {
                 println!("kept the run's database as {scratch}");
+            }
+            if let Some(s) = signal {
+                db.close().await;
+                anyhow::bail!(
+                    "interrupted by {s}; {}",
+                    if args.keep_database.is_none() {
+                        format!("dropped the scratch database {scratch}")
+                    } else {
+                        format!("the database {scratch} is left as it was")
+                    }
+                );
             }
             results.push(outcome?);
         }
     }
     db.close().await;
     Ok(results)
+}
+
+/// SIGTERM and SIGINT, caught from the moment [`Interrupted::listen`] returns.
+struct Interrupted {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Interrupted {
+    fn listen() -> Result<Interrupted> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Interrupted {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    /// The name of the next signal.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 /// The example bundle without its experiments (and, given `objective`, with that document as its
@@ -491,6 +534,7 @@ async fn simulate(
             // be validated) within days rather than after a week.
             train_engagement_hours: 12,
             train_promote: true,
+            ephemeral: false,
         };
         Some(serve::start(store.clone(), &serve_args).await?)
     };

@@ -44,8 +44,9 @@ pub struct ServeArgs {
     /// Milliseconds the policy files must stay unchanged before they are validated.
     #[arg(long, env = "TERN_POLICY_SETTLE_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub(crate) policy_settle_ms: u64,
-    /// Bearer tokens, one client per line: `NAME TOKEN CHANNELS` (channels it may pull,
-    /// comma-separated, or `*`). Without it, no authentication.
+    /// Bearer tokens, one client per line: `NAME TOKEN SCOPES`, SCOPES a comma-separated list
+    /// of submit, pull:CHANNEL, pull:*, ack, report, users, admin, read, or `*` for all (see
+    /// deploy/README.md). Without it, no authentication.
     #[arg(long, env = "TERN_TOKENS")]
     pub(crate) tokens: Option<PathBuf>,
     /// TLS certificate chain (PEM); with --tls-key, gRPC is served over TLS.
@@ -79,6 +80,10 @@ pub struct ServeArgs {
     /// Promote each scheduled model that beats the base rate on validation.
     #[arg(long, env = "TERN_TRAIN_PROMOTE")]
     pub(crate) train_promote: bool,
+    /// Without DATABASE_URL, serve from a private throwaway PostgreSQL that is deleted on exit,
+    /// with everything stored in it. Without this flag, a missing DATABASE_URL is refused.
+    #[arg(long)]
+    pub(crate) ephemeral: bool,
 }
 
 /// A daemon started in this process: the API, the metrics endpoint, the policy loop and (on the
@@ -127,6 +132,9 @@ pub async fn start(store: Store, args: &ServeArgs) -> Result<Started> {
         Some(path) => Tokens::load(path)?,
         None => Tokens::none(),
     };
+    for warning in tokens.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some((
             std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
@@ -241,6 +249,7 @@ pub async fn start(store: Store, args: &ServeArgs) -> Result<Started> {
             drain_delay: Duration::from_millis(args.drain_delay_ms),
             tokens,
             tls,
+            ..ServeOptions::default()
         },
         stopped(stop_rx.clone()),
     ));
@@ -255,6 +264,23 @@ pub async fn start(store: Store, args: &ServeArgs) -> Result<Started> {
 }
 
 pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
+    // A daemon whose environment lost DATABASE_URL must not quietly serve from a database that
+    // vanishes, with everything acknowledged to it, on the next restart.
+    if url.is_none() && !args.ephemeral {
+        eprintln!(
+            "error: DATABASE_URL is not set: set it (or --database-url) to the database tern \
+             keeps its state in, or pass --ephemeral to serve from a throwaway database that is \
+             deleted on exit"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    if url.is_some() && args.ephemeral {
+        eprintln!(
+            "error: --ephemeral serves from a throwaway database, but DATABASE_URL is set too; \
+             drop one of them"
+        );
+        return Ok(ExitCode::from(2));
+    }
     let db = Database::open(url).await?;
     let mut started = start(db.store.clone(), &args).await?;
     let bundle = started.daemon.watcher.active();

@@ -406,3 +406,122 @@ fn tern_plan_refuses_bad_input_with_its_line_number() {
     assert_one_error_line(&out, "line 2");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tern serve` on the repository's example policies, on any free ports.
+fn serve_args(extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--policies",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(repo("policies"));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+#[test]
+fn serve_without_database_url_is_refused_unless_ephemeral() {
+    let args = serve_args(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = tern(&args, None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: DATABASE_URL is not set")
+            && stderr.contains("--ephemeral")
+            && !stderr.contains("throwaway PostgreSQL in"),
+        "{stderr}"
+    );
+
+    // --ephemeral and a database are two contradicting wishes.
+    let args = serve_args(&["--ephemeral"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = tern(&args, Some("postgres://tern@127.0.0.1:1/tern"));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("error: --ephemeral"), "{stderr}");
+
+    // With --ephemeral it serves from a throwaway cluster, as before.
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(&args)
+        .env_remove("DATABASE_URL")
+        .env_remove("TERN_PG_BINDIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .next()
+        .expect("tern serve --ephemeral printed nothing")
+        .unwrap();
+    terminate(&mut child);
+    assert!(
+        first.starts_with("serving tern.v1 on 127.0.0.1:"),
+        "{first}"
+    );
+}
+
+/// SIGTERM, then the exit status within 30 s.
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("no exit within 30 s of SIGTERM");
+}
+
+#[tokio::test]
+async fn sigterm_during_a_demo_drops_its_scratch_databases() {
+    let db = TestDb::new().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["demo", "--users", "200", "--days", "2"])
+        .env("DATABASE_URL", &db.url)
+        .env_remove("TERN_PG_BINDIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prefix = format!("tern_demo_{}_", child.id());
+    let scratch = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
+        )
+        .bind(&prefix)
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..600 {
+        seen = scratch().await;
+        if !seen.is_empty() || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!seen.is_empty(), "the demo made no {prefix}* database");
+    let status = terminate(&mut child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let left = scratch().await;
+    assert!(left.is_empty(), "left behind: {left:?} (stderr: {stderr})");
+}

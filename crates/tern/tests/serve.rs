@@ -15,6 +15,7 @@ use tern_server::pb::user_service_client::UserServiceClient;
 use tern_tests::TestDb;
 use tonic::transport::Channel;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const BUNDLE: &str = r#"apiVersion: tern/v1
 kind: Channel
@@ -950,17 +951,86 @@ async fn while_the_database_is_away_calls_are_unavailable_and_then_everything_re
         .await
         .unwrap();
     assert_eq!(sent_messages, 1, "the ack before the outage is still there");
-    let health = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
+    // Health follows the database's answers: SERVING again within a few probes.
+    wait_for_health(&channel, ServingStatus::Serving).await;
+}
+
+/// Polls `grpc.health.v1.Health/Check` (the whole server) until it reports `want`, for at most
+/// 20 s; health is probed every 2 s by the daemon.
+async fn wait_for_health(channel: &Channel, want: ServingStatus) {
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for _ in 0..200 {
+        let status = health
+            .clone()
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == want as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("health did not become {want:?} within 20 s");
+}
+
+#[tokio::test]
+async fn a_dropped_database_is_unavailable_and_health_turns_not_serving() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start(&db.url);
+    let channel = daemon.channel().await;
+    settle(channel.clone()).await;
+    let mut opportunities = OpportunityServiceClient::new(channel.clone());
+    let submit = |key: &str| pb::SubmitRequest {
+        source: "x".into(),
+        opportunities: vec![opportunity("u1", key, &["push"])],
+    };
+    opportunities.submit(submit("before")).await.unwrap();
+    wait_for_health(&channel, ServingStatus::Serving).await;
+
+    // Someone drops the daemon's database under it.
+    let outside = tern_store::Store::connect_to_database(&db.url, "postgres")
+        .await
+        .unwrap();
+    outside.drop_database(&db.name).await.unwrap();
+
+    // Every call is UNAVAILABLE (retryable), never INTERNAL; once the pool's connections are
+    // gone the reason is the database that does not exist.
+    let e = wait_for(
+        || {
+            let mut o = opportunities.clone();
+            async move { o.submit(submit("during")).await.unwrap_err() }
+        },
+        |e| e.code() != Code::Unavailable || e.message().contains("does not exist"),
+    )
+    .await;
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    eprintln!(
+        "after DROP DATABASE: Submit -> {:?}: {}",
+        e.code(),
+        e.message()
+    );
+    for key in ["again", "and again"] {
+        let e = opportunities.submit(submit(key)).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    }
+    let e = ScheduleServiceClient::new(channel.clone())
+        .pull(pb::PullRequest {
+            holder: "h".into(),
+            channels: vec!["push".into()],
+            max_items: 1,
+            lease: None,
         })
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        health.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+
+    // Load balancers stop sending work here.
+    wait_for_health(&channel, ServingStatus::NotServing).await;
+    outside.close().await;
 }
 
 #[tokio::test]
@@ -1165,6 +1235,280 @@ async fn with_tokens_each_client_pulls_only_its_channels_and_health_needs_none()
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn with_scopes_every_service_refuses_a_method_the_token_lacks() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("tern-scopes-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens");
+    std::fs::write(
+        &tokens,
+        "# name token scopes
+         sender sender-0123456789abcdef pull:push,ack,report
+         upstream upstream-0123456789abcdef submit,users
+         ops ops-0123456789abcdef admin,read
+         old-sender old-0123456789abcdef push
+",
+    )
+    .unwrap();
+    let daemon = Daemon::start_args(&db.url, BUNDLE, &["--tokens", tokens.to_str().unwrap()]);
+    let channel = daemon.channel().await;
+    let mut opportunities = OpportunityServiceClient::new(channel.clone());
+    let mut schedule = ScheduleServiceClient::new(channel.clone());
+    let mut users = UserServiceClient::new(channel.clone());
+    let mut feedback = FeedbackServiceClient::new(channel.clone());
+    let mut admin = AdminServiceClient::new(channel.clone());
+    const SENDER: &str = "sender-0123456789abcdef";
+    const UPSTREAM: &str = "upstream-0123456789abcdef";
+    const OPS: &str = "ops-0123456789abcdef";
+    const OLD: &str = "old-0123456789abcdef";
+    let pull_push = || pb::PullRequest {
+        holder: "h".into(),
+        channels: vec!["push".into()],
+        max_items: 1,
+        lease: None,
+    };
+
+    // One refusal per scope, each from the service that method belongs to.
+    let mut denials: Vec<(&str, Result<(), tonic::Status>)> = Vec::new();
+    let submit = pb::SubmitRequest {
+        source: "x".into(),
+        opportunities: vec![opportunity("u1", "k", &["push"])],
+    };
+    let r = opportunities
+        .submit(with_token(submit.clone(), SENDER))
+        .await;
+    denials.push(("OpportunityService/Submit as sender", r.map(drop)));
+    let r = schedule.pull(with_token(pull_push(), UPSTREAM)).await;
+    denials.push(("ScheduleService/Pull as upstream", r.map(drop)));
+    let r = schedule
+        .ack(with_token(pb::AckRequest { acks: vec![] }, OPS))
+        .await;
+    denials.push(("ScheduleService/Ack as ops", r.map(drop)));
+    let r = feedback
+        .report(with_token(pb::ReportRequest { outcomes: vec![] }, UPSTREAM))
+        .await;
+    denials.push(("FeedbackService/Report as upstream", r.map(drop)));
+    let r = users
+        .upsert(with_token(
+            pb::UpsertUsersRequest {
+                users: vec![user("u1")],
+            },
+            SENDER,
+        ))
+        .await;
+    denials.push(("UserService/Upsert as sender", r.map(drop)));
+    let r = admin
+        .replan(with_token(pb::ReplanRequest::default(), SENDER))
+        .await;
+    denials.push(("AdminService/Replan as sender", r.map(drop)));
+    let r = admin
+        .get_status(with_token(pb::GetStatusRequest {}, UPSTREAM))
+        .await;
+    denials.push(("AdminService/GetStatus as upstream", r.map(drop)));
+    let r = schedule
+        .get_user_schedule(with_token(
+            pb::GetUserScheduleRequest {
+                user_id: "u1".into(),
+            },
+            SENDER,
+        ))
+        .await;
+    denials.push(("ScheduleService/GetUserSchedule as sender", r.map(drop)));
+    let r = admin
+        .replan(with_token(pb::ReplanRequest::default(), OLD))
+        .await;
+    denials.push((
+        "AdminService/Replan as old-sender (old format)",
+        r.map(drop),
+    ));
+    for (call, result) in &denials {
+        let e = result.as_ref().expect_err(call);
+        eprintln!("denied: {call} -> {:?}: {}", e.code(), e.message());
+        assert_eq!(e.code(), Code::PermissionDenied, "{call}: {e:?}");
+        assert!(e.message().starts_with("client \""), "{call}: {e:?}");
+        assert!(
+            e.message().contains("may not call tern.v1."),
+            "{call}: {e:?}"
+        );
+    }
+    let message = |i: usize| denials[i].1.as_ref().unwrap_err().message().to_string();
+    assert!(
+        message(0).contains("lacks the submit scope"),
+        "{}",
+        message(0)
+    );
+    assert!(
+        message(1).contains("lacks the pull:CHANNEL scope"),
+        "{}",
+        message(1)
+    );
+    assert!(message(2).contains("lacks the ack scope"), "{}", message(2));
+    assert!(
+        message(3).contains("lacks the report scope"),
+        "{}",
+        message(3)
+    );
+    assert!(
+        message(4).contains("lacks the users scope"),
+        "{}",
+        message(4)
+    );
+    assert!(
+        message(5).contains("lacks the admin scope"),
+        "{}",
+        message(5)
+    );
+    assert!(
+        message(6).contains("lacks the read scope"),
+        "{}",
+        message(6)
+    );
+    assert!(
+        message(7).contains("lacks the read scope"),
+        "{}",
+        message(7)
+    );
+    assert_eq!(
+        message(5),
+        "client \"sender\" may not call tern.v1.AdminService/Replan: it lacks the admin scope \
+         (it has pull:push,ack,report)"
+    );
+
+    // And each does what its scopes allow.
+    users
+        .upsert(with_token(
+            pb::UpsertUsersRequest {
+                users: vec![user("u1")],
+            },
+            UPSTREAM,
+        ))
+        .await
+        .unwrap();
+    opportunities
+        .submit(with_token(submit, UPSTREAM))
+        .await
+        .unwrap();
+    admin
+        .replan(with_token(pb::ReplanRequest::default(), OPS))
+        .await
+        .unwrap();
+    admin
+        .get_status(with_token(pb::GetStatusRequest {}, OPS))
+        .await
+        .unwrap();
+    let pulled = schedule
+        .pull(with_token(pull_push(), SENDER))
+        .await
+        .unwrap()
+        .into_inner();
+    let item = pulled
+        .items
+        .first()
+        .expect("the replan scheduled u1's push");
+    let acked = schedule
+        .ack(with_token(
+            pb::AckRequest {
+                acks: vec![pb::AckItem::sent(item)],
+            },
+            SENDER,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(acked.into_inner().outcomes.len(), 1);
+    schedule.pull(with_token(pull_push(), OLD)).await.unwrap();
+    let e = schedule
+        .pull(with_token(
+            pb::PullRequest {
+                channels: vec!["email".into()],
+                ..pull_push()
+            },
+            SENDER,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().contains("may not pull channel \"email\""),
+        "{e:?}"
+    );
+    // No token at all is UNAUTHENTICATED; reflection needs none.
+    let e = admin.get_status(pb::GetStatusRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(!list_services_v1(channel.clone()).await.is_empty());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The services that `grpc.reflection.v1` lists.
+async fn list_services_v1(channel: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().expect("a reply");
+    match reply.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("not a list of services: {other:?}"),
+    }
+}
+
+/// The services that `grpc.reflection.v1alpha` lists.
+async fn list_services_v1alpha(channel: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().expect("a reply");
+    match reply.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("not a list of services: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_both_list_the_services() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start(&db.url);
+    let channel = daemon.channel().await;
+    for services in [
+        list_services_v1(channel.clone()).await,
+        list_services_v1alpha(channel.clone()).await,
+    ] {
+        for name in [
+            "tern.v1.OpportunityService",
+            "tern.v1.ScheduleService",
+            "tern.v1.UserService",
+            "tern.v1.FeedbackService",
+            "tern.v1.AdminService",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(services.iter().any(|s| s == name), "{name}: {services:?}");
+        }
+    }
 }
 
 #[tokio::test]

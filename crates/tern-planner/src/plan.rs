@@ -777,10 +777,10 @@ fn place(
 ) -> Result<(i64, i64), Reason> {
     let base = if cand.exempt { 0 } else { memo.base(cand.mask) };
     let from = cand.cursor as usize;
+    let (loud, ch) = (cand.loud, cand.ch);
+    let quiet = |p: &Piece| !loud && p.quiet >> ch & 1 == 1;
     for (k, &pi) in order.iter().enumerate().skip(from) {
         let p = pieces[pi as usize];
-        let (loud, ch) = (cand.loud, cand.ch);
-        let quiet = |p: &Piece| !loud && p.quiet >> ch & 1 == 1;
         if quiet(&p) {
             continue;
         }

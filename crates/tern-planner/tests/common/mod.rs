@@ -95,11 +95,7 @@ struct Send<'a> {
 
 /// What a class bypasses, by the configuration's `priorities`.
 fn bypass_of(config: &PlannerConfig, priority: &str) -> Bypass {
-    config
-        .priorities
-        .get(priority)
-        .copied()
-        .unwrap_or_default()
+    config.priorities.get(priority).copied().unwrap_or_default()
 }
 
 fn matches(rule: &CapRule, channel: &str, category: &str) -> bool {

@@ -21,10 +21,15 @@ pub struct PlannerConfig {
     /// Per-user caps and minimum gaps, applied to every user not in an arm that overrides them.
     #[serde(default)]
     pub caps: Vec<CapRule>,
-    /// Priority classes (e.g. `transactional`) that no cap or minimum gap blocks. Their sends still
-    /// count toward every cap for the non-exempt sends around them.
+    /// Priority classes that the top-level `caps` do not hold back (a cap set's `exempt` list).
+    /// Their sends still count toward every cap for the sends around them. Only caps: what else
+    /// a class bypasses is said in [`PlannerConfig::priorities`].
     #[serde(default)]
     pub exempt_priorities: Vec<String>,
+    /// What each priority class bypasses (a `kind: Priority` document), by class name. A class
+    /// that bypasses anything is sent as soon as its bypasses allow (see [`Bypass`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub priorities: BTreeMap<String, Bypass>,
     /// Named objectives. `default` is used for users outside any experiment and for arms that name
     /// no objective.
     pub objectives: BTreeMap<String, Objective>,
@@ -46,6 +51,46 @@ pub struct PlannerConfig {
     /// makes the planner less conservative.
     #[serde(default = "default_send_window")]
     pub send_window_secs: u64,
+}
+
+/// What the candidates of one priority class bypass. A class with any flag set is *urgent*: its
+/// candidates are placed at the earliest moment their remaining checks allow (not at the user's
+/// best hour), with a send window as long as the send window allows, so that each replan keeps
+/// them due until they are sent or expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bypass {
+    /// Not held back by any cap or minimum gap, of any arm (their sends still count).
+    #[serde(default)]
+    pub caps: bool,
+    /// Not priced by channel budgets, and dropped last by the budget's exact fit.
+    #[serde(default)]
+    pub budgets: bool,
+    /// Not suppressed for a value below the objective's `min_value`.
+    #[serde(default)]
+    pub min_value: bool,
+    /// Placed in channels' quiet hours too.
+    #[serde(default)]
+    pub quiet_hours: bool,
+    /// Sent to holdout users too (not withheld as a counterfactual).
+    #[serde(default)]
+    pub holdouts: bool,
+}
+
+impl Bypass {
+    /// Every flag set.
+    pub const ALL: Bypass = Bypass {
+        caps: true,
+        budgets: true,
+        min_value: true,
+        quiet_hours: true,
+        holdouts: true,
+    };
+
+    /// Whether any flag is set: the class is urgent.
+    pub fn any(&self) -> bool {
+        self.caps || self.budgets || self.min_value || self.quiet_hours || self.holdouts
+    }
 }
 
 fn default_send_window() -> u64 {
@@ -145,6 +190,10 @@ pub struct Arm {
     /// Replaces the top-level caps for this arm's users.
     #[serde(default)]
     pub caps: Option<Vec<CapRule>>,
+    /// The classes this arm's `caps` do not hold back; the top-level `exempt_priorities` when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exempt_priorities: Option<Vec<String>>,
     /// Users in a holdout arm get nothing; the plan records what they would have got.
     #[serde(default)]
     pub holdout: bool,
@@ -194,7 +243,8 @@ pub(crate) struct Compiled {
     /// Quiet hours per channel as local seconds of day `[from, to)`, possibly wrapping.
     pub quiet: Vec<Option<(u32, u32)>>,
     pub budgets: Vec<Option<u64>>,
-    pub exempt: Vec<String>,
+    /// What each class bypasses; classes not listed bypass nothing.
+    pub bypass: BTreeMap<String, Bypass>,
     pub arms: Vec<CompiledArm>,
     pub salt: Option<String>,
     /// Cumulative upper bounds of arm shares, same order as `arms`.
@@ -213,6 +263,8 @@ pub(crate) struct CompiledArm {
     pub name: String,
     pub objective: Objective,
     pub rules: Vec<CompiledRule>,
+    /// The classes these rules do not hold back.
+    pub exempt: Vec<String>,
     pub holdout: bool,
     /// Per channel: the rules (bits) whose channel is that one or any.
     pub channel_masks: Vec<u64>,
@@ -225,6 +277,7 @@ impl CompiledArm {
         name: String,
         objective: Objective,
         rules: Vec<CompiledRule>,
+        exempt: Vec<String>,
         holdout: bool,
         channels: usize,
     ) -> Self {
@@ -248,6 +301,7 @@ impl CompiledArm {
             name,
             objective,
             rules,
+            exempt,
             holdout,
             channel_masks,
             any_category,
@@ -403,6 +457,7 @@ impl PlannerConfig {
                     "default".into(),
                     default.clone(),
                     default_rules,
+                    self.exempt_priorities.clone(),
                     false,
                     channels.len(),
                 )],
@@ -438,12 +493,17 @@ impl PlannerConfig {
                         Some(caps) => compile_rules(caps, &channels)?,
                         None => default_rules.clone(),
                     };
+                    let exempt = arm
+                        .exempt_priorities
+                        .clone()
+                        .unwrap_or_else(|| self.exempt_priorities.clone());
                     total += arm.share;
                     cumulative.push(total);
                     arms.push(CompiledArm::new(
                         arm.name.clone(),
                         objective.clone(),
                         rules,
+                        exempt,
                         arm.holdout,
                         channels.len(),
                     ));
@@ -463,7 +523,12 @@ impl PlannerConfig {
             channels,
             quiet,
             budgets,
-            exempt: self.exempt_priorities.clone(),
+            bypass: self
+                .priorities
+                .iter()
+                .filter(|(_, b)| b.any())
+                .map(|(k, b)| (k.clone(), *b))
+                .collect(),
             arms,
             salt,
             cumulative,

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`config`]: [`PlannerConfig`], what the policy bundle says (channels with quiet hours and
-//!   budgets, cap rules, exempt priorities, objectives, the experiment, exploration, horizon), and
+//!   budgets, cap rules, exempt priorities, what each priority class bypasses, objectives, the experiment, exploration, horizon), and
 //!   its validation into an index-based form ([`ConfigError`] says what is wrong).
 //! - [`types`]: the input ([`UserInput`] with history and opportunities, [`Scores`] and the
 //!   [`Predictor`] trait that supplies them) and the output ([`Plan`] of [`UserPlan`]s, each with
@@ -32,7 +32,7 @@ mod time;
 pub mod types;
 
 pub use config::{
-    Arm, Budget, CapRule, ChannelConfig, ConfigError, Experiment, Objective, PlannerConfig,
+    Arm, Budget, Bypass, CapRule, ChannelConfig, ConfigError, Experiment, Objective, PlannerConfig,
     QuietHours, ANY_CHANNEL,
 };
 pub use explain::explain;

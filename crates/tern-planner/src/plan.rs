@@ -37,7 +37,15 @@ pub enum PlanError {
 struct Cand {
     opp: u32,
     ch: u16,
+    /// Not held back by the arm's caps (the arm's cap set exempts its class, or the class
+    /// bypasses caps).
     exempt: bool,
+    /// Its class bypasses something: placed at the earliest allowed moment, not by profile.
+    urgent: bool,
+    /// Its class bypasses quiet hours.
+    loud: bool,
+    /// Its class bypasses budgets: not priced, dropped last.
+    unpriced: bool,
     done: bool,
     /// Where in the piece order placement resumes: every earlier piece was unusable or blocked,
     /// and stays so, because choices only add sends.
@@ -59,6 +67,8 @@ pub(crate) struct Scratch {
     segs: Vec<(i64, i32)>,
     pieces: Vec<Piece>,
     order: Vec<u16>,
+    /// Piece indices in time order, for urgent candidates.
+    by_time: Vec<u16>,
     cands: Vec<Cand>,
     points: Vec<Vec<i64>>,
     allowed: Vec<(usize, i64, i64)>,
@@ -372,6 +382,8 @@ impl Planner {
         s.memo.reset(s.pieces.len());
         s.order.clear();
         s.order.extend(0..s.pieces.len() as u16);
+        s.by_time.clear();
+        s.by_time.extend(0..s.pieces.len() as u16);
         if !profile.is_empty() {
             let pieces = &s.pieces;
             // Stable: equally good pieces stay in time order, so the earliest wins.
@@ -428,7 +440,8 @@ impl Planner {
             }
             let earliest = now.max(created);
             let latest = expires.min(horizon_end);
-            let exempt = c.exempt.contains(&o.priority);
+            let bypass = c.bypass.get(&o.priority).copied().unwrap_or_default();
+            let exempt = bypass.caps || arm.exempt.contains(&o.priority);
             let cat_mask = self.category_mask(arm, &o.category);
             for (j, name) in o.channels.iter().enumerate() {
                 let Some(ch) = c.channels.iter().position(|n| n == name) else {
@@ -455,9 +468,13 @@ impl Planner {
                     continue;
                 }
                 let scores = scores.get(base + j).copied().unwrap_or_default();
-                let value = value_of(objective, &scores);
+                let mut value = value_of(objective, &scores);
+                if bypass.min_value && value.is_nan() {
+                    // A broken model must not stop a message that has to go out.
+                    value = 0.0;
+                }
                 // NaN from a broken model is refused too.
-                if value.is_nan() || value < objective.min_value {
+                if value.is_nan() || (value < objective.min_value && !bypass.min_value) {
                     let v = value.is_finite().then_some(value);
                     suppress(&mut up, o.id, Some(ch), Reason::BelowMinValue, v);
                     continue;
@@ -466,11 +483,18 @@ impl Planner {
                     suppress(&mut up, o.id, Some(ch), Reason::Horizon, Some(value));
                     continue;
                 }
-                // Exempt sends are not priced: a password reset must not lose to a price. They
-                // still count toward the budget, and the exact fit drops them last.
-                let price = if exempt { 0.0 } else { prices[ch as usize] };
+                // A class that bypasses budgets is not priced: a password reset must not lose to
+                // a price. It still counts toward the budget, and the exact fit drops it last.
+                let price = if bypass.budgets {
+                    0.0
+                } else {
+                    prices[ch as usize]
+                };
                 let margin = value - price;
-                if margin.is_nan() || margin < objective.min_value {
+                // A class that bypasses `min_value` meets the floor only against a price: at
+                // price 0 the budget does not bind, and the value alone must not suppress it.
+                let priced = !bypass.min_value || price > 0.0;
+                if !bypass.budgets && priced && (margin.is_nan() || margin < objective.min_value) {
                     suppress(
                         &mut up,
                         o.id,
@@ -485,6 +509,9 @@ impl Planner {
                     opp: oi as u32,
                     ch,
                     exempt,
+                    urgent: bypass.any(),
+                    loud: bypass.quiet_hours,
+                    unpriced: bypass.budgets,
                     done: false,
                     cursor: 0,
                     blocked: None,
@@ -550,13 +577,14 @@ impl Planner {
                         s.cands[j].done = true;
                         continue;
                     }
+                    let order = if cand.urgent { &s.by_time } else { &s.order };
                     match place(
                         arm,
                         &mut s.cands[j],
                         window,
                         horizon_end,
                         &s.pieces,
-                        &s.order,
+                        order,
                         &s.points,
                         &mut s.memo,
                     ) {
@@ -596,12 +624,19 @@ impl Planner {
             (a.send_after, a.opportunity, a.channel).cmp(&(b.send_after, b.opportunity, b.channel))
         });
         if arm.holdout {
-            // A holdout measures what the policy's choices do; exempt (transactional) messages
-            // are not the policy's choice, so they still go out.
-            let (exempt, held): (Vec<Choice>, Vec<Choice>) = std::mem::take(&mut up.choices)
+            // A holdout measures what the policy's choices do; a class that bypasses holdouts
+            // (a password reset) is not the policy's choice, so it still goes out.
+            let bypasses_holdout = |c: &Choice| {
+                user.opportunities
+                    .iter()
+                    .find(|o| o.id == c.opportunity)
+                    .and_then(|o| self.c.bypass.get(&o.priority))
+                    .is_some_and(|b| b.holdouts)
+            };
+            let (kept, held): (Vec<Choice>, Vec<Choice>) = std::mem::take(&mut up.choices)
                 .into_iter()
-                .partition(|c| c.exempt);
-            up.choices = exempt;
+                .partition(bypasses_holdout);
+            up.choices = kept;
             for ch in held {
                 up.suppressions.push(Suppression {
                     opportunity: ch.opportunity,
@@ -655,13 +690,14 @@ impl Planner {
                 chosen_channel: dup,
             }
         } else {
+            let order = if cand.urgent { &s.by_time } else { &s.order };
             match place(
                 arm,
                 &mut cand,
                 window,
                 horizon_end,
                 &s.pieces,
-                &s.order,
+                order,
                 &s.points,
                 &mut s.memo,
             ) {
@@ -714,14 +750,20 @@ impl Planner {
             propensity,
             explored,
             exempt: cand.exempt,
+            unpriced: cand.unpriced,
             scores: cand.scores,
         });
     }
 }
 
 /// The best allowed send window for a candidate: the first piece in preference order that is
-/// outside the channel's quiet hours, overlaps `[earliest, latest)`, and passes every cap and gap
-/// at its start. On failure, the reason seen at the most preferred piece that was otherwise open.
+/// outside the channel's quiet hours (unless the candidate bypasses them), overlaps
+/// `[earliest, latest)`, and passes every cap and gap at its start (unless the candidate is
+/// exempt). On failure, the reason seen at the most preferred piece that was otherwise open.
+///
+/// An urgent candidate is given `order` in time order, and its window runs on through the
+/// following pieces, as long as they are not quiet for it, up to the send window or `latest`:
+/// it is due from the first allowed moment for as long as one window allows.
 #[allow(clippy::too_many_arguments)]
 fn place(
     arm: &CompiledArm,
@@ -735,15 +777,26 @@ fn place(
 ) -> Result<(i64, i64), Reason> {
     let base = if cand.exempt { 0 } else { memo.base(cand.mask) };
     let from = cand.cursor as usize;
+    let (loud, ch) = (cand.loud, cand.ch);
+    let quiet = |p: &Piece| !loud && p.quiet >> ch & 1 == 1;
     for (k, &pi) in order.iter().enumerate().skip(from) {
         let p = pieces[pi as usize];
-        if p.quiet >> cand.ch & 1 == 1 {
+        if quiet(&p) {
             continue;
         }
         let a = p.start.max(cand.earliest);
-        let b = p.end.min(cand.latest).min(a + window);
+        let mut b = p.end.min(cand.latest).min(a + window);
         if a >= b {
             continue;
+        }
+        if cand.urgent {
+            let end = cand.latest.min(a + window);
+            for q in &pieces[pi as usize + 1..] {
+                if q.start >= end || quiet(q) {
+                    break;
+                }
+                b = q.end.min(end);
+            }
         }
         if cand.exempt {
             cand.cursor = k as u16;
@@ -850,8 +903,8 @@ fn max_chosen_value(plans: &[UserPlan], ch: u16) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Drops the lowest-margin choices on `ch` until at most `budget` remain: non-exempt ones first,
-/// exempt ones only if they alone exceed the budget. Ties: the later user id (byte order), then
+/// Drops the lowest-margin choices on `ch` until at most `budget` remain: priced ones first,
+/// those whose class bypasses budgets only if they alone exceed the budget. Ties: the later user id (byte order), then
 /// the larger opportunity id, is dropped first. Returns how many were dropped.
 fn exact_fit(plans: &mut [UserPlan], ch: u16, budget: u64, price: f64) -> u64 {
     let count = count_chosen(plans, ch);
@@ -862,7 +915,7 @@ fn exact_fit(plans: &mut [UserPlan], ch: u16, budget: u64, price: f64) -> u64 {
     let mut all: Vec<(bool, f64, usize, i64)> = Vec::with_capacity(count as usize);
     for (u, p) in plans.iter().enumerate() {
         for c in p.choices.iter().filter(|c| c.channel == ch) {
-            all.push((c.exempt, c.margin, u, c.opportunity));
+            all.push((c.unpriced, c.margin, u, c.opportunity));
         }
     }
     // Users are sorted by id, so a larger index is a later id.

@@ -80,7 +80,8 @@ pub fn synthetic(
                 ..CapRule::default()
             },
         ],
-        exempt_priorities: vec!["transactional".into()],
+        exempt_priorities: Vec::new(),
+        priorities: BTreeMap::from([("transactional".to_string(), Bypass::ALL)]),
         objectives: BTreeMap::from([
             (
                 "default".to_string(),
@@ -112,6 +113,7 @@ pub fn synthetic(
                     share: 0.45,
                     objective: None,
                     caps: None,
+                    exempt_priorities: None,
                     holdout: false,
                 },
                 Arm {
@@ -119,6 +121,7 @@ pub fn synthetic(
                     share: 0.45,
                     objective: Some("retention-heavy".into()),
                     caps: None,
+                    exempt_priorities: None,
                     holdout: false,
                 },
                 Arm {
@@ -126,6 +129,7 @@ pub fn synthetic(
                     share: 0.10,
                     objective: None,
                     caps: None,
+                    exempt_priorities: None,
                     holdout: true,
                 },
             ],

@@ -171,8 +171,12 @@ pub struct Choice {
     pub propensity: f64,
     /// Whether the exploration draw (rather than the greedy rule) picked it.
     pub explored: bool,
-    /// Whether its priority class is exempt from caps and minimum gaps.
+    /// Whether its priority class is exempt from the arm's caps and minimum gaps (the cap set
+    /// exempts it, or the class bypasses caps).
     pub exempt: bool,
+    /// Whether its priority class bypasses budgets: not priced, and dropped last by the exact fit.
+    #[serde(default)]
+    pub unpriced: bool,
     pub scores: Scores,
 }
 

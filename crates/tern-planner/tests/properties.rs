@@ -99,7 +99,7 @@ fn config() -> impl Strategy<Value = PlannerConfig> {
     (
         channel_config(),
         prop::collection::vec(cap_rule(), 0..5),
-        any::<bool>(),
+        (any::<bool>(), any::<u8>(), any::<bool>()),
         prop::sample::select(vec![0.0, 0.0, 0.2, 0.5]),
         prop::sample::select(vec![3600u64, 6 * 3600, 86400, 3 * 86400]),
         prop::sample::select(vec![600u64, 3600]),
@@ -112,7 +112,7 @@ fn config() -> impl Strategy<Value = PlannerConfig> {
             |(
                 channels,
                 caps,
-                exempt,
+                (exempt, bits, arm_exempt),
                 exploration,
                 horizon,
                 window,
@@ -138,6 +138,18 @@ fn config() -> impl Strategy<Value = PlannerConfig> {
                     } else {
                         vec![]
                     },
+                    // Any combination of bypasses for transactional messages (none: the class
+                    // is not declared).
+                    priorities: BTreeMap::from([(
+                        "transactional".to_string(),
+                        Bypass {
+                            caps: bits & 1 != 0,
+                            budgets: bits & 2 != 0,
+                            min_value: bits & 4 != 0,
+                            quiet_hours: bits & 8 != 0,
+                            holdouts: bits & 16 != 0,
+                        },
+                    )]),
                     objectives: BTreeMap::from([
                         (
                             "default".into(),
@@ -169,6 +181,7 @@ fn config() -> impl Strategy<Value = PlannerConfig> {
                                 share: 0.4,
                                 objective: None,
                                 caps: None,
+                                exempt_priorities: None,
                                 holdout: false,
                             },
                             Arm {
@@ -176,6 +189,8 @@ fn config() -> impl Strategy<Value = PlannerConfig> {
                                 share: 0.4,
                                 objective: Some("other".into()),
                                 caps: Some(arm_caps),
+                                // Its own cap set, exempting nothing or inheriting the list.
+                                exempt_priorities: arm_exempt.then(Vec::new),
                                 holdout: false,
                             },
                             Arm {
@@ -183,6 +198,7 @@ fn config() -> impl Strategy<Value = PlannerConfig> {
                                 share: 0.2,
                                 objective: None,
                                 caps: None,
+                                exempt_priorities: None,
                                 holdout: true,
                             },
                         ],

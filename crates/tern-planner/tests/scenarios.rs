@@ -31,6 +31,7 @@ fn base_config() -> PlannerConfig {
         ],
         caps: vec![],
         exempt_priorities: vec!["transactional".into()],
+        priorities: BTreeMap::new(),
         objectives: BTreeMap::from([(
             "default".into(),
             Objective {
@@ -339,6 +340,7 @@ fn holdout_users_get_nothing_but_the_counterfactual_is_recorded() {
                 share: 0.5,
                 objective: None,
                 caps: None,
+                exempt_priorities: None,
                 holdout: false,
             },
             Arm {
@@ -346,6 +348,7 @@ fn holdout_users_get_nothing_but_the_counterfactual_is_recorded() {
                 share: 0.5,
                 objective: None,
                 caps: None,
+                exempt_priorities: None,
                 holdout: true,
             },
         ],
@@ -521,6 +524,7 @@ fn bad_configurations_say_what_is_wrong() {
             share: 0.5,
             objective: None,
             caps: None,
+            exempt_priorities: None,
             holdout: false,
         }],
     });
@@ -553,6 +557,7 @@ fn an_arm_named_by_the_caller_overrides_the_hash_and_an_unknown_one_is_refused()
                 share: 1.0,
                 objective: None,
                 caps: None,
+                exempt_priorities: None,
                 holdout: false,
             },
             Arm {
@@ -560,6 +565,7 @@ fn an_arm_named_by_the_caller_overrides_the_hash_and_an_unknown_one_is_refused()
                 share: 0.0,
                 objective: None,
                 caps: None,
+                exempt_priorities: None,
                 holdout: true,
             },
         ],
@@ -595,4 +601,284 @@ fn an_arm_named_by_the_caller_overrides_the_hash_and_an_unknown_one_is_refused()
     let u3 = plan.user("u3").unwrap();
     assert_eq!(u3.error.as_deref(), Some("unknown experiment arm \"nope\""));
     assert!(u3.suppressions.iter().all(|s| s.reason == Reason::BadInput));
+}
+
+/// A transactional opportunity of `value` (as conversion probability) on `channels`.
+fn tx(id: i64, channels: &[&str], value: f64, created: &str, expires: &str) -> OpportunityInput {
+    let mut o = opp(id, channels, value, created, expires);
+    o.priority = "transactional".into();
+    o.category = "account".into();
+    o
+}
+
+/// `base_config` where transactional messages bypass `bypass` and no cap set exempts them.
+fn bypassing(bypass: Bypass) -> PlannerConfig {
+    let mut config = base_config();
+    config.exempt_priorities = vec![];
+    config.priorities = BTreeMap::from([("transactional".into(), bypass)]);
+    config
+}
+
+#[test]
+fn bypass_caps_frees_a_class_from_every_cap_set_even_an_arms_own() {
+    let cap = |max| {
+        vec![CapRule {
+            channel: Some("any".into()),
+            max: Some(max),
+            window_secs: Some(86400),
+            ..CapRule::default()
+        }]
+    };
+    let now = "2026-06-01T10:00:00Z";
+    let mut u = user(
+        "u1",
+        "UTC",
+        vec![
+            tx(1, &["email"], 0.05, now, "2026-06-01T11:00:00Z"),
+            opp(2, &["email"], 0.9, now, "2026-06-02T10:00:00Z"),
+        ],
+    );
+    u.history.push(PastSend {
+        channel: "email".into(),
+        category: "marketing".into(),
+        priority: "marketing".into(),
+        sent_at: ts("2026-06-01T09:00:00Z"),
+        opened_at: None,
+    });
+    u.arm = Some("strict".into());
+    let experiment = |exempt: Option<Vec<String>>| Experiment {
+        name: "e".into(),
+        salt: "s".into(),
+        arms: vec![
+            Arm {
+                name: "strict".into(),
+                share: 1.0,
+                objective: None,
+                caps: Some(cap(1)),
+                exempt_priorities: exempt,
+                holdout: false,
+            },
+            Arm {
+                name: "other".into(),
+                share: 0.0,
+                objective: None,
+                caps: None,
+                exempt_priorities: None,
+                holdout: false,
+            },
+        ],
+    };
+    // Not declared, and the arm's own cap set exempts nothing: the cap holds it back.
+    let mut config = bypassing(Bypass::default());
+    config.caps = cap(5);
+    config.exempt_priorities = vec!["transactional".into()];
+    config.experiment = Some(experiment(Some(vec![])));
+    let plan = run(&config, std::slice::from_ref(&u), now);
+    let up = &plan.users[0];
+    assert!(up.choices.is_empty(), "{up:#?}");
+    assert!(matches!(up.suppressions[0].reason, Reason::Cap { .. }));
+    // Bypassing caps, it goes out at once, and still counts: the marketing message waits.
+    config.priorities.insert(
+        "transactional".into(),
+        Bypass {
+            caps: true,
+            ..Bypass::default()
+        },
+    );
+    let plan = run(&config, std::slice::from_ref(&u), now);
+    let up = &plan.users[0];
+    assert_eq!(up.choices.len(), 1, "{up:#?}");
+    assert_eq!(up.choices[0].opportunity, 1);
+    assert!(up.choices[0].exempt);
+    assert_eq!(up.choices[0].send_after, ts(now));
+    assert_eq!(up.choices[0].send_before, ts("2026-06-01T11:00:00Z"));
+    assert!(matches!(up.suppressions[0].reason, Reason::Cap { .. }));
+}
+
+#[test]
+fn bypass_budgets_is_not_priced_and_dropped_last() {
+    let now = "2026-06-01T10:00:00Z";
+    let mut users: Vec<UserInput> = (0..5)
+        .map(|i| {
+            user(
+                &format!("m{i}"),
+                "UTC",
+                vec![opp(i, &["email"], 0.9, now, "2026-06-02T00:00:00Z")],
+            )
+        })
+        .collect();
+    for i in 0..2 {
+        users.push(user(
+            &format!("t{i}"),
+            "UTC",
+            vec![tx(10 + i, &["email"], 0.02, now, "2026-06-01T11:00:00Z")],
+        ));
+    }
+    let chosen_tx = |config: &PlannerConfig| {
+        let plan = run(config, &users, now);
+        assert_eq!(plan.stats.chosen["email"], 3, "{:?}", plan.stats);
+        plan.users
+            .iter()
+            .filter(|u| u.user_id.starts_with('t'))
+            .map(|u| u.choices.len())
+            .sum::<usize>()
+    };
+    let budget = |config: &mut PlannerConfig| {
+        config.channels[1].budget = Some(Budget {
+            max: 3,
+            per_secs: 86400,
+        })
+    };
+    // Priced like everything else, the low-value resets lose to marketing.
+    let mut config = bypassing(Bypass {
+        caps: true,
+        ..Bypass::default()
+    });
+    budget(&mut config);
+    assert_eq!(chosen_tx(&config), 0);
+    let mut config = bypassing(Bypass {
+        budgets: true,
+        ..Bypass::default()
+    });
+    budget(&mut config);
+    assert_eq!(chosen_tx(&config), 2);
+}
+
+#[test]
+fn bypass_min_value_sends_a_message_the_model_values_below_the_floor() {
+    let now = "2026-06-01T10:00:00Z";
+    // A value of 0, below the objective's minimum of 0.01 (the live daemon's `below_min_value`).
+    let u = user(
+        "u",
+        "UTC",
+        vec![tx(1, &["email"], 0.0, now, "2026-06-01T11:00:00Z")],
+    );
+    let plan = run(&bypassing(Bypass::default()), std::slice::from_ref(&u), now);
+    assert_eq!(
+        plan.users[0].suppressions[0].reason,
+        Reason::BelowMinValue,
+        "{plan:#?}"
+    );
+    let config = bypassing(Bypass {
+        min_value: true,
+        ..Bypass::default()
+    });
+    let plan = run(&config, &[u], now);
+    let c = &plan.users[0].choices[0];
+    assert_eq!((c.opportunity, c.send_after), (1, ts(now)));
+}
+
+/// 03:00 in Sydney (17:00 UTC; AEST is UTC+10 in June), inside push's quiet hours 22:00–08:00,
+/// with an hour to live: every moment before expiry is quiet, yet a class that bypasses quiet
+/// hours goes out at once, for the whole hour, whatever the profile prefers.
+#[test]
+fn bypass_quiet_hours_sends_at_three_in_the_morning_in_sydney() {
+    let now = "2026-06-01T17:00:00Z";
+    let expires = "2026-06-01T18:00:00Z";
+    let mut u = user(
+        "sydney",
+        "Australia/Sydney",
+        vec![tx(1, &["push"], 0.5, now, expires)],
+    );
+    let mut profile = vec![0.1; 24];
+    profile[19] = 1.0;
+    u.send_time_profile = profile;
+    let plan = run(&bypassing(Bypass::default()), std::slice::from_ref(&u), now);
+    assert_eq!(plan.users[0].suppressions[0].reason, Reason::QuietHours);
+    let config = bypassing(Bypass {
+        quiet_hours: true,
+        ..Bypass::default()
+    });
+    let plan = run(&config, &[u], now);
+    let c = &plan.users[0].choices[0];
+    assert_eq!(c.send_after, ts(now));
+    assert_eq!(c.send_before, ts(expires));
+}
+
+#[test]
+fn bypass_holdouts_sends_to_holdout_users_and_withholds_the_rest() {
+    let now = "2026-06-01T10:00:00Z";
+    let mut u = user(
+        "h",
+        "UTC",
+        vec![
+            tx(1, &["email"], 0.5, now, "2026-06-01T11:00:00Z"),
+            opp(2, &["email"], 0.5, now, "2026-06-02T00:00:00Z"),
+        ],
+    );
+    u.arm = Some("holdout".into());
+    let with = |bypass: Bypass| {
+        let mut config = bypassing(bypass);
+        config.multi_channel = true;
+        config.experiment = Some(Experiment {
+            name: "e".into(),
+            salt: "x".into(),
+            arms: vec![
+                Arm {
+                    name: "control".into(),
+                    share: 0.5,
+                    objective: None,
+                    caps: None,
+                    exempt_priorities: None,
+                    holdout: false,
+                },
+                Arm {
+                    name: "holdout".into(),
+                    share: 0.5,
+                    objective: None,
+                    caps: None,
+                    exempt_priorities: None,
+                    holdout: true,
+                },
+            ],
+        });
+        run(&config, std::slice::from_ref(&u), now)
+    };
+    // Bypassing everything else but not holdouts, the reset is only a counterfactual.
+    let plan = with(Bypass {
+        holdouts: false,
+        ..Bypass::ALL
+    });
+    let up = &plan.users[0];
+    assert!(up.choices.is_empty(), "{up:#?}");
+    assert!(up.suppressions.iter().all(|s| s.reason == Reason::Holdout));
+    let plan = with(Bypass {
+        holdouts: true,
+        ..Bypass::default()
+    });
+    let up = &plan.users[0];
+    assert_eq!(up.choices.len(), 1, "{up:#?}");
+    assert_eq!(up.choices[0].opportunity, 1);
+    assert_eq!(up.suppressions.len(), 1);
+    assert_eq!(up.suppressions[0].opportunity, 2);
+    assert_eq!(up.suppressions[0].reason, Reason::Holdout);
+}
+
+/// A class that bypasses anything is due at once: its window starts now (between two whole
+/// hours), runs a whole send window across the hour, and ignores the profile's best hour;
+/// the same message of an ordinary class waits for the best hour.
+#[test]
+fn a_bypassing_class_is_due_at_once_for_a_whole_send_window() {
+    let now = "2026-06-01T10:20:00Z";
+    let mut profile = vec![0.1; 24];
+    profile[19] = 1.0;
+    let mut u = user(
+        "u",
+        "UTC",
+        vec![tx(1, &["email"], 0.5, now, "2026-06-03T00:00:00Z")],
+    );
+    u.send_time_profile = profile;
+    let plan = run(&bypassing(Bypass::ALL), std::slice::from_ref(&u), now);
+    let c = &plan.users[0].choices[0];
+    assert_eq!(c.send_after, ts(now));
+    assert_eq!(c.send_before, ts("2026-06-01T11:20:00Z"));
+    // A replan a little later keeps it due from that moment.
+    let later = "2026-06-01T10:35:00Z";
+    let plan = run(&bypassing(Bypass::ALL), std::slice::from_ref(&u), later);
+    assert_eq!(plan.users[0].choices[0].send_after, ts(later));
+    let plan = run(&bypassing(Bypass::default()), &[u], now);
+    assert_eq!(
+        plan.users[0].choices[0].send_after,
+        ts("2026-06-01T19:00:00Z")
+    );
 }

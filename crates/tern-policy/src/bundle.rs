@@ -168,8 +168,8 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A validated set of policies with a version.
 ///
-/// The planner reads `caps`, `objectives`, `channels` (quiet hours, budgets), `experiments` and
-/// `replans`; the server reads `generators` and `replans`. Every list is sorted by name.
+/// The planner reads `caps`, `objectives`, `channels` (quiet hours, budgets), `experiments`,
+/// `priorities` and `replans`; the server reads `generators` and `replans`. Every list is sorted by name.
 #[derive(Debug, Clone)]
 pub struct Bundle {
     /// The SHA-256 (hex) of [`Bundle::canonical_json`]: the same policies have the same version
@@ -193,6 +193,8 @@ pub struct Bundle {
     pub experiments: Vec<Experiment>,
     /// `kind: Replan` documents.
     pub replans: Vec<Replan>,
+    /// `kind: Priority` documents: what each declared priority class bypasses.
+    pub priorities: Vec<PriorityClass>,
     /// Warnings found while loading (rules that can never bind, and so on).
     pub warnings: Findings,
 }
@@ -236,6 +238,7 @@ impl Bundle {
             generators: Vec::new(),
             experiments: Vec::new(),
             replans: Vec::new(),
+            priorities: Vec::new(),
             warnings: findings,
         };
         for doc in decoded.docs {
@@ -247,6 +250,7 @@ impl Bundle {
                 Doc::Generator(d) => bundle.generators.push(d),
                 Doc::Experiment(d) => bundle.experiments.push(d),
                 Doc::Replan(d) => bundle.replans.push(d),
+                Doc::Priority(d) => bundle.priorities.push(d),
             }
         }
         bundle
@@ -270,6 +274,7 @@ impl Bundle {
         bundle
             .replans
             .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        bundle.priorities.sort_by_key(|p| p.class);
         bundle.version = version_of(&bundle.canonical_json());
         Ok(bundle)
     }
@@ -290,6 +295,7 @@ impl Bundle {
         docs.extend(self.generators.iter().map(Generator::canonical));
         docs.extend(self.experiments.iter().map(Experiment::canonical));
         docs.extend(self.replans.iter().map(Replan::canonical));
+        docs.extend(self.priorities.iter().map(PriorityClass::canonical));
         docs
     }
 
@@ -324,6 +330,28 @@ impl Bundle {
     /// experiments).
     pub fn default_caps(&self) -> Option<&CapSet> {
         self.cap_set(DEFAULT)
+    }
+
+    /// The `kind: Priority` document of a class, if the bundle declares one.
+    pub fn priority(&self, class: Priority) -> Option<&PriorityClass> {
+        self.priorities.iter().find(|p| p.class == class)
+    }
+
+    /// Whether the class's `kind: Priority` document bypasses `what`.
+    pub fn bypasses(&self, class: Priority, what: Bypass) -> bool {
+        self.priority(class).is_some_and(|p| p.bypasses(what))
+    }
+
+    /// Whether the class bypasses anything, which makes it urgent: sent as soon as its
+    /// bypasses allow, and planned as soon as it arrives.
+    pub fn urgent(&self, class: Priority) -> bool {
+        self.priority(class).is_some_and(|p| !p.bypass.is_empty())
+    }
+
+    /// Whether a cap set holds messages of `class` back: not when the set lists the class in
+    /// `exempt`, nor when the class bypasses `caps` (every set).
+    pub fn caps_hold(&self, set: &CapSet, class: Priority) -> bool {
+        !set.exempt.contains(&class) && !self.bypasses(class, Bypass::Caps)
     }
 
     /// A generator by name.

@@ -21,7 +21,7 @@ use crate::text::{did_you_mean, is_name, parse_duration, parse_hhmm};
 use crate::yaml::{quote_short, Document, Node, Style, Value};
 
 /// The kinds of document, in the order canonical JSON lists them.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "Channel",
     "Category",
     "Caps",
@@ -29,6 +29,7 @@ pub const KINDS: [&str; 7] = [
     "Generator",
     "Experiment",
     "Replan",
+    "Priority",
 ];
 
 // The fields each mapping accepts. `schema.rs` is tested against these lists, so the JSON
@@ -62,6 +63,7 @@ pub(crate) const MESSAGE: &[&str] = &["template", "category"];
 pub(crate) const EXPERIMENT: &[&str] = &["salt", "layer", "traffic", "arms"];
 pub(crate) const ARM: &[&str] = &["name", "share", "objective", "caps", "holdout"];
 pub(crate) const REPLAN: &[&str] = &["cron", "timezone", "horizon", "exploration"];
+pub(crate) const PRIORITY: &[&str] = &["bypass"];
 
 /// Variables that event-triggered generators' expressions can read.
 pub const EVENT_VARS: &[&str] = &["event", "user"];
@@ -101,6 +103,7 @@ pub enum Doc {
     Generator(Generator),
     Experiment(Experiment),
     Replan(Replan),
+    Priority(PriorityClass),
 }
 
 /// A document with a known kind and a valid name, whether or not the rest of it decoded.
@@ -697,6 +700,9 @@ impl<'a> Decoder<'a> {
             "Generator" => self.generator(spec, metadata, source).map(Doc::Generator),
             "Experiment" => self.experiment(spec, metadata, source).map(Doc::Experiment),
             "Replan" => self.replan(spec, metadata, source).map(Doc::Replan),
+            "Priority" => self
+                .priority(spec, metadata, name_pos, source)
+                .map(Doc::Priority),
             _ => None,
         };
         if let (Some(doc), true) = (doc, self.error_count() == before) {
@@ -1415,6 +1421,81 @@ impl<'a> Decoder<'a> {
             objective: objective?,
             caps: caps?,
             holdout: holdout?,
+        })
+    }
+
+    fn priority(
+        &mut self,
+        spec: &Node,
+        metadata: Metadata,
+        name_pos: Pos,
+        source: Source,
+    ) -> Option<PriorityClass> {
+        let class = Priority::parse(&metadata.name);
+        if class.is_none() {
+            let hint = match did_you_mean(&metadata.name, Priority::ALL) {
+                Some(m) => format!("did you mean `{m}`?"),
+                None => format!(
+                    "a Priority document is named after a class: {}",
+                    Priority::ALL.join(", ")
+                ),
+            };
+            self.error_hint(
+                name_pos,
+                format!("unknown priority class `{}`", metadata.name),
+                hint,
+            );
+        }
+        let f = self.fields(spec, "spec", PRIORITY)?;
+        let list = self.required(&f, "bypass", "spec")?;
+        let Value::Seq(items) = &list.value else {
+            self.error_hint(
+                list.pos,
+                format!("`bypass` must be a list, found {}", list.describe()),
+                format!("e.g. `bypass: [{}]`", Bypass::ALL.join(", ")),
+            );
+            return None;
+        };
+        let mut bypass: Vec<Bypass> = Vec::new();
+        let mut ok = true;
+        for item in items {
+            let Some(s) = self.string(item, "bypass") else {
+                ok = false;
+                continue;
+            };
+            match Bypass::parse(&s) {
+                Some(b) if bypass.contains(&b) => {
+                    self.error(item.pos, format!("`{s}` is listed twice in `bypass`"));
+                    ok = false;
+                }
+                Some(b) => bypass.push(b),
+                None => {
+                    let message = format!("unknown bypass {}", quote_short(&s));
+                    let hint = match did_you_mean(&s, Bypass::ALL) {
+                        Some(m) => format!("did you mean `{m}`?"),
+                        None => format!("expected one of: {}", Bypass::ALL.join(", ")),
+                    };
+                    self.error_hint(item.pos, message, hint);
+                    ok = false;
+                }
+            }
+        }
+        if ok && bypass.is_empty() {
+            self.warning(
+                list.pos,
+                format!("`{}` bypasses nothing", metadata.name),
+                Some("remove the document, or list what the class bypasses".to_string()),
+            );
+        }
+        bypass.sort_unstable();
+        if !ok {
+            return None;
+        }
+        Some(PriorityClass {
+            metadata,
+            source,
+            class: class?,
+            bypass,
         })
     }
 

@@ -118,8 +118,9 @@ impl PartialEq for CronSchedule {
     }
 }
 
-/// A priority class. Caps can exempt classes, so that (say) a password reset is never held back
-/// by a marketing cap.
+/// A priority class. A `kind: Priority` document says what a class bypasses (caps, budgets,
+/// minValue, quiet hours, holdouts); a cap set's `exempt` list frees classes from that set's
+/// rules only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Priority {
     /// Messages the user asked for or must get (receipts, security). Usually exempt from caps.
@@ -156,6 +157,80 @@ impl Priority {
             "low" => Priority::Low,
             _ => return None,
         })
+    }
+}
+
+/// What a priority class can be declared to bypass, in a `kind: Priority` document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bypass {
+    /// Every cap set's rules and minimum gaps (the class's sends still count for the others).
+    Caps,
+    /// Channel budgets: not priced, and dropped last when a budget must shed sends.
+    Budgets,
+    /// The objective's `minValue`: a low predicted value does not suppress the message.
+    MinValue,
+    /// Channels' quiet hours.
+    QuietHours,
+    /// Holdout arms: the message goes out to holdout users too.
+    Holdouts,
+}
+
+impl Bypass {
+    /// Every item, in order, as written in YAML.
+    pub const ALL: [&'static str; 5] = ["caps", "budgets", "minValue", "quietHours", "holdouts"];
+
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bypass::Caps => "caps",
+            Bypass::Budgets => "budgets",
+            Bypass::MinValue => "minValue",
+            Bypass::QuietHours => "quietHours",
+            Bypass::Holdouts => "holdouts",
+        }
+    }
+
+    /// Parses the YAML spelling.
+    pub fn parse(s: &str) -> Option<Bypass> {
+        Some(match s {
+            "caps" => Bypass::Caps,
+            "budgets" => Bypass::Budgets,
+            "minValue" => Bypass::MinValue,
+            "quietHours" => Bypass::QuietHours,
+            "holdouts" => Bypass::Holdouts,
+            _ => return None,
+        })
+    }
+}
+
+/// `kind: Priority`: what the messages of one priority class (its `metadata.name`) bypass. A
+/// class that bypasses anything must go out: the planner places it at the earliest moment its
+/// bypasses allow rather than at the user's best hour, and keeps it due until it is sent or
+/// expires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorityClass {
+    /// The name is the class (`transactional`, `high`, `normal` or `low`).
+    pub metadata: Metadata,
+    /// Where it was written.
+    pub source: Source,
+    /// The class named.
+    pub class: Priority,
+    /// What it bypasses, sorted, without duplicates.
+    pub bypass: Vec<Bypass>,
+}
+
+impl PriorityClass {
+    /// Whether the class bypasses `what`.
+    pub fn bypasses(&self, what: Bypass) -> bool {
+        self.bypass.contains(&what)
+    }
+
+    /// The canonical JSON of this document (see the module docs).
+    pub fn canonical(&self) -> Json {
+        let bypass: Vec<&str> = self.bypass.iter().map(|b| b.as_str()).collect();
+        let mut s = Map::new();
+        s.insert("bypass".into(), json!(bypass));
+        document("Priority", &self.metadata, s)
     }
 }
 
@@ -215,7 +290,8 @@ pub struct CapSet {
     pub source: Source,
     /// Every rule must hold.
     pub rules: Vec<CapRule>,
-    /// Priority classes that no rule of this set counts or holds back.
+    /// Priority classes that this set's rules do not hold back (their sends still count for the
+    /// others). A class whose `kind: Priority` document bypasses `caps` is free of every set.
     pub exempt: Vec<Priority>,
 }
 

@@ -10,7 +10,7 @@
 use serde_json::{json, Map, Value as Json};
 
 use crate::decode::*;
-use crate::model::{Priority, API_VERSION};
+use crate::model::{Bypass, Priority, API_VERSION};
 
 const NAME_PATTERN: &str = "^[a-z][a-z0-9_-]{0,62}$";
 const DURATION_PATTERN: &str = "^([0-9]+[smhdw])+$";
@@ -214,6 +214,23 @@ fn specs() -> Vec<(&'static str, &'static str, Json)> {
                 &["cron", "horizon"],
             ),
         ),
+        (
+            "Priority",
+            "What the messages of one priority class (metadata.name: transactional, high, normal or low) bypass. A class that bypasses anything is sent as soon as its bypasses allow.",
+            object(
+                PRIORITY,
+                vec![(
+                    "bypass",
+                    json!({
+                        "type": "array",
+                        "items": { "enum": Bypass::ALL },
+                        "uniqueItems": true,
+                        "description": "caps: every cap set's rules and gaps; budgets: channel budgets (not priced, dropped last); minValue: the objective's floor; quietHours: channels' quiet hours; holdouts: sent to holdout users too.",
+                    }),
+                )],
+                &["bypass"],
+            ),
+        ),
     ]
 }
 
@@ -224,6 +241,10 @@ pub fn schema() -> Json {
         .iter()
         .map(|(kind, description, spec)| {
             let mut then = json!({ "properties": { "spec": spec }, "description": description });
+            if *kind == "Priority" {
+                then["properties"]["metadata"] =
+                    json!({ "properties": { "name": { "enum": Priority::ALL } } });
+            }
             if *kind != "Category" {
                 then["required"] = json!(["spec"]);
             }
@@ -280,7 +301,7 @@ mod tests {
         let s = schema();
         assert_eq!(keys(&s), sorted(TOP));
         assert_eq!(keys(&s["properties"]["metadata"]), sorted(METADATA));
-        let expected: [(&str, &[&str]); 7] = [
+        let expected: [(&str, &[&str]); 8] = [
             ("Channel", CHANNEL),
             ("Category", CATEGORY),
             ("Caps", CAPS),
@@ -288,6 +309,7 @@ mod tests {
             ("Generator", GENERATOR),
             ("Experiment", EXPERIMENT),
             ("Replan", REPLAN),
+            ("Priority", PRIORITY),
         ];
         for (i, (kind, fields)) in expected.iter().enumerate() {
             let branch = &s["allOf"][i];

@@ -218,3 +218,68 @@ fn quiet_hours_wrap_midnight() {
     assert!(q.contains(t(23, 0)) && q.contains(t(22, 0)) && q.contains(t(7, 59)));
     assert!(!q.contains(t(8, 0)) && !q.contains(t(12, 0)) && !q.contains(t(21, 59)));
 }
+
+/// A `kind: Priority` document: decoded into the class and its sorted bypasses, versioned by
+/// content (order and spelling of the list do not matter), and diffed field by field.
+#[test]
+fn priority_documents_are_decoded_versioned_and_diffed() {
+    use tern_policy::{Bypass, Priority};
+    let doc = |bypass: &str| {
+        format!("apiVersion: tern/v1\nkind: Priority\nmetadata: {{ name: transactional }}\nspec:\n  bypass: {bypass}\n")
+    };
+    let a = good_bundle("prio-a");
+    a.write("priority.yaml", &doc("[quietHours, caps]"));
+    let b = good_bundle("prio-b");
+    b.write("priority.yaml", &doc("\n    - caps\n    - quietHours"));
+    let (a, b) = (
+        Bundle::load(a.path()).unwrap(),
+        Bundle::load(b.path()).unwrap(),
+    );
+    assert_eq!(a.version, b.version);
+    assert_eq!(a.priorities.len(), 1);
+    let p = a.priority(Priority::Transactional).unwrap();
+    assert_eq!(p.bypass, vec![Bypass::Caps, Bypass::QuietHours]);
+    assert!(a.bypasses(Priority::Transactional, Bypass::QuietHours));
+    assert!(!a.bypasses(Priority::Transactional, Bypass::Holdouts));
+    assert!(!a.bypasses(Priority::High, Bypass::Caps));
+    assert!(a.urgent(Priority::Transactional) && !a.urgent(Priority::Low));
+    // Without the document the version differs; with it the canonical form lists it.
+    let none = Bundle::load(good_bundle("prio-none").path()).unwrap();
+    assert_ne!(none.version, a.version);
+    let canonical = a.canonical_json().to_string();
+    assert!(
+        canonical.contains(r#""kind":"Priority","metadata":{"name":"transactional"},"spec":{"bypass":["caps","quietHours"]}"#),
+        "{canonical}"
+    );
+
+    let c = good_bundle("prio-c");
+    c.write("priority.yaml", &doc("[caps, quietHours, holdouts]"));
+    let c = Bundle::load(c.path()).unwrap();
+    assert_eq!(
+        diff(&a, &c).to_string(),
+        "~ Priority/transactional\n    + spec.bypass[]: \"holdouts\"\n"
+    );
+    assert_eq!(diff(&none, &a).to_string(), "+ Priority/transactional\n");
+}
+
+/// A cap set's `exempt` frees a class from that set only; `bypass: [caps]` from every set.
+#[test]
+fn exempt_frees_a_class_from_one_cap_set_and_bypass_from_all() {
+    use tern_policy::Priority;
+    let dir = good_bundle("exempt");
+    dir.write(
+        "caps.yaml",
+        "apiVersion: tern/v1\nkind: Caps\nmetadata: { name: default }\nspec:\n  rules: [{ max: 5, per: 1d }]\n  exempt: [high]\n---\napiVersion: tern/v1\nkind: Caps\nmetadata: { name: strict }\nspec:\n  rules: [{ max: 1, per: 1d }]\n",
+    );
+    dir.write(
+        "priority.yaml",
+        "apiVersion: tern/v1\nkind: Priority\nmetadata: { name: transactional }\nspec:\n  bypass: [caps]\n",
+    );
+    let b = Bundle::load(dir.path()).unwrap();
+    let (default, strict) = (b.cap_set("default").unwrap(), b.cap_set("strict").unwrap());
+    assert!(!b.caps_hold(default, Priority::High));
+    assert!(b.caps_hold(strict, Priority::High));
+    assert!(!b.caps_hold(default, Priority::Transactional));
+    assert!(!b.caps_hold(strict, Priority::Transactional));
+    assert!(b.caps_hold(strict, Priority::Normal));
+}

@@ -42,7 +42,8 @@ fn token() -> impl Strategy<Value = String> {
             "Generator",
             "Experiment",
             "Replan",
-            "Category"
+            "Category",
+            "Priority"
         ])
         .prop_map(String::from),
         Just("\nmetadata: { name: ".to_string()),
@@ -52,6 +53,7 @@ fn token() -> impl Strategy<Value = String> {
             "budget",
             "rules",
             "exempt",
+            "bypass",
             "weights",
             "on",
             "when",

@@ -30,6 +30,10 @@ use crate::train::TrainSettings;
 /// How far back a replan reads history: the longest cap window and the fatigue features' reach.
 const HISTORY: TimeDelta = TimeDelta::days(28);
 
+/// The trigger of the partial plan that follows events which reached an urgent priority class
+/// (one that bypasses anything), recorded on the plan like a Replan document's name.
+pub const EVENTS_TRIGGER: &str = "events";
+
 pub struct Daemon {
     pub(crate) store: Store,
     pub(crate) watcher: Arc<Watcher>,
@@ -226,7 +230,7 @@ impl Daemon {
         let started = Instant::now();
         let now = self.clock.now();
         let bundle: Arc<Bundle> = self.watcher.active();
-        let replan_doc = (trigger != "manual").then_some(trigger);
+        let replan_doc = (trigger != "manual" && trigger != EVENTS_TRIGGER).then_some(trigger);
         let mut config = planner_config(&bundle, replan_doc).map_err(|e| {
             ControlError::Failed(format!("the active policy cannot be planned with: {e:#}"))
         })?;
@@ -346,14 +350,40 @@ impl Control for Daemon {
         events: Vec<tern_server::Event>,
     ) -> Result<tern_server::EventsSummary, ControlError> {
         let bundle = self.watcher.active();
-        crate::generators::submit_events(
+        // Users an urgent class (one that bypasses anything: a password reset) may have
+        // reached: planned at once, so that the message is due now rather than at the next
+        // scheduled replan, which can come after it expires.
+        let urgent_event = |kind: &str| {
+            bundle.generators.iter().any(|g| {
+                let on = match &g.trigger {
+                    tern_policy::Trigger::Event { event, .. } => event == kind,
+                    tern_policy::Trigger::Schedule { .. } => false,
+                };
+                on && bundle.urgent(g.priority)
+            })
+        };
+        let mut urgent: Vec<String> = events
+            .iter()
+            .filter(|e| urgent_event(&e.event_type))
+            .flat_map(|e| e.user_ids.iter().cloned())
+            .collect();
+        urgent.sort_unstable();
+        urgent.dedup();
+        let summary = crate::generators::submit_events(
             &self.store,
             &bundle,
             &self.metrics,
             events,
             self.clock.now(),
         )
-        .await
+        .await?;
+        if summary.opportunities_created > 0 && !urgent.is_empty() {
+            // The events are stored; a failed plan is caught up by the next scheduled one.
+            if let Err(e) = Daemon::replan(self, EVENTS_TRIGGER, urgent).await {
+                tracing::warn!(error = %e, "could not plan urgent messages at once");
+            }
+        }
+        Ok(summary)
     }
 
     async fn advance_clock(

@@ -22,7 +22,7 @@
 //! of every arm, so that each user gets the arm's policy (an experiment's holdout would blur the
 //! comparison), and the other arms have no use for them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,7 +32,7 @@ use anyhow::{ensure, Context, Result};
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use serde::Serialize;
 use tern_core::{NewOpportunity, OutcomeKind};
-use tern_policy::{Bundle, CapSet, ChannelScope, Priority};
+use tern_policy::{Bundle, Bypass, CapSet, ChannelScope, Priority};
 use tern_server::pb::admin_service_client::AdminServiceClient;
 use tern_server::pb::feedback_service_client::FeedbackServiceClient;
 use tern_server::pb::opportunity_service_client::OpportunityServiceClient;
@@ -44,7 +44,7 @@ use tern_store::Store;
 use tonic::transport::Channel;
 
 use crate::db::Database;
-use crate::report::{ArmReport, CalibrationBin, DayRow, Report};
+use crate::report::{ArmReport, CalibrationBin, DayRow, Report, Transactional};
 use crate::serve::{self, ServeArgs};
 
 /// The example policies, built in so that the demo runs from any directory.
@@ -69,6 +69,10 @@ const EXAMPLE_POLICIES: &[(&str, &str)] = &[
     (
         "objectives.yaml",
         include_str!("../../../policies/objectives.yaml"),
+    ),
+    (
+        "priorities.yaml",
+        include_str!("../../../policies/priorities.yaml"),
     ),
     (
         "replans.yaml",
@@ -198,11 +202,148 @@ pub struct RunResult {
     pub suppressed: BTreeMap<String, u64>,
     /// Cap rules broken, by the simulator's own log of what each user received.
     pub cap_violations: Vec<String>,
+    /// What became of the transactional messages (password resets): the loop check fails if
+    /// one a user could have received expired unsent.
+    pub transactional: Transactional,
     #[serde(skip)]
     pub volume_by_hour: BTreeMap<String, [u64; 24]>,
     #[serde(skip)]
     pub calibration: Vec<CalibrationBin>,
     pub seconds: f64,
+}
+
+/// The channels a simulated user can be reached on, as the profile says.
+fn reachable_channels(p: &Profile) -> Vec<String> {
+    let mut r = vec!["in_app".to_string()];
+    if p.push_enabled && p.device.is_some() {
+        r.push("push".into());
+    }
+    if p.email_verified {
+        r.push("email".into());
+    }
+    r
+}
+
+/// The channel an unsubscribe or push-disabled outcome takes away, as any sender would learn.
+fn lost_channel(kind: OutcomeKind) -> Option<&'static str> {
+    match kind {
+        OutcomeKind::Unsubscribed => Some("email"),
+        OutcomeKind::PushDisabled => Some("push"),
+        _ => None,
+    }
+}
+
+#[derive(Debug)]
+struct PendingTx {
+    submitted: DateTime<Utc>,
+    created: DateTime<Utc>,
+    expires: DateTime<Utc>,
+    reachable: bool,
+}
+
+/// The demo's own ledger of transactional messages: each one submitted, matched to its send by
+/// user (oldest first), so that the loop check does not take tern's word for it.
+struct TxLog {
+    reachable: BTreeMap<String, Vec<String>>,
+    pending: BTreeMap<String, VecDeque<PendingTx>>,
+    submitted: u64,
+    sent: u64,
+    latencies: Vec<i64>,
+    request_latencies: Vec<i64>,
+}
+
+impl TxLog {
+    fn new(profiles: &[Profile]) -> TxLog {
+        TxLog {
+            reachable: profiles
+                .iter()
+                .map(|p| (p.user_id.clone(), reachable_channels(p)))
+                .collect(),
+            pending: BTreeMap::new(),
+            submitted: 0,
+            sent: 0,
+            latencies: Vec::new(),
+            request_latencies: Vec::new(),
+        }
+    }
+
+    fn submit(&mut self, o: &NewOpportunity, now: DateTime<Utc>) {
+        if o.priority != tern_core::TRANSACTIONAL {
+            return;
+        }
+        let reachable = self
+            .reachable
+            .get(&o.user_id)
+            .is_some_and(|r| o.channels.iter().any(|c| r.contains(c)));
+        self.submitted += 1;
+        self.pending
+            .entry(o.user_id.clone())
+            .or_default()
+            .push_back(PendingTx {
+                submitted: now,
+                created: o.created_at,
+                expires: o.expires_at,
+                reachable,
+            });
+    }
+
+    fn sent(&mut self, user_id: &str, priority: &str, now: DateTime<Utc>) {
+        if priority != tern_core::TRANSACTIONAL {
+            return;
+        }
+        self.sent += 1;
+        let Some(queue) = self.pending.get_mut(user_id) else {
+            return;
+        };
+        let i = queue.iter().position(|p| p.expires > now).unwrap_or(0);
+        if let Some(p) = queue.remove(i) {
+            self.latencies.push((now - p.submitted).num_seconds());
+            self.request_latencies.push((now - p.created).num_seconds());
+        }
+    }
+
+    fn learn(&mut self, outcomes: &[Outcome], now: DateTime<Utc>) {
+        for o in outcomes.iter().filter(|o| o.at <= now) {
+            if let (Some(lost), Some(r)) =
+                (lost_channel(o.kind), self.reachable.get_mut(&o.user_id))
+            {
+                r.retain(|c| c != lost);
+            }
+        }
+    }
+
+    fn finish(mut self, end: DateTime<Utc>) -> Transactional {
+        let mut t = Transactional {
+            submitted: self.submitted,
+            sent: self.sent,
+            ..Transactional::default()
+        };
+        for p in self.pending.values().flatten() {
+            if p.expires > end {
+                t.open += 1;
+            } else if p.reachable {
+                t.expired_unsent += 1;
+            } else {
+                t.unreachable += 1;
+            }
+        }
+        self.latencies.sort_unstable();
+        self.request_latencies.sort_unstable();
+        t.latency_p50_secs = percentile(&self.latencies, 0.5);
+        t.latency_p99_secs = percentile(&self.latencies, 0.99);
+        t.request_latency_p50_secs = percentile(&self.request_latencies, 0.5);
+        t.request_latency_p99_secs = percentile(&self.request_latencies, 0.99);
+        t
+    }
+}
+
+/// The nearest-rank percentile of sorted values.
+fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 pub async fn run(url: Option<&str>, args: DemoArgs) -> Result<ExitCode> {
@@ -275,6 +416,7 @@ pub async fn run(url: Option<&str>, args: DemoArgs) -> Result<ExitCode> {
                     volume_by_hour: r.volume_by_hour.clone(),
                     suppressed: r.suppressed.clone(),
                     calibration: r.calibration.clone(),
+                    transactional: Some(r.transactional.clone()),
                 })
                 .collect(),
         };
@@ -282,6 +424,25 @@ pub async fn run(url: Option<&str>, args: DemoArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote {}", path.display());
     }
+    // The loop check: a transactional message that could reach its user must not expire.
+    let lost: Vec<String> = results
+        .iter()
+        .filter(|r| r.transactional.expired_unsent > 0)
+        .map(|r| {
+            format!(
+                "{} (seed {}): {} of {}",
+                r.arm.name(),
+                r.seed,
+                r.transactional.expired_unsent,
+                r.transactional.submitted
+            )
+        })
+        .collect();
+    ensure!(
+        lost.is_empty(),
+        "transactional messages expired unsent: {}",
+        lost.join("; ")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -562,6 +723,7 @@ async fn simulate(
         );
     }
     let mut fcfs = Fcfs::new(bundle, &profiles);
+    let mut tx = TxLog::new(&profiles);
     let mut waiting: Vec<Outcome> = Vec::new();
     let mut days = Vec::new();
     let mut submitted = 0u64;
@@ -644,15 +806,17 @@ async fn simulate(
         // Delivery: everything due now, on every channel.
         let sent = match &mut clients {
             Some(c) => deliver_due(c, &mut world, now).await?,
-            None => fcfs.deliver(&mut world, now)?,
+            None => fcfs.deliver(&mut world, now, false)?,
         };
-        for (channel, outcomes) in sent {
-            volume_by_hour.entry(channel).or_default()[now.hour() as usize] += 1;
-            waiting.extend(outcomes);
+        for d in sent {
+            tx.sent(&d.user_id, &d.priority, now);
+            volume_by_hour.entry(d.channel).or_default()[now.hour() as usize] += 1;
+            waiting.extend(d.outcomes);
         }
         if arm == Arm::Fcfs {
             fcfs.learn(&waiting, now);
         }
+        tx.learn(&waiting, now);
         reported += report_due(&mut clients, &mut waiting, now).await?;
 
         // Upstream: the opportunities that arose in the hour that just ended.
@@ -664,6 +828,9 @@ async fn simulate(
                 let (resets, direct): (Vec<NewOpportunity>, Vec<NewOpportunity>) = arisen
                     .into_iter()
                     .partition(|o| reset_generator && o.category == "account");
+                for o in direct.iter().chain(&resets) {
+                    tx.submit(o, now);
+                }
                 for chunk in direct.chunks(BATCH) {
                     let reply = c
                         .opportunities
@@ -701,10 +868,27 @@ async fn simulate(
             }
             None => {
                 submitted += arisen.len() as u64;
+                for o in &arisen {
+                    tx.submit(o, now);
+                }
                 fcfs.arrive(arisen)
             }
         }
+
+        // Delivery again, as a delivery service pulls all the time: what must go out at once
+        // (a class that bypasses anything, which tern planned as it arrived) goes now, not
+        // an hour later, when a password reset has expired.
+        let urgent = match &mut clients {
+            Some(c) => deliver_due(c, &mut world, now).await?,
+            None => fcfs.deliver(&mut world, now, true)?,
+        };
+        for d in urgent {
+            tx.sent(&d.user_id, &d.priority, now);
+            volume_by_hour.entry(d.channel).or_default()[now.hour() as usize] += 1;
+            waiting.extend(d.outcomes);
+        }
     }
+    let end = start + TimeDelta::days(i64::from(args.days));
 
     let summary = world.summary();
     let mut result = RunResult {
@@ -727,12 +911,12 @@ async fn simulate(
         active_model: None,
         suppressed: BTreeMap::new(),
         cap_violations: cap_violations(bundle, world.receipts()),
+        transactional: tx.finish(end),
         volume_by_hour,
         calibration: Vec::new(),
         seconds: 0.0,
     };
     if let Some(d) = daemon {
-        let end = start + TimeDelta::days(i64::from(args.days));
         store.expire(end).await?;
         result.opportunity_states = store.opportunity_states().await?;
         result.outcomes_stored = store.outcome_counts().await?;
@@ -764,13 +948,21 @@ async fn simulate(
     Ok(result)
 }
 
+/// One message that reached a simulated user.
+struct Delivered {
+    channel: String,
+    user_id: String,
+    priority: String,
+    outcomes: Vec<Outcome>,
+}
+
 /// Pulls everything due on every channel, acks it as sent, and hands it to the population.
-/// Returns the channel and the outcomes of each message.
+/// Returns each message with its outcomes.
 async fn deliver_due(
     c: &mut Clients,
     world: &mut World,
     now: DateTime<Utc>,
-) -> Result<Vec<(String, Vec<Outcome>)>> {
+) -> Result<Vec<Delivered>> {
     let mut sent = Vec::new();
     for channel in ["push", "email", "in_app"] {
         loop {
@@ -820,7 +1012,12 @@ async fn deliver_due(
                     order_value: item.signals.get("order_value").copied(),
                     at: now,
                 })?;
-                sent.push((item.channel.clone(), outcomes));
+                sent.push(Delivered {
+                    channel: item.channel.clone(),
+                    user_id: item.user_id.clone(),
+                    priority: item.priority.clone(),
+                    outcomes,
+                });
             }
         }
     }
@@ -945,7 +1142,8 @@ fn opportunity(o: &NewOpportunity) -> pb::Opportunity {
 struct Sent {
     channel: String,
     category: String,
-    /// Of a priority class the cap set exempts: neither counted nor held back.
+    /// Of a priority class the cap set does not hold back (its `exempt`, or a class that bypasses
+    /// caps): neither counted nor held back.
     exempt: bool,
     at: DateTime<Utc>,
 }
@@ -976,16 +1174,7 @@ impl<'b> Fcfs<'b> {
                 .collect(),
             reachable: profiles
                 .iter()
-                .map(|p| {
-                    let mut r = vec!["in_app".to_string()];
-                    if p.push_enabled && p.device.is_some() {
-                        r.push("push".into());
-                    }
-                    if p.email_verified {
-                        r.push("email".into());
-                    }
-                    (p.user_id.clone(), r)
-                })
+                .map(|p| (p.user_id.clone(), reachable_channels(p)))
                 .collect(),
             sent: BTreeMap::new(),
             queue: Vec::new(),
@@ -1000,10 +1189,8 @@ impl<'b> Fcfs<'b> {
     /// sender.
     fn learn(&mut self, outcomes: &[Outcome], now: DateTime<Utc>) {
         for o in outcomes.iter().filter(|o| o.at <= now) {
-            let lost = match o.kind {
-                OutcomeKind::Unsubscribed => "email",
-                OutcomeKind::PushDisabled => "push",
-                _ => continue,
+            let Some(lost) = lost_channel(o.kind) else {
+                continue;
             };
             if let Some(r) = self.reachable.get_mut(&o.user_id) {
                 r.retain(|c| c != lost);
@@ -1012,12 +1199,15 @@ impl<'b> Fcfs<'b> {
     }
 
     /// Sends what arrived, in arrival order, each on its first channel that is reachable,
-    /// outside quiet hours and within the caps; what cannot go now is dropped.
+    /// outside quiet hours and within the caps; what cannot go now is dropped. A class the
+    /// policy lets bypass quiet hours or caps is treated as tern treats it. With `urgent_only`,
+    /// only the classes that bypass anything go (as they arrive); the rest wait in the queue.
     fn deliver(
         &mut self,
         world: &mut World,
         now: DateTime<Utc>,
-    ) -> Result<Vec<(String, Vec<Outcome>)>> {
+        urgent_only: bool,
+    ) -> Result<Vec<Delivered>> {
         let mut queue = std::mem::take(&mut self.queue);
         queue.sort_by(|a, b| {
             a.created_at
@@ -1029,11 +1219,18 @@ impl<'b> Fcfs<'b> {
             if o.expires_at <= now {
                 continue;
             }
-            let exempt = Priority::parse(&o.priority).is_some_and(|p| {
+            let class = Priority::parse(&o.priority);
+            if urgent_only && !class.is_some_and(|p| self.bundle.urgent(p)) {
+                self.queue.push(o);
+                continue;
+            }
+            let exempt = class.is_some_and(|p| {
                 self.bundle
                     .default_caps()
-                    .is_some_and(|c| c.exempt.contains(&p))
+                    .is_some_and(|c| !self.bundle.caps_hold(c, p))
+                    || self.bundle.bypasses(p, Bypass::Caps)
             });
+            let loud = class.is_some_and(|p| self.bundle.bypasses(p, Bypass::QuietHours));
             let tz = self
                 .timezones
                 .get(&o.user_id)
@@ -1043,7 +1240,7 @@ impl<'b> Fcfs<'b> {
             let history = self.sent.entry(o.user_id.clone()).or_default();
             let channel = o.channels.iter().find(|c| {
                 reachable.contains(c)
-                    && !quiet(self.bundle, c, tz, now)
+                    && (loud || !quiet(self.bundle, c, tz, now))
                     && (exempt
                         || self
                             .bundle
@@ -1060,7 +1257,12 @@ impl<'b> Fcfs<'b> {
                 at: now,
             });
             let outcomes = world.deliver(Delivery::of(&o, &channel, now))?;
-            out.push((channel, outcomes));
+            out.push(Delivered {
+                channel,
+                user_id: o.user_id.clone(),
+                priority: o.priority.clone(),
+                outcomes,
+            });
         }
         Ok(out)
     }
@@ -1128,7 +1330,8 @@ fn in_scope(
 }
 
 /// Every cap rule broken, judged from what each user actually received (the simulator's log),
-/// under the cap set the policy gives that user. Transactional messages are exempt.
+/// under the cap set the policy gives that user. Classes the set does not hold back (its
+/// `exempt`, or a class that bypasses caps) are not counted.
 pub fn cap_violations(bundle: &Bundle, receipts: &[tern_sim::Receipt]) -> Vec<String> {
     let mut by_user: BTreeMap<&str, Vec<&tern_sim::Receipt>> = BTreeMap::new();
     for r in receipts {
@@ -1145,7 +1348,7 @@ pub fn cap_violations(bundle: &Bundle, receipts: &[tern_sim::Receipt]) -> Vec<St
                 .parse::<tern_sim::Category>()
                 .ok()
                 .and_then(|c| Priority::parse(c.priority()))
-                .is_some_and(|p| caps.exempt.contains(&p))
+                .is_some_and(|p| !bundle.caps_hold(caps, p))
         };
         let counted: Vec<Sent> = received
             .into_iter()
@@ -1262,6 +1465,28 @@ fn print_summary(results: &[RunResult]) {
             ),
             show(stat(&|r| 100.0 * r.retention), 2),
             runs.len()
+        );
+    }
+    println!();
+    println!(
+        "| arm | seed | transactional submitted | sent | unreachable | expired unsent | latency p50 | latency p99 | from request p50 | from request p99 |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for r in results {
+        let t = &r.transactional;
+        let secs = |s: Option<i64>| s.map_or("-".to_string(), |s| format!("{s} s"));
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.arm.name(),
+            r.seed,
+            t.submitted,
+            t.sent,
+            t.unreachable,
+            t.expired_unsent,
+            secs(t.latency_p50_secs),
+            secs(t.latency_p99_secs),
+            secs(t.request_latency_p50_secs),
+            secs(t.request_latency_p99_secs),
         );
     }
     for r in results {

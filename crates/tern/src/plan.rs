@@ -10,8 +10,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
 use tern_model::Model;
 use tern_planner::{
-    explain, jsonl, Arm, Budget, CapRule, ChannelConfig, Experiment, InlineScores, Objective,
-    Planner, PlannerConfig, Predictor, QuietHours, UserInput,
+    explain, jsonl, Arm, Budget, Bypass, CapRule, ChannelConfig, Experiment, InlineScores,
+    Objective, Planner, PlannerConfig, Predictor, QuietHours, UserInput,
 };
 
 use crate::predict::ModelPredictor;
@@ -111,8 +111,9 @@ pub fn load_bundle(dir: &std::path::Path) -> Result<Bundle> {
 }
 
 /// Translates a policy bundle into the planner's configuration: the channels with their quiet
-/// hours and budgets, the `default` cap set, every objective, every experiment, and the horizon
-/// and exploration share of one Replan document.
+/// hours and budgets, the `default` cap set (with the classes it exempts), what each declared
+/// priority class bypasses, every objective, every experiment (an arm's own cap set with its own
+/// exemptions), and the horizon and exploration share of one Replan document.
 ///
 /// The planner sees the bundle's experiments as one: its arms are every experiment's arms, named
 /// `experiment/arm`, plus [`OUTSIDE`] for users in no arm that changes anything. Their shares are
@@ -131,16 +132,16 @@ pub fn planner_config(bundle: &Bundle, replan: Option<&str>) -> Result<PlannerCo
             .ok_or_else(|| anyhow!("the bundle has no Replan document"))?,
     };
 
-    let caps_of = |name: &str| -> Result<Vec<CapRule>> {
+    // A cap set's rules and the classes it exempts travel together: an arm with its own set
+    // gets that set's `exempt`, not the default set's.
+    let caps_of = |name: &str| -> Result<(Vec<CapRule>, Vec<String>)> {
         let set = bundle
             .cap_set(name)
             .ok_or_else(|| anyhow!("the bundle has no Caps named {name:?}"))?;
-        Ok(cap_rules(&set.rules))
+        Ok((cap_rules(&set.rules), exempt_of(set)))
     };
     let default_caps = bundle.default_caps();
-    let exempt_priorities = default_caps
-        .map(|set| set.exempt.iter().map(|p| p.as_str().to_string()).collect())
-        .unwrap_or_default();
+    let exempt_priorities = default_caps.map(exempt_of).unwrap_or_default();
 
     let experiment = if bundle.experiments.is_empty() {
         None
@@ -148,11 +149,13 @@ pub fn planner_config(bundle: &Bundle, replan: Option<&str>) -> Result<PlannerCo
         let mut arms = Vec::new();
         for e in &bundle.experiments {
             for arm in &e.arms {
+                let (caps, exempt) = arm.caps.as_deref().map(caps_of).transpose()?.unzip();
                 arms.push(Arm {
                     name: arm_name(&e.metadata.name, &arm.name),
                     share: 0.0,
                     objective: arm.objective.clone(),
-                    caps: arm.caps.as_deref().map(caps_of).transpose()?,
+                    caps,
+                    exempt_priorities: exempt,
                     holdout: arm.holdout,
                 });
             }
@@ -162,6 +165,7 @@ pub fn planner_config(bundle: &Bundle, replan: Option<&str>) -> Result<PlannerCo
             share: 1.0,
             objective: None,
             caps: None,
+            exempt_priorities: None,
             holdout: false,
         });
         Some(Experiment {
@@ -194,6 +198,11 @@ pub fn planner_config(bundle: &Bundle, replan: Option<&str>) -> Result<PlannerCo
             .map(|set| cap_rules(&set.rules))
             .unwrap_or_default(),
         exempt_priorities,
+        priorities: bundle
+            .priorities
+            .iter()
+            .map(|p| (p.class.as_str().to_string(), bypass_of(p)))
+            .collect(),
         objectives: bundle
             .objectives
             .iter()
@@ -270,6 +279,22 @@ pub fn assign_arms<'b>(
         .collect()
 }
 
+fn exempt_of(set: &tern_policy::CapSet) -> Vec<String> {
+    set.exempt.iter().map(|p| p.as_str().to_string()).collect()
+}
+
+/// A `kind: Priority` document as the planner's flags.
+fn bypass_of(p: &tern_policy::PriorityClass) -> Bypass {
+    use tern_policy::Bypass as B;
+    Bypass {
+        caps: p.bypasses(B::Caps),
+        budgets: p.bypasses(B::Budgets),
+        min_value: p.bypasses(B::MinValue),
+        quiet_hours: p.bypasses(B::QuietHours),
+        holdouts: p.bypasses(B::Holdouts),
+    }
+}
+
 fn cap_rules(rules: &[tern_policy::CapRule]) -> Vec<CapRule> {
     rules
         .iter()
@@ -321,9 +346,7 @@ mod tests {
         let config = planner_config(&bundle, None).unwrap();
         assert_eq!(config.channels.len(), bundle.channels.len());
         assert!(config.objectives.contains_key("default"));
-        assert!(config
-            .exempt_priorities
-            .contains(&"transactional".to_string()));
+        assert_eq!(config.priorities["transactional"], Bypass::ALL);
         let arms = &config.experiment.as_ref().unwrap().arms;
         let declared: usize = bundle.experiments.iter().map(|e| e.arms.len()).sum();
         assert_eq!(arms.len(), declared + 1);

@@ -54,6 +54,34 @@ pub struct ArmReport {
     /// The model's calibration on the engagement outcome: bins of predicted probability with the
     /// observed rate. Empty when the arm trained no model.
     pub calibration: Vec<CalibrationBin>,
+    /// What became of the arm's transactional messages, when counted.
+    pub transactional: Option<Transactional>,
+}
+
+/// The transactional messages of one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Transactional {
+    /// Stored by tern (submitted, or created by a generator from a submitted event); for fcfs,
+    /// received.
+    pub submitted: u64,
+    /// Sent: acked as sent and delivered to the simulated user.
+    pub sent: u64,
+    /// For a user who could not be reached on any of the message's channels (no verified
+    /// email, say) when it was submitted: no sender could deliver it.
+    pub unreachable: u64,
+    /// Expired unsent although the user could be reached. The loop check fails on any.
+    pub expired_unsent: u64,
+    /// Still open when the run ended.
+    pub open: u64,
+    /// Seconds from submission to tern (or fcfs's arrival) to the send, median and 99th
+    /// percentile. The simulated clock moves an hour at a time, so a message sent as soon as it
+    /// is submitted shows 0.
+    pub latency_p50_secs: Option<i64>,
+    pub latency_p99_secs: Option<i64>,
+    /// Seconds from the upstream request (the opportunity's `created_at`, some time in the hour
+    /// before its submission) to the send.
+    pub request_latency_p50_secs: Option<i64>,
+    pub request_latency_p99_secs: Option<i64>,
 }
 
 /// One simulated UTC day of one arm.
@@ -292,6 +320,37 @@ impl<'a> Page<'a> {
             );
         }
         out.push_str("</tbody></table></div>\n");
+        let counted: Vec<(usize, &Transactional)> = self
+            .report
+            .arms
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.transactional.as_ref().map(|t| (i, t)))
+            .collect();
+        if !counted.is_empty() {
+            out.push_str(
+                "<p>Transactional messages (password resets): each must go out while it is \
+                 valid. Latency is from submission to send; the simulated clock moves an hour \
+                 at a time.</p>\n<div class=\"wide\"><table>\n<thead><tr><th>Arm</th>\
+                 <th>Submitted</th><th>Sent</th><th>Unreachable</th><th>Expired unsent</th>\
+                 <th>Latency p50</th><th>Latency p99</th></tr></thead>\n<tbody>\n",
+            );
+            let secs = |s: Option<i64>| s.map_or("–".to_string(), |s| format!("{s} s"));
+            for (i, t) in counted {
+                w!(
+                    out,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                    self.arm_label(i),
+                    thousands(t.submitted),
+                    thousands(t.sent),
+                    thousands(t.unreachable),
+                    thousands(t.expired_unsent),
+                    secs(t.latency_p50_secs),
+                    secs(t.latency_p99_secs)
+                );
+            }
+            out.push_str("</tbody></table></div>\n");
+        }
     }
 
     /// One small multiple per arm on a shared y scale, so that a lower volume looks lower.
@@ -1235,6 +1294,7 @@ mod tests {
             *n = (h as u64 * 37) % 200;
         }
         ArmReport {
+            transactional: None,
             name: name.to_string(),
             description: format!("The {name} arm."),
             users: 1000,

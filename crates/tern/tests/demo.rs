@@ -107,6 +107,20 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
     // No cap was exceeded, by the simulator's own log of what each user received.
     assert_eq!(run["cap_violations"], serde_json::json!([]), "{run}");
 
+    // Every password reset that could reach its user (holdout users included) was sent, at
+    // once: none expired unsent. Only users with no verified email could not get theirs.
+    let t = &run["transactional"];
+    assert!(n(&t["submitted"]) > 10, "{t}");
+    assert_eq!(n(&t["expired_unsent"]), 0, "{t}");
+    assert_eq!(
+        n(&t["sent"]),
+        n(&t["submitted"]) - n(&t["unreachable"]) - n(&t["open"]),
+        "{t}"
+    );
+    assert!(n(&t["unreachable"]) * 3 < n(&t["submitted"]), "{t}");
+    assert_eq!(t["latency_p99_secs"], serde_json::json!(0), "{t}");
+    assert!(stdout.contains("| tern | 7 | "), "{stdout}");
+
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(
         page.contains("<svg") && page.contains("Retention"),

@@ -36,19 +36,33 @@ fn quiet_at(q: &QuietHours, sod: i64) -> bool {
 
 /// The arm's rules: the arm the caller named, or else the one the documented hash gives,
 /// computed here from scratch.
-fn arm_for<'a>(config: &'a PlannerConfig, user: &UserInput) -> (String, &'a [CapRule], bool) {
+fn arm_for<'a>(
+    config: &'a PlannerConfig,
+    user: &UserInput,
+) -> (String, &'a [CapRule], &'a [String], bool) {
+    let exempt = |a: &'a Arm| {
+        a.exempt_priorities
+            .as_deref()
+            .unwrap_or(&config.exempt_priorities)
+    };
     if let (Some(e), Some(name)) = (&config.experiment, &user.arm) {
         if let Some(a) = e.arms.iter().find(|a| &a.name == name) {
             return (
                 a.name.clone(),
                 a.caps.as_deref().unwrap_or(&config.caps),
+                exempt(a),
                 a.holdout,
             );
         }
     }
     let user = user.user_id.as_str();
     match &config.experiment {
-        None => ("default".into(), &config.caps, false),
+        None => (
+            "default".into(),
+            &config.caps,
+            &config.exempt_priorities,
+            false,
+        ),
         Some(e) => {
             use sha2::{Digest, Sha256};
             let d = Sha256::digest(format!("{}:{}", e.salt, user).as_bytes());
@@ -61,6 +75,7 @@ fn arm_for<'a>(config: &'a PlannerConfig, user: &UserInput) -> (String, &'a [Cap
                     return (
                         a.name.clone(),
                         a.caps.as_deref().unwrap_or(&config.caps),
+                        exempt(a),
                         a.holdout,
                     );
                 }
@@ -76,6 +91,11 @@ struct Send<'a> {
     hi: i64,
     channel: &'a str,
     category: &'a str,
+}
+
+/// What a class bypasses, by the configuration's `priorities`.
+fn bypass_of(config: &PlannerConfig, priority: &str) -> Bypass {
+    config.priorities.get(priority).copied().unwrap_or_default()
 }
 
 fn matches(rule: &CapRule, channel: &str, category: &str) -> bool {
@@ -105,18 +125,23 @@ pub fn check(
     let eps = config.exploration;
     for up in &plan.users {
         let user = users.iter().find(|u| u.user_id == up.user_id).unwrap();
-        let (arm, rules, holdout) = arm_for(config, user);
+        let (arm, rules, arm_exempt, holdout) = arm_for(config, user);
         if arm != up.arm {
             return Err(format!(
                 "{}: arm {} but the hash says {arm}",
                 up.user_id, up.arm
             ));
         }
-        if holdout && up.choices.iter().any(|c| !c.exempt) {
-            return Err(format!("{}: holdout user got choices", up.user_id));
-        }
         let tz: Option<Tz> = user.timezone.parse().ok();
         let opp = |id: i64| user.opportunities.iter().find(|o| o.id == id).unwrap();
+        if holdout
+            && up
+                .choices
+                .iter()
+                .any(|c| !bypass_of(config, &opp(c.opportunity).priority).holdouts)
+        {
+            return Err(format!("{}: holdout user got choices", up.user_id));
+        }
 
         // Every candidate is accounted for exactly once.
         let mut accounted: BTreeSet<(i64, Option<&str>)> = BTreeSet::new();
@@ -176,7 +201,9 @@ pub fn check(
             if !(c.propensity > 0.0 && c.propensity <= 1.0) {
                 return Err(format!("{who}: propensity {}", c.propensity));
             }
-            if c.exempt != config.exempt_priorities.contains(&o.priority) {
+            let bypass = bypass_of(config, &o.priority);
+            let exempt = bypass.caps || arm_exempt.contains(&o.priority);
+            if c.exempt != exempt {
                 return Err(format!("{who}: exempt flag is wrong"));
             }
             if eps == 0.0 && c.propensity != 1.0 {
@@ -215,14 +242,14 @@ pub fn check(
                     .and_then(|x| x.objective.as_deref())
                     .unwrap_or("default"),
             );
-            if let Some(obj) = objective {
+            if let (Some(obj), false) = (objective, bypass.min_value) {
                 if c.value < obj.min_value {
                     return Err(format!("{who}: value {} below min", c.value));
                 }
             }
             // Quiet hours, sampled every minute of the window and at its last second.
             let chan = config.channels.iter().find(|x| x.name == ch).unwrap();
-            if let (Some(q), Some(tz)) = (&chan.quiet_hours, tz) {
+            if let (Some(q), Some(tz), false) = (&chan.quiet_hours, tz, bypass.quiet_hours) {
                 let mut t = a;
                 loop {
                     if quiet_at(q, local_second_of_day(tz, t)) {
@@ -235,7 +262,7 @@ pub fn check(
                 }
             }
             // Caps and gaps, for sends not exempt.
-            if config.exempt_priorities.contains(&o.priority) {
+            if exempt {
                 continue;
             }
             let cat = &o.category;

@@ -167,6 +167,16 @@ impl pb::opportunity_service_server::OpportunityService for Api {
                     .ingest_opportunities(&rows)
                     .await
                     .map_err(|e| self.db(e))?;
+                let created: Vec<(String, String)> = report
+                    .rows
+                    .iter()
+                    .zip(&rows)
+                    .filter(|(status, _)| matches!(status, RowStatus::New(_)))
+                    .map(|(_, o)| (o.user_id.clone(), o.priority.clone()))
+                    .collect();
+                if !created.is_empty() {
+                    self.control.submitted(&created).await;
+                }
                 for (status, i) in report.rows.into_iter().zip(at) {
                     results[i] = Some(match status {
                         RowStatus::New(id) => pb::row_result::Result::CreatedId(id),

@@ -162,6 +162,9 @@ pub trait Control: Send + Sync + 'static {
         &self,
         to: DateTime<Utc>,
     ) -> Result<Vec<(String, DateTime<Utc>)>, ControlError>;
+    /// Called once `Submit` has stored new opportunities, with each one's user and priority
+    /// class: the daemon plans at once the users who got a message that must go out now.
+    async fn submitted(&self, _created: &[(String, String)]) {}
     /// The names the active policy declares, which `Submit` holds each row to; `None` when
     /// there is no policy to hold them to (every well-formed name is accepted then).
     fn vocabulary(&self) -> Option<Vocabulary> {
@@ -253,6 +256,12 @@ pub struct GeneratedOpportunity {
     pub opportunity_id: Option<i64>,
 }
 
+/// The health name that says only "this process works": SERVING until shutdown begins, whatever
+/// the database does. A liveness probe asks for it, so that a database outage (which turns
+/// every other name NOT_SERVING, taking the replica out of load balancing) does not also get
+/// the process restarted, which would not bring the database back.
+pub const LIVENESS: &str = "liveness";
+
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -317,7 +326,7 @@ pub async fn serve(
         "tern.v1.FeedbackService",
         "tern.v1.AdminService",
     ];
-    for name in names {
+    for name in names.into_iter().chain([LIVENESS]) {
         health
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
@@ -351,7 +360,7 @@ pub async fn serve(
         shutdown.await;
         serving.store(false, std::sync::atomic::Ordering::SeqCst);
         probe.abort();
-        for name in names {
+        for name in names.into_iter().chain([LIVENESS]) {
             health
                 .set_service_status(name, tonic_health::ServingStatus::NotServing)
                 .await;

@@ -30,9 +30,10 @@ use crate::train::TrainSettings;
 /// How far back a replan reads history: the longest cap window and the fatigue features' reach.
 const HISTORY: TimeDelta = TimeDelta::days(28);
 
-/// The trigger of the partial plan that follows events which reached an urgent priority class
-/// (one that bypasses anything), recorded on the plan like a Replan document's name.
-pub const EVENTS_TRIGGER: &str = "events";
+/// The trigger of the partial plan that follows new opportunities of an urgent priority class
+/// (one that bypasses anything), from `Submit` or from events, recorded on the plan like a
+/// Replan document's name.
+pub const URGENT_TRIGGER: &str = "urgent";
 
 pub struct Daemon {
     pub(crate) store: Store,
@@ -230,7 +231,7 @@ impl Daemon {
         let started = Instant::now();
         let now = self.clock.now();
         let bundle: Arc<Bundle> = self.watcher.active();
-        let replan_doc = (trigger != "manual" && trigger != EVENTS_TRIGGER).then_some(trigger);
+        let replan_doc = (trigger != "manual" && trigger != URGENT_TRIGGER).then_some(trigger);
         let mut config = planner_config(&bundle, replan_doc).map_err(|e| {
             ControlError::Failed(format!("the active policy cannot be planned with: {e:#}"))
         })?;
@@ -339,6 +340,22 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Plans `users` at once, because each just got a message of an urgent class: it must be due
+    /// now, not at the next scheduled replan, which may come after it expires. The opportunities
+    /// are stored already, so a plan that fails here is caught up by the next scheduled one.
+    async fn plan_urgent(&self, mut users: Vec<String>) {
+        users.sort_unstable();
+        users.dedup();
+        if users.is_empty() {
+            return;
+        }
+        if let Err(e) = Daemon::replan(self, URGENT_TRIGGER, users).await {
+            tracing::warn!(error = %e, "could not plan urgent messages at once");
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Control for Daemon {
     async fn replan(&self, users: Vec<String>) -> Result<ReplanSummary, ControlError> {
@@ -362,13 +379,11 @@ impl Control for Daemon {
                 on && bundle.urgent(g.priority)
             })
         };
-        let mut urgent: Vec<String> = events
+        let urgent: Vec<String> = events
             .iter()
             .filter(|e| urgent_event(&e.event_type))
             .flat_map(|e| e.user_ids.iter().cloned())
             .collect();
-        urgent.sort_unstable();
-        urgent.dedup();
         let summary = crate::generators::submit_events(
             &self.store,
             &bundle,
@@ -377,13 +392,22 @@ impl Control for Daemon {
             self.clock.now(),
         )
         .await?;
-        if summary.opportunities_created > 0 && !urgent.is_empty() {
-            // The events are stored; a failed plan is caught up by the next scheduled one.
-            if let Err(e) = Daemon::replan(self, EVENTS_TRIGGER, urgent).await {
-                tracing::warn!(error = %e, "could not plan urgent messages at once");
-            }
+        if summary.opportunities_created > 0 {
+            self.plan_urgent(urgent).await;
         }
         Ok(summary)
+    }
+
+    async fn submitted(&self, created: &[(String, String)]) {
+        let bundle = self.watcher.active();
+        let urgent: Vec<String> = created
+            .iter()
+            .filter(|(_, class)| {
+                tern_policy::Priority::parse(class).is_some_and(|c| bundle.urgent(c))
+            })
+            .map(|(user, _)| user.clone())
+            .collect();
+        self.plan_urgent(urgent).await;
     }
 
     async fn advance_clock(

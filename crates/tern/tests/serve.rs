@@ -1028,8 +1028,18 @@ async fn a_dropped_database_is_unavailable_and_health_turns_not_serving() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
 
-    // Load balancers stop sending work here.
+    // Load balancers stop sending work here, but the process is alive: a liveness probe
+    // must not restart it for what a restart cannot fix.
     wait_for_health(&channel, ServingStatus::NotServing).await;
+    let liveness = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: tern_server::LIVENESS.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(liveness, ServingStatus::Serving as i32);
     outside.close().await;
 }
 
@@ -2406,4 +2416,88 @@ async fn hostile_requests_at_every_rpc_get_precise_codes_and_valid_rows_are_stor
     assert_eq!(total as usize, ROUNDS * 12);
     // Still serving.
     admin.get_status(pb::GetStatusRequest {}).await.unwrap();
+}
+
+/// A transactional message submitted by an upstream system is due at once, whatever the quiet
+/// hours, the value floor or the caps say, without waiting for a scheduled replan; a marketing
+/// one submitted beside it is held back by all three.
+#[tokio::test]
+async fn a_submitted_transactional_message_is_due_at_once_through_quiet_hours_and_caps() {
+    const STRICT: &str = r#"apiVersion: tern/v1
+kind: Channel
+metadata: {name: email}
+spec:
+  quietHours: {from: "00:00", to: "23:59"}
+---
+apiVersion: tern/v1
+kind: Objective
+metadata: {name: default}
+spec:
+  weights: {conversion: 1.0, engagement: 1.0, retention: 1.0, reachability: 1.0}
+  minValue: 100
+---
+apiVersion: tern/v1
+kind: Caps
+metadata: {name: default}
+spec:
+  rules:
+    - {channel: any, max: 0, per: 1d}
+---
+apiVersion: tern/v1
+kind: Priority
+metadata: {name: transactional}
+spec:
+  bypass: [caps, budgets, minValue, quietHours, holdouts]
+---
+apiVersion: tern/v1
+kind: Replan
+metadata: {name: daily}
+spec: {cron: "0 0 3 * * *", horizon: 24h, exploration: 0}
+"#;
+    let db = TestDb::new().await;
+    let daemon = Daemon::start_with(&db.url, STRICT);
+    let channel = daemon.channel().await;
+    let mut opportunities = OpportunityServiceClient::new(channel.clone());
+    let mut schedule = ScheduleServiceClient::new(channel.clone());
+    UserServiceClient::new(channel.clone())
+        .upsert(pb::UpsertUsersRequest {
+            users: vec![user("u1")],
+        })
+        .await
+        .unwrap();
+    let reply = opportunities
+        .submit(pb::SubmitRequest {
+            source: "accounts".into(),
+            opportunities: vec![
+                pb::Opportunity {
+                    template: "password_reset".into(),
+                    priority: "transactional".into(),
+                    ttl: Some(prost_types::Duration {
+                        seconds: 3600,
+                        nanos: 0,
+                    }),
+                    ..opportunity("u1", "reset-1", &["email"])
+                },
+                opportunity("u1", "promo-1", &["email"]),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.created, 2, "{reply:?}");
+    // No Replan call: Submit planned the user at once.
+    let items = schedule
+        .pull(pb::PullRequest {
+            holder: "email-sender".into(),
+            channels: vec!["email".into()],
+            max_items: 10,
+            lease: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let templates: Vec<&str> = items.iter().map(|i| i.template.as_str()).collect();
+    assert_eq!(templates, ["password_reset"], "{items:?}");
+    assert_eq!(items[0].dedupe_key, "reset-1");
 }

@@ -12,6 +12,27 @@ fn ts(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
 
+/// An arm with the default objective and caps.
+fn arm(name: &str, share: f64, holdout: bool) -> Arm {
+    Arm {
+        name: name.into(),
+        share,
+        objective: None,
+        caps: None,
+        exempt_priorities: None,
+        holdout,
+    }
+}
+
+/// Half the users in `control`, half in a holdout.
+fn control_and_holdout() -> Experiment {
+    Experiment {
+        name: "e".into(),
+        salt: "x".into(),
+        arms: vec![arm("control", 0.5, false), arm("holdout", 0.5, true)],
+    }
+}
+
 fn base_config() -> PlannerConfig {
     PlannerConfig {
         channels: vec![
@@ -331,28 +352,7 @@ fn budgets_hold_exactly_and_the_most_valuable_sends_win() {
 #[test]
 fn holdout_users_get_nothing_but_the_counterfactual_is_recorded() {
     let mut config = base_config();
-    config.experiment = Some(Experiment {
-        name: "e".into(),
-        salt: "x".into(),
-        arms: vec![
-            Arm {
-                name: "control".into(),
-                share: 0.5,
-                objective: None,
-                caps: None,
-                exempt_priorities: None,
-                holdout: false,
-            },
-            Arm {
-                name: "holdout".into(),
-                share: 0.5,
-                objective: None,
-                caps: None,
-                exempt_priorities: None,
-                holdout: true,
-            },
-        ],
-    });
+    config.experiment = Some(control_and_holdout());
     let now = "2026-06-01T10:00:00Z";
     let users: Vec<UserInput> = (0..40)
         .map(|i| {
@@ -551,24 +551,7 @@ fn an_arm_named_by_the_caller_overrides_the_hash_and_an_unknown_one_is_refused()
     config.experiment = Some(Experiment {
         name: "e".into(),
         salt: "x".into(),
-        arms: vec![
-            Arm {
-                name: "control".into(),
-                share: 1.0,
-                objective: None,
-                caps: None,
-                exempt_priorities: None,
-                holdout: false,
-            },
-            Arm {
-                name: "holdout".into(),
-                share: 0.0,
-                objective: None,
-                caps: None,
-                exempt_priorities: None,
-                holdout: true,
-            },
-        ],
+        arms: vec![arm("control", 1.0, false), arm("holdout", 0.0, true)],
     });
     let opportunity = || {
         vec![opp(
@@ -658,14 +641,7 @@ fn bypass_caps_frees_a_class_from_every_cap_set_even_an_arms_own() {
                 exempt_priorities: exempt,
                 holdout: false,
             },
-            Arm {
-                name: "other".into(),
-                share: 0.0,
-                objective: None,
-                caps: None,
-                exempt_priorities: None,
-                holdout: false,
-            },
+            arm("other", 0.0, false),
         ],
     };
     // Not declared, and the arm's own cap set exempts nothing: the cap holds it back.
@@ -810,28 +786,7 @@ fn bypass_holdouts_sends_to_holdout_users_and_withholds_the_rest() {
     let with = |bypass: Bypass| {
         let mut config = bypassing(bypass);
         config.multi_channel = true;
-        config.experiment = Some(Experiment {
-            name: "e".into(),
-            salt: "x".into(),
-            arms: vec![
-                Arm {
-                    name: "control".into(),
-                    share: 0.5,
-                    objective: None,
-                    caps: None,
-                    exempt_priorities: None,
-                    holdout: false,
-                },
-                Arm {
-                    name: "holdout".into(),
-                    share: 0.5,
-                    objective: None,
-                    caps: None,
-                    exempt_priorities: None,
-                    holdout: true,
-                },
-            ],
-        });
+        config.experiment = Some(control_and_holdout());
         run(&config, std::slice::from_ref(&u), now)
     };
     // Bypassing everything else but not holdouts, the reset is only a counterfactual.

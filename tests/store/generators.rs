@@ -93,6 +93,11 @@ async fn events_are_recorded_once_by_id() {
         user_count: 3,
         opportunities: 1,
         occurred_at: Some(t0()),
+        content: tern_store::EventContent {
+            user_ids: vec!["a".into(), "b".into(), "c".into()],
+            numbers: [("popularity".to_string(), 0.5)].into(),
+            strings: [("artist_id".to_string(), id.to_string())].into(),
+        },
     };
     assert_eq!(
         s.record_events(&[record("e1"), record("e2")], t0())
@@ -112,4 +117,17 @@ async fn events_are_recorded_once_by_id() {
         .unwrap();
     assert_eq!(seen.len(), 2);
     assert!(seen.contains("e1") && seen.contains("e3"));
+    // What each event carried comes back for replays, oldest first.
+    let stored = s
+        .events_between(
+            t0() - chrono::TimeDelta::hours(1),
+            t0() + chrono::TimeDelta::hours(1),
+            10,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = stored.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2", "e3"]);
+    assert_eq!(stored[1].content, Some(record("e2").content));
+    assert_eq!(stored[0].event_type, "artist_release");
 }

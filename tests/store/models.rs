@@ -59,9 +59,20 @@ async fn models_are_registered_promoted_one_at_a_time_and_rolled_back() {
         "m1"
     );
     assert_eq!(s.active_model().await.unwrap().unwrap().0, "m1");
+    // The history is a stack: m1 was the first, there is nothing before it (not back to m2).
+    assert_eq!(s.rollback_target().await.unwrap(), None);
+    assert!(matches!(
+        s.rollback_model(t0() + TimeDelta::hours(4)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.active_model().await.unwrap().unwrap().0, "m1");
+    // Promoting again pushes; a rollback then returns to m1.
+    s.promote_model("m2", t0() + TimeDelta::hours(5))
+        .await
+        .unwrap();
     assert_eq!(
-        s.rollback_model(t0() + TimeDelta::hours(4)).await.unwrap(),
-        "m2"
+        s.rollback_target().await.unwrap(),
+        Some(("m1".to_string(), "m2".to_string()))
     );
     let active: Vec<_> = s
         .list_models()

@@ -15,7 +15,12 @@
 //! - [`validate_text`], [`check_no_nul`], [`validate_time`], [`check_json`],
 //!   [`validate_payload`]: what the database would refuse, refused first with the field named,
 //!   so that no malformed request reaches SQL and comes back as an internal error.
+//! - [`assign`]: the experiment hash and arm rule that the policy, the planner and analyses share.
+//! - [`limits`]: what the planner can run (cap rules, channels, horizons), shared by the policy
+//!   checker and the planner so that they cannot disagree.
 
+pub mod assign;
+pub mod limits;
 mod random;
 
 use std::collections::BTreeMap;

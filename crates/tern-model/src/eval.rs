@@ -67,36 +67,99 @@ impl Metrics {
     }
 }
 
-/// Why a model may not be promoted, one sentence per head that fails; empty if it may.
+/// The promotion verdict, head by head.
 ///
-/// The rule: on every head with at least [`MIN_LABELS_FOR_PROMOTION`] labelled validation rows,
-/// the model's log loss must not be worse than predicting the training base rate. A model that
-/// loses to a constant has learned something wrong (a leak, a broken feature, a drifted period),
-/// and the planner would act on its confident mistakes.
-pub fn promotion_refusals(metrics: &Metrics) -> Vec<String> {
-    metrics
-        .heads
-        .iter()
-        .filter(|h| h.labels >= MIN_LABELS_FOR_PROMOTION)
-        // A NaN loss compares as neither: refused too.
-        .filter(|h| {
-            !matches!(
-                h.model.log_loss.partial_cmp(&h.base_rate.log_loss),
-                Some(Ordering::Less | Ordering::Equal)
-            )
-        })
-        .map(|h| {
-            format!(
-                "{}: validation log loss {:.5} is worse than the base rate's {:.5} ({} labels)",
-                h.head, h.model.log_loss, h.base_rate.log_loss, h.labels
-            )
-        })
-        .collect()
+/// The rule: a head with at least [`MIN_LABELS_FOR_PROMOTION`] labelled validation rows is
+/// *evaluated*, and its log loss must not be worse than predicting the training base rate. A
+/// model that loses to a constant on any evaluated head has learned something wrong (a leak, a
+/// broken feature, a drifted period), and the planner would act on its confident mistakes. A
+/// head with fewer labels is *not evaluated*: its loss is mostly noise, so it neither passes nor
+/// fails, and it is reported as such. A model with no evaluated head has shown nothing and is
+/// not promotable (the command line can force it).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Promotion {
+    /// Evaluated heads on which the model is at least as good as the base rate.
+    pub beats: Vec<Head>,
+    /// Evaluated heads on which it is worse, one sentence each.
+    pub loses: Vec<String>,
+    /// Heads with too few labels to judge, with their label counts.
+    pub not_evaluated: Vec<(Head, u64)>,
 }
 
-/// Whether the model may be promoted: see [`promotion_refusals`].
+impl Promotion {
+    /// Judges a model's validation metrics.
+    pub fn of(metrics: &Metrics) -> Promotion {
+        let mut p = Promotion::default();
+        for h in &metrics.heads {
+            if h.labels < MIN_LABELS_FOR_PROMOTION {
+                p.not_evaluated.push((h.head, h.labels));
+                continue;
+            }
+            // A NaN loss compares as neither: it loses.
+            match h.model.log_loss.partial_cmp(&h.base_rate.log_loss) {
+                Some(Ordering::Less | Ordering::Equal) => p.beats.push(h.head),
+                _ => p.loses.push(format!(
+                    "{}: validation log loss {:.5} is worse than the base rate's {:.5} ({} labels)",
+                    h.head, h.model.log_loss, h.base_rate.log_loss, h.labels
+                )),
+            }
+        }
+        p
+    }
+
+    /// Whether the model may be promoted: no evaluated head loses, and at least one is
+    /// evaluated.
+    pub fn promotable(&self) -> bool {
+        self.loses.is_empty() && !self.beats.is_empty()
+    }
+
+    /// Why it may not be promoted, one sentence each; empty if it may.
+    pub fn refusals(&self) -> Vec<String> {
+        let mut out = self.loses.clone();
+        if self.beats.is_empty() && self.loses.is_empty() {
+            out.push(format!(
+                "no head has {MIN_LABELS_FOR_PROMOTION} labelled validation rows, so nothing shows the model beats the base rate"
+            ));
+        }
+        out
+    }
+
+    /// The heads not evaluated, as `engagement (120 labels)`, comma-separated.
+    pub fn not_evaluated_text(&self) -> String {
+        self.not_evaluated
+            .iter()
+            .map(|(h, n)| format!("{h} ({n} labels)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// One line for people: `promotable: beats the base rate on conversion, retention; not
+    /// evaluated (fewer than 200 labels): engagement (120 labels)`, or why not.
+    pub fn summary(&self) -> String {
+        let mut s = if self.promotable() {
+            let heads: Vec<String> = self.beats.iter().map(|h| h.to_string()).collect();
+            format!("promotable: beats the base rate on {}", heads.join(", "))
+        } else {
+            format!("not promotable: {}", self.refusals().join("; "))
+        };
+        if !self.not_evaluated.is_empty() {
+            s.push_str(&format!(
+                "; not evaluated (fewer than {MIN_LABELS_FOR_PROMOTION} labels): {}",
+                self.not_evaluated_text()
+            ));
+        }
+        s
+    }
+}
+
+/// Why a model may not be promoted, one sentence each; empty if it may. See [`Promotion`].
+pub fn promotion_refusals(metrics: &Metrics) -> Vec<String> {
+    Promotion::of(metrics).refusals()
+}
+
+/// Whether the model may be promoted: see [`Promotion`].
 pub fn promotable(metrics: &Metrics) -> bool {
-    promotion_refusals(metrics).is_empty()
+    Promotion::of(metrics).promotable()
 }
 
 /// Streams predictions and labels of one predictor on one head.
@@ -274,7 +337,8 @@ mod tests {
     }
 
     #[test]
-    fn a_head_worse_than_the_base_rate_blocks_promotion_unless_it_has_too_few_labels() {
+    fn a_head_worse_than_the_base_rate_blocks_promotion_and_one_with_too_few_labels_is_not_evaluated(
+    ) {
         let scores = |log_loss| Scores {
             log_loss,
             auc: None,
@@ -305,5 +369,25 @@ mod tests {
             heads: vec![head(1000, f64::NAN)],
         };
         assert!(!promotable(&nan), "a NaN loss is never promotable");
+
+        // A head with too few labels is reported as not evaluated, not as passed.
+        let p = Promotion::of(&good);
+        assert_eq!(p.beats, [Head::Conversion]);
+        assert_eq!(p.not_evaluated, [(Head::Conversion, 10)]);
+        assert!(p.summary().contains("not evaluated"), "{}", p.summary());
+
+        // Nothing evaluated: nothing shows the model is any good.
+        let unjudged = Metrics {
+            rows: 100,
+            heads: vec![head(150, 0.1), head(0, 0.1)],
+        };
+        assert!(!promotable(&unjudged));
+        let p = Promotion::of(&unjudged);
+        assert!(
+            p.refusals()[0].contains("no head has 200"),
+            "{:?}",
+            p.refusals()
+        );
+        assert!(p.summary().starts_with("not promotable"), "{}", p.summary());
     }
 }

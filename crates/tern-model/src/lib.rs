@@ -45,7 +45,10 @@ use serde::{Deserialize, Serialize};
 
 pub use data::{Batch, Batches, Dataset, FromFn, InMemory, Part, TrainingWindow};
 pub use error::ModelError;
-pub use eval::{promotable, promotion_refusals, HeadMetrics, Metrics, Scores};
+pub use eval::{
+    promotable, promotion_refusals, HeadMetrics, Metrics, Promotion, Scores,
+    MIN_LABELS_FOR_PROMOTION,
+};
 pub use features::{
     CandidateContext, ChannelHistory, Column, FeatureMatrix, FeatureSpec, SpecDecl, UserContext,
 };

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use tern_core::limits;
 
 /// The keyword that makes a cap rule count every channel.
 pub const ANY_CHANNEL: &str = "any";
@@ -169,7 +170,8 @@ pub struct Objective {
     pub min_value: f64,
 }
 
-/// Users are split into arms by a salted hash of their id (see [`crate::arm_point`]).
+/// Users are split into arms by the policy's salted rendezvous hash of their id
+/// ([`tern_core::assign::rendezvous`]), unless their input names the arm.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Experiment {
@@ -220,7 +222,7 @@ pub enum ConfigError {
         name: String,
         message: String,
     },
-    #[error("at most 64 cap rules are supported")]
+    #[error("a cap set holds at most 64 limits (a rule with both max and minGap holds two)")]
     TooManyCapRules,
     #[error("objective {name:?}: {message}")]
     BadObjective { name: String, message: String },
@@ -247,8 +249,8 @@ pub(crate) struct Compiled {
     pub bypass: BTreeMap<String, Bypass>,
     pub arms: Vec<CompiledArm>,
     pub salt: Option<String>,
-    /// Cumulative upper bounds of arm shares, same order as `arms`.
-    pub cumulative: Vec<f64>,
+    /// Arm shares, same order as `arms`.
+    pub shares: Vec<f64>,
     pub exploration: f64,
     pub multi_channel: bool,
     pub horizon: i64,
@@ -357,7 +359,8 @@ pub(crate) fn parse_hhmm(s: &str) -> Option<u32> {
 }
 
 impl CapRule {
-    /// A readable description: `push max 2 per 86400s`, `any min gap 14400s`.
+    /// A readable description: `push max 2 per 86400s`, `any min gap 14400s`,
+    /// `email max 2 per 86400s, min gap 10800s`.
     pub fn describe(&self) -> String {
         if let Some(name) = &self.name {
             return name.clone();
@@ -368,6 +371,7 @@ impl CapRule {
             s.push_str(c);
         }
         match (self.max, self.window_secs, self.min_gap_secs) {
+            (Some(m), Some(w), Some(g)) => format!("{s} max {m} per {w}s, min gap {g}s"),
             (_, _, Some(g)) => format!("{s} min gap {g}s"),
             (Some(m), Some(w), _) => format!("{s} max {m} per {w}s"),
             _ => s,
@@ -378,7 +382,7 @@ impl CapRule {
 impl PlannerConfig {
     /// Validates the configuration and resolves names to indices.
     pub(crate) fn compile(&self) -> Result<Compiled, ConfigError> {
-        if self.channels.len() > 32 {
+        if self.channels.len() > limits::MAX_CHANNELS {
             return Err(ConfigError::TooManyChannels);
         }
         let mut channels = Vec::new();
@@ -419,10 +423,10 @@ impl PlannerConfig {
         quiet_bounds.sort_unstable();
         quiet_bounds.dedup();
 
-        if !(0.0..1.0).contains(&self.exploration) {
+        if limits::check_exploration(self.exploration).is_err() {
             return Err(ConfigError::BadExploration(self.exploration));
         }
-        if self.horizon_secs == 0 || self.horizon_secs > 366 * 86400 {
+        if limits::check_horizon(self.horizon_secs).is_err() {
             return Err(ConfigError::BadHorizon);
         }
         if !(60..=3600).contains(&self.send_window_secs) {
@@ -451,7 +455,7 @@ impl PlannerConfig {
             .ok_or(ConfigError::NoDefaultObjective)?;
         let default_rules = compile_rules(&self.caps, &channels)?;
 
-        let (arms, cumulative, salt) = match &self.experiment {
+        let (arms, shares, salt) = match &self.experiment {
             None => (
                 vec![CompiledArm::new(
                     "default".into(),
@@ -473,7 +477,7 @@ impl PlannerConfig {
                     return Err(bad("an experiment needs at least one arm".into()));
                 }
                 let mut arms = Vec::new();
-                let mut cumulative = Vec::new();
+                let mut shares = Vec::new();
                 let mut total = 0.0;
                 for arm in &exp.arms {
                     if !(arm.share.is_finite() && arm.share >= 0.0) {
@@ -498,7 +502,7 @@ impl PlannerConfig {
                         .clone()
                         .unwrap_or_else(|| self.exempt_priorities.clone());
                     total += arm.share;
-                    cumulative.push(total);
+                    shares.push(arm.share);
                     arms.push(CompiledArm::new(
                         arm.name.clone(),
                         objective.clone(),
@@ -511,11 +515,7 @@ impl PlannerConfig {
                 if (total - 1.0).abs() > 1e-9 {
                     return Err(bad(format!("arm shares add up to {total}, not 1")));
                 }
-                // The last bound is exactly 1 so that every point in [0, 1) finds an arm.
-                if let Some(last) = cumulative.last_mut() {
-                    *last = 1.0;
-                }
-                (arms, cumulative, Some(exp.salt.clone()))
+                (arms, shares, Some(exp.salt.clone()))
             }
         };
 
@@ -531,7 +531,7 @@ impl PlannerConfig {
                 .collect(),
             arms,
             salt,
-            cumulative,
+            shares,
             exploration: self.exploration,
             multi_channel: self.multi_channel,
             horizon: self.horizon_secs as i64,
@@ -541,49 +541,47 @@ impl PlannerConfig {
     }
 }
 
+/// Compiles one cap set. Each rule is validated by [`tern_core::limits::cap_limits`], the same
+/// function `tern policy check` calls; a rule with both a count and a gap becomes two limits
+/// under one label, and both hold.
 fn compile_rules(rules: &[CapRule], channels: &[String]) -> Result<Vec<CompiledRule>, ConfigError> {
-    if rules.len() > 64 {
+    let mut compiled = Vec::new();
+    for (index, r) in rules.iter().enumerate() {
+        let bad = |message: String| ConfigError::BadCapRule {
+            index,
+            name: r.describe(),
+            message,
+        };
+        let channel = match r.channel.as_deref() {
+            None | Some(ANY_CHANNEL) => None,
+            Some(name) => Some(
+                channels
+                    .iter()
+                    .position(|c| c == name)
+                    .ok_or_else(|| bad("names a channel that is not declared".into()))?
+                    as u16,
+            ),
+        };
+        let limits = limits::cap_limits(r.max.map(u64::from), r.window_secs, r.min_gap_secs)
+            .map_err(|e| bad(e.to_string()))?;
+        let rule = |limit| CompiledRule {
+            label: r.describe(),
+            channel,
+            category: r.category.clone(),
+            limit,
+        };
+        if let Some((max, window)) = limits.count {
+            compiled.push(rule(Limit::Max {
+                max,
+                window: window as i64,
+            }));
+        }
+        if let Some(gap) = limits.min_gap_secs {
+            compiled.push(rule(Limit::MinGap { gap: gap as i64 }));
+        }
+    }
+    if compiled.len() > limits::MAX_CAP_LIMITS {
         return Err(ConfigError::TooManyCapRules);
     }
-    const MAX_WINDOW: u64 = 366 * 86400;
-    rules
-        .iter()
-        .enumerate()
-        .map(|(index, r)| {
-            let bad = |message: &str| ConfigError::BadCapRule {
-                index,
-                name: r.describe(),
-                message: message.into(),
-            };
-            let channel = match r.channel.as_deref() {
-                None | Some(ANY_CHANNEL) => None,
-                Some(name) => Some(
-                    channels
-                        .iter()
-                        .position(|c| c == name)
-                        .ok_or_else(|| bad("names a channel that is not declared"))?
-                        as u16,
-                ),
-            };
-            let limit =
-                match (r.max, r.window_secs, r.min_gap_secs) {
-                    (None, None, Some(g)) if g > 0 && g <= MAX_WINDOW => {
-                        Limit::MinGap { gap: g as i64 }
-                    }
-                    (Some(m), Some(w), None) if w > 0 && w <= MAX_WINDOW => Limit::Max {
-                        max: m,
-                        window: w as i64,
-                    },
-                    _ => return Err(bad(
-                        "give either max and window_secs, or min_gap_secs (windows up to 366 days)",
-                    )),
-                };
-            Ok(CompiledRule {
-                label: r.describe(),
-                channel,
-                category: r.category.clone(),
-                limit,
-            })
-        })
-        .collect()
+    Ok(compiled)
 }

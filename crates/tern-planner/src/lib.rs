@@ -16,8 +16,8 @@
 //! - `plan`: [`Planner::plan`]: per user (in parallel) value → candidates → greedy-with-
 //!   exploration selection under caps and gaps → send window; around it, the budget price search
 //!   and the exact fit.
-//! - [`random`]: the salted arm hash ([`arm_point`]) and the per-user random stream, both fixed
-//!   algorithms so results never depend on platform or thread count.
+//! - [`random`]: the per-user random stream, a fixed algorithm so results never depend on
+//!   platform or thread count. Arms come from `tern_core::assign`, shared with the policy.
 //! - [`explain()`]: a human-readable account of one user's plan.
 //! - [`jsonl`]: the JSON Lines format of `tern plan`.
 //! - [`synthetic()`]: the benchmark's deterministic synthetic data set.
@@ -37,6 +37,5 @@ pub use config::{
 };
 pub use explain::explain;
 pub use plan::{value_of, PlanError, Planner, BUDGET_ROUNDS};
-pub use random::arm_point;
 pub use synthetic::{synthetic, SYNTHETIC_NOW};
 pub use types::*;

@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 use rayon::prelude::*;
 
 use crate::config::{Compiled, CompiledArm, ConfigError, Limit, PlannerConfig};
-use crate::random::{arm_point, user_stream};
+use crate::random::user_stream;
 use crate::time::{build_pieces, Piece};
 use crate::types::*;
 
@@ -143,12 +143,13 @@ impl Planner {
         match &self.c.salt {
             None => 0,
             Some(salt) => {
-                let p = arm_point(salt, user_id);
-                self.c
-                    .cumulative
-                    .iter()
-                    .position(|&b| p < b)
-                    .unwrap_or(self.c.arms.len() - 1)
+                let arms = self.c.arms.iter().map(|a| a.name.as_str());
+                tern_core::assign::rendezvous(
+                    salt,
+                    arms.zip(self.c.shares.iter().copied()),
+                    user_id,
+                )
+                .unwrap_or(0)
             }
         }
     }
@@ -372,6 +373,8 @@ impl Planner {
                 for o in &user.opportunities {
                     suppress(&mut up, o.id, None, Reason::BadInput, None);
                 }
+                // Like every other line: by opportunity, whatever the input order.
+                up.suppressions.sort_by_key(|a| (a.opportunity, a.channel));
                 return up;
             }
         };

@@ -1,27 +1,9 @@
-//! Stable hashing: experiment arms and per-user random streams.
+//! Stable hashing: per-user random streams (experiment arms are `tern_core::assign`'s).
 //!
-//! Both must give the same answer on every machine, thread count and release, because an arm
-//! assignment that moved would corrupt an experiment, and a random stream that moved would make
-//! the logged propensities unreproducible.
+//! A stream must give the same draws on every machine, thread count and release, because a
+//! random stream that moved would make the logged propensities unreproducible.
 
-use sha2::{Digest, Sha256};
 use tern_core::SplitMix64;
-
-/// The point of a user in `[0, 1)` for an experiment with `salt`: the first 8 bytes of
-/// `SHA-256(salt ":" user_id)`, read big-endian, divided by 2⁶⁴. In PostgreSQL:
-/// `('x' || left(encode(sha256(convert_to(salt || ':' || user_id, 'UTF8')), 'hex'), 16))::bit(64)`
-/// gives the same 64 bits.
-pub fn arm_point(salt: &str, user_id: &str) -> f64 {
-    let mut h = Sha256::new();
-    h.update(salt.as_bytes());
-    h.update(b":");
-    h.update(user_id.as_bytes());
-    let digest = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    // 53 high bits keep the result exactly representable and strictly below 1.
-    (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64
-}
 
 /// FNV-1a, 64 bit: a fixed, fast hash to key the per-user random stream.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {

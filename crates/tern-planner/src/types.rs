@@ -15,7 +15,8 @@ pub struct UserInput {
     pub timezone: String,
     /// The experiment arm the caller assigned, by name. The daemon and `tern plan` set it from the
     /// policy bundle's assignment (experiments, traffic and exclusive layers), which is the one
-    /// source of truth; when absent, the planner places the user by [`crate::arm_point`].
+    /// source of truth; when absent, the planner places the user by the same rule,
+    /// [`tern_core::assign::rendezvous`] over the configured arms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arm: Option<String>,
     /// 24 non-negative weights, one per local hour (0 = midnight to 1 am): how likely this user is

@@ -81,6 +81,13 @@ fn cap_rule() -> impl Strategy<Value = CapRule> {
                 None,
                 Some(g)
             )),
+            // A count and a gap in one rule: both hold.
+            (
+                1u32..4,
+                prop::sample::select(vec![86400u64, 7 * 86400]),
+                prop::sample::select(vec![1800u64, 4 * 3600])
+            )
+                .prop_map(|(m, w, g)| (Some(m), Some(w), Some(g))),
         ],
     )
         .prop_map(

@@ -502,7 +502,18 @@ fn bad_configurations_say_what_is_wrong() {
     assert!(Planner::new(c)
         .unwrap_err()
         .to_string()
-        .contains("either max"));
+        .contains("`max` needs `per`"));
+    // The same rule as the policy checker: a window over 366 days is refused by both.
+    let mut c = base_config();
+    c.caps.push(CapRule {
+        max: Some(1),
+        window_secs: Some(400 * 86_400),
+        ..CapRule::default()
+    });
+    assert!(Planner::new(c)
+        .unwrap_err()
+        .to_string()
+        .contains("between 1 second and 366 days"));
     let mut c = base_config();
     c.objectives.clear();
     assert_eq!(
@@ -535,14 +546,27 @@ fn bad_configurations_say_what_is_wrong() {
 }
 
 #[test]
-fn the_arm_hash_is_the_documented_one() {
-    // SHA-256("2026-q4:user-1") begins 0x…; the point is its first 8 bytes over 2^64.
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(b"2026-q4:user-1");
-    let x = u64::from_be_bytes(d[..8].try_into().unwrap());
-    let expected = (x >> 11) as f64 / (1u64 << 53) as f64;
-    assert_eq!(arm_point("2026-q4", "user-1"), expected);
-    assert!((0.0..1.0).contains(&expected));
+fn users_without_a_named_arm_get_the_policy_assignment() {
+    // The planner and the policy share one rule: the arm is the rendezvous winner under the
+    // salt, so a config's arms and a bundle's experiment agree on every user.
+    let mut config = base_config();
+    config.experiment = Some(Experiment {
+        name: "e".into(),
+        salt: "2026-q4".into(),
+        arms: vec![arm("control", 0.5, false), arm("treatment", 0.5, false)],
+    });
+    let planner = Planner::new(config).unwrap();
+    for u in 0..200 {
+        let user = format!("user-{u}");
+        let expected =
+            tern_core::assign::rendezvous("2026-q4", [("control", 0.5), ("treatment", 0.5)], &user)
+                .unwrap();
+        assert_eq!(
+            planner.arm_of(&user),
+            ["control", "treatment"][expected],
+            "{user}"
+        );
+    }
 }
 
 #[test]

@@ -195,6 +195,8 @@ pub struct Bundle {
     pub replans: Vec<Replan>,
     /// `kind: Priority` documents: what each declared priority class bypasses.
     pub priorities: Vec<PriorityClass>,
+    /// The `kind: Schema` document, if any: the shapes expressions were checked against.
+    pub schema: Option<Schema>,
     /// Warnings found while loading (rules that can never bind, and so on).
     pub warnings: Findings,
 }
@@ -239,6 +241,7 @@ impl Bundle {
             experiments: Vec::new(),
             replans: Vec::new(),
             priorities: Vec::new(),
+            schema: None,
             warnings: findings,
         };
         for doc in decoded.docs {
@@ -251,6 +254,7 @@ impl Bundle {
                 Doc::Experiment(d) => bundle.experiments.push(d),
                 Doc::Replan(d) => bundle.replans.push(d),
                 Doc::Priority(d) => bundle.priorities.push(d),
+                Doc::Schema(d) => bundle.schema = Some(d),
             }
         }
         bundle
@@ -296,6 +300,7 @@ impl Bundle {
         docs.extend(self.experiments.iter().map(Experiment::canonical));
         docs.extend(self.replans.iter().map(Replan::canonical));
         docs.extend(self.priorities.iter().map(PriorityClass::canonical));
+        docs.extend(self.schema.iter().map(Schema::canonical));
         docs
     }
 
@@ -428,6 +433,7 @@ fn decode_file(file: &SourceFile, decoded: &mut Decoded) {
                 Finding::error(path, Pos::new(line, column), "the file is not valid UTF-8")
                     .with_hint("policy files are UTF-8 text"),
             );
+            decoded.unreadable.push(path.clone());
             return;
         }
     };
@@ -438,15 +444,19 @@ fn decode_file(file: &SourceFile, decoded: &mut Decoded) {
             Pos::NONE,
             "the file contains NUL bytes; it is not a text file",
         ));
+        decoded.unreadable.push(path.clone());
         return;
     }
     match parse_stream(text) {
         Ok(docs) => Decoder::new(path, decoded).file(&docs),
-        Err(e) => decoded.findings.push(Finding::error(
-            path,
-            e.pos,
-            format!("YAML syntax error: {}", e.message),
-        )),
+        Err(e) => {
+            decoded.unreadable.push(path.clone());
+            decoded.findings.push(Finding::error(
+                path,
+                e.pos,
+                format!("YAML syntax error: {}", e.message),
+            ));
+        }
     }
 }
 
@@ -476,6 +486,23 @@ fn cross_checks(dir: &Path, d: &mut Decoded) {
             }
         }
     }
+    // The planner keeps one bit per channel.
+    if let Some(extra) = d
+        .declared
+        .iter()
+        .filter(|x| x.kind == "Channel")
+        .nth(tern_core::limits::MAX_CHANNELS)
+    {
+        d.findings.push(Finding::error(
+            &extra.file,
+            extra.pos,
+            format!(
+                "a bundle declares at most {} channels; `{}` is one more",
+                tern_core::limits::MAX_CHANNELS,
+                extra.name
+            ),
+        ));
+    }
     // References.
     let names = |kind: &str| -> Vec<&str> {
         d.declared
@@ -486,12 +513,19 @@ fn cross_checks(dir: &Path, d: &mut Decoded) {
     };
     let categories_declared = d.declared.iter().any(|x| x.kind == "Category");
     let mut found = Vec::new();
+    // A file that could not be parsed may declare what the others refer to: an unknown name
+    // would most likely follow from its syntax error, so those are held back, and said so once.
+    let mut held_back = 0usize;
     for r in &d.references {
         if r.to == RefKind::Category && !categories_declared {
             continue;
         }
         let known = names(r.to.kind());
         if known.contains(&r.name.as_str()) {
+            continue;
+        }
+        if !d.unreadable.is_empty() {
+            held_back += 1;
             continue;
         }
         let message = format!("unknown {} `{}`", r.to.kind(), r.name);
@@ -507,8 +541,47 @@ fn cross_checks(dir: &Path, d: &mut Decoded) {
         };
         found.push(f);
     }
+    if let Some(file) = d.unreadable.first().filter(|_| held_back > 0) {
+        found.push(
+            Finding::warning(
+                file,
+                Pos::NONE,
+                format!("{held_back} reference(s) to undeclared names were not checked"),
+            )
+            .with_hint("they may name documents of a file that could not be read; fix its syntax and check again"),
+        );
+    }
+    // Expressions against the declared shapes; one Schema per bundle, so that a field has one
+    // declaration.
+    let declared: Vec<&crate::decode::Declared> =
+        d.declared.iter().filter(|x| x.kind == "Schema").collect();
+    for extra in declared.iter().skip(1) {
+        found.push(
+            Finding::error(
+                &extra.file,
+                extra.pos,
+                format!("a second Schema document (`{}`)", extra.name),
+            )
+            .with_hint(format!(
+                "a bundle has one Schema; merge it into `{}` ({}:{}:{})",
+                declared[0].name,
+                declared[0].file.display(),
+                declared[0].pos.line,
+                declared[0].pos.column
+            )),
+        );
+    }
+    let schema = d.docs.iter().find_map(|doc| match doc {
+        Doc::Schema(s) => Some(s),
+        _ => None,
+    });
+    // Only against the one Schema, and only when it decoded: checking against a broken or a
+    // second schema would report fields that are declared, as follow-on errors.
+    if let (Some(schema), [_]) = (schema, declared.as_slice()) {
+        found.extend(crate::shape::check(schema, &d.exprs, &d.events));
+    }
     // The default objective.
-    let has_docs = !d.declared.is_empty();
+    let has_docs = !d.declared.is_empty() && d.unreadable.is_empty();
     if has_docs
         && !d
             .declared

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use chrono::TimeDelta;
 use chrono_tz::Tz;
+use tern_core::limits;
 
 use crate::finding::{Finding, Pos};
 use crate::model::*;
@@ -21,7 +22,7 @@ use crate::text::{did_you_mean, is_name, parse_duration, parse_hhmm};
 use crate::yaml::{quote_short, Document, Node, Style, Value};
 
 /// The kinds of document, in the order canonical JSON lists them.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
     "Channel",
     "Category",
     "Caps",
@@ -30,6 +31,7 @@ pub const KINDS: [&str; 8] = [
     "Experiment",
     "Replan",
     "Priority",
+    "Schema",
 ];
 
 // The fields each mapping accepts. `schema.rs` is tested against these lists, so the JSON
@@ -37,7 +39,7 @@ pub const KINDS: [&str; 8] = [
 pub(crate) const TOP: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
 pub(crate) const METADATA: &[&str] = &["name", "description", "labels"];
 pub(crate) const CHANNEL: &[&str] = &["quietHours", "budget", "reachableWhen"];
-pub(crate) const QUIET_HOURS: &[&str] = &["from", "to", "fallbackTimezone"];
+pub(crate) const QUIET_HOURS: &[&str] = &["from", "to"];
 pub(crate) const BUDGET: &[&str] = &["max", "per"];
 pub(crate) const CATEGORY: &[&str] = &[];
 pub(crate) const CAPS: &[&str] = &["rules", "exempt"];
@@ -57,13 +59,21 @@ pub(crate) const GENERATOR: &[&str] = &[
     "dedupeKey",
     "signals",
     "payload",
+    "startingDeadline",
 ];
 pub(crate) const ON: &[&str] = &["event"];
 pub(crate) const MESSAGE: &[&str] = &["template", "category"];
 pub(crate) const EXPERIMENT: &[&str] = &["salt", "layer", "traffic", "arms"];
 pub(crate) const ARM: &[&str] = &["name", "share", "objective", "caps", "holdout"];
-pub(crate) const REPLAN: &[&str] = &["cron", "timezone", "horizon", "exploration"];
+pub(crate) const REPLAN: &[&str] = &[
+    "cron",
+    "timezone",
+    "horizon",
+    "exploration",
+    "startingDeadline",
+];
 pub(crate) const PRIORITY: &[&str] = &["bypass"];
+pub(crate) const SCHEMA: &[&str] = &["user", "events"];
 
 /// Variables that event-triggered generators' expressions can read.
 pub const EVENT_VARS: &[&str] = &["event", "user"];
@@ -104,6 +114,7 @@ pub enum Doc {
     Experiment(Experiment),
     Replan(Replan),
     Priority(PriorityClass),
+    Schema(Schema),
 }
 
 /// A document with a known kind and a valid name, whether or not the rest of it decoded.
@@ -162,12 +173,22 @@ pub struct Decoded {
     pub references: Vec<Reference>,
     pub layers: Vec<LayerUse>,
     pub findings: Vec<Finding>,
+    /// Files that could not be parsed: whatever they declare is unknown, so a reference that
+    /// is not found may be to one of their documents.
+    pub unreadable: Vec<PathBuf>,
+    /// Every compiled expression with its context, checked against the bundle's Schema once
+    /// every file is decoded (the Schema may be in any file).
+    pub exprs: Vec<crate::shape::ExprUse>,
+    /// Every event a generator listens to, with where it is named.
+    pub events: Vec<(String, PathBuf, Pos)>,
 }
 
 /// The decoder for one file.
 pub struct Decoder<'a> {
     file: &'a Path,
     out: &'a mut Decoded,
+    /// The event type of the generator being decoded, for the expressions that read `event`.
+    event: Option<String>,
 }
 
 /// The entries of one mapping, checked for unknown and duplicate keys.
@@ -191,7 +212,11 @@ impl<'n> Fields<'n> {
 
 impl<'a> Decoder<'a> {
     pub fn new(file: &'a Path, out: &'a mut Decoded) -> Decoder<'a> {
-        Decoder { file, out }
+        Decoder {
+            file,
+            out,
+            event: None,
+        }
     }
 
     fn error(&mut self, pos: Pos, message: impl Into<String>) {
@@ -577,10 +602,21 @@ impl<'a> Decoder<'a> {
                 None => self.error(at(1, offset + 1), message),
             }
         }
-        ok.then(|| Expr {
-            source,
-            program: Arc::new(program),
-        })
+        if !ok {
+            return None;
+        }
+        let program = Arc::new(program);
+        let single = !source.contains('\n') && style != Style::Block;
+        self.out.exprs.push(crate::shape::ExprUse {
+            file: self.file.to_path_buf(),
+            pos: node.pos,
+            single_line: single,
+            quoted: style == Style::Quoted,
+            field: field.to_string(),
+            event: self.event.clone().filter(|_| vars.contains(&"event")),
+            program: program.clone(),
+        });
+        Some(Expr { source, program })
     }
 
     fn names(&mut self, node: &Node, field: &str) -> Option<Vec<(String, Pos)>> {
@@ -703,6 +739,7 @@ impl<'a> Decoder<'a> {
             "Priority" => self
                 .priority(spec, metadata, name_pos, source)
                 .map(Doc::Priority),
+            "Schema" => self.schema(spec, metadata, source).map(Doc::Schema),
             _ => None,
         };
         if let (Some(doc), true) = (doc, self.error_count() == before) {
@@ -762,9 +799,6 @@ impl<'a> Decoder<'a> {
             let from = from.and_then(|n| self.time_of_day(n, "from"));
             let to_pos = to.map(|n| n.pos);
             let to = to.and_then(|n| self.time_of_day(n, "to"));
-            let fallback = q
-                .get("fallbackTimezone")
-                .and_then(|n| self.timezone(n, "fallbackTimezone"));
             let (from, to) = (from?, to?);
             if from == to {
                 self.error_hint(
@@ -774,11 +808,7 @@ impl<'a> Decoder<'a> {
                 );
                 return None;
             }
-            Some(QuietHours {
-                from,
-                to,
-                fallback_timezone: fallback,
-            })
+            Some(QuietHours { from, to })
         });
         let budget = f.get("budget").and_then(|b| {
             let b = self.fields(b, "budget", BUDGET)?;
@@ -862,6 +892,22 @@ impl<'a> Decoder<'a> {
                 );
             }
         }
+        let slots: usize = rules
+            .iter()
+            .map(|(r, _)| usize::from(r.limit.is_some()) + usize::from(r.min_gap.is_some()))
+            .sum();
+        if slots > limits::MAX_CAP_LIMITS {
+            if let Some(list) = f.get("rules") {
+                self.error_hint(
+                    list.pos,
+                    format!(
+                        "this cap set holds {slots} limits; the planner runs at most {}",
+                        limits::MAX_CAP_LIMITS
+                    ),
+                    "a rule with both `max` and `minGap` holds two; merge or remove rules",
+                );
+            }
+        }
         self.check_rules(&rules);
         Some(CapSet {
             metadata,
@@ -894,29 +940,43 @@ impl<'a> Decoder<'a> {
         let max = f.get("max").and_then(|n| self.whole(n, "max"));
         let per = f.get("per").and_then(|n| self.duration(n, "per"));
         let min_gap = f.get("minGap").and_then(|n| self.duration(n, "minGap"));
-        let limit = match (f.has("max"), f.has("per")) {
-            (true, false) => {
-                self.error_hint(f.pos, "`max` needs `per`", "e.g. `{ max: 2, per: 1d }`");
-                return None;
-            }
-            (false, true) => {
-                self.error_hint(f.pos, "`per` needs `max`", "e.g. `{ max: 2, per: 1d }`");
-                return None;
-            }
-            (true, true) => Some(Limit {
-                max: max?,
-                per: per?,
-            }),
-            (false, false) => None,
-        };
-        if limit.is_none() && !f.has("minGap") {
-            self.error_hint(
-                f.pos,
-                "this rule limits nothing",
-                "give `max` and `per`, `minGap`, or both",
-            );
+        // A field that failed to parse has its own error already; an error about the rule's
+        // shape would only follow from it.
+        let unparsed = |k: &str, parsed: bool| f.has(k) && !parsed;
+        if unparsed("max", max.is_some())
+            || unparsed("per", per.is_some())
+            || unparsed("minGap", min_gap.is_some())
+        {
             return None;
         }
+        let secs = |d: Option<TimeDelta>| d.map(|d| d.num_seconds().max(1) as u64);
+        // The planner's own rule, so that whatever passes here, the planner runs.
+        match limits::cap_limits(max, secs(per), secs(min_gap)) {
+            Ok(_) => {}
+            Err(e) => {
+                use limits::CapRuleError as E;
+                let (pos, hint) = match &e {
+                    E::Nothing | E::MaxWithoutPer | E::PerWithoutMax => (
+                        f.pos,
+                        Some("e.g. `{ max: 2, per: 1d }`, `{ minGap: 4h }`, or both"),
+                    ),
+                    E::MaxTooLarge(_) => (f.get("max").map_or(f.pos, |n| n.pos), None),
+                    E::Window { field, .. } => (
+                        f.get(field).map_or(f.pos, |n| n.pos),
+                        Some("cap windows and gaps are at most 366 days"),
+                    ),
+                };
+                match hint {
+                    Some(h) => self.error_hint(pos, e.to_string(), h),
+                    None => self.error(pos, e.to_string()),
+                }
+                return None;
+            }
+        }
+        let limit = match (max, per) {
+            (Some(max), Some(per)) => Some(Limit { max, per }),
+            _ => None,
+        };
         if limit.as_ref().is_some_and(|l| l.max == 0) {
             self.warning(
                 f.pos,
@@ -931,11 +991,7 @@ impl<'a> Decoder<'a> {
             channel: channel?,
             category: category?,
             limit,
-            min_gap: if f.has("minGap") {
-                Some(min_gap?)
-            } else {
-                None
-            },
+            min_gap,
         })
     }
 
@@ -1096,6 +1152,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn generator(&mut self, spec: &Node, metadata: Metadata, source: Source) -> Option<Generator> {
+        self.event = None;
         let f = self.fields(spec, "spec", GENERATOR)?;
         let trigger = match (f.get("on"), f.get("schedule")) {
             (Some(_), Some(s)) => {
@@ -1115,7 +1172,7 @@ impl<'a> Decoder<'a> {
                 None
             }
             (Some(on), None) => {
-                for wrong in ["segment", "timezone"] {
+                for wrong in ["segment", "timezone", "startingDeadline"] {
                     if let Some(n) = f.get(wrong) {
                         self.error_hint(
                             n.pos,
@@ -1126,8 +1183,13 @@ impl<'a> Decoder<'a> {
                 }
                 let event = self.fields(on, "on", ON).and_then(|o| {
                     let e = self.required(&o, "event", "on")?;
-                    self.name(e, "event")
+                    let name = self.name(e, "event")?;
+                    self.out
+                        .events
+                        .push((name.clone(), self.file.to_path_buf(), e.pos));
+                    Some(name)
                 });
+                self.event = event.clone();
                 let when = f.get("when").map(|n| self.cel(n, "when", EVENT_VARS));
                 match (event, when) {
                     (Some(event), None) => Some(Trigger::Event { event, when: None }),
@@ -1148,20 +1210,30 @@ impl<'a> Decoder<'a> {
                 }
                 let cron = self.cron(s, "schedule");
                 let timezone = f.get("timezone").map(|n| self.timezone(n, "timezone"));
+                let deadline = match f.get("startingDeadline") {
+                    None => Some(None),
+                    Some(n) => self.duration(n, "startingDeadline").map(Some),
+                };
                 let segment = self
                     .required(&f, "segment", "spec")
                     .and_then(|n| self.cel(n, "segment", SCHEDULE_VARS));
-                match (cron, timezone, segment) {
-                    (Some(cron), None, Some(segment)) => Some(Trigger::Schedule {
-                        cron,
-                        timezone: None,
-                        segment,
-                    }),
-                    (Some(cron), Some(Some(tz)), Some(segment)) => Some(Trigger::Schedule {
-                        cron,
-                        timezone: Some(tz),
-                        segment,
-                    }),
+                match (cron, timezone, segment, deadline) {
+                    (Some(cron), None, Some(segment), Some(starting_deadline)) => {
+                        Some(Trigger::Schedule {
+                            cron,
+                            timezone: None,
+                            segment,
+                            starting_deadline,
+                        })
+                    }
+                    (Some(cron), Some(Some(tz)), Some(segment), Some(starting_deadline)) => {
+                        Some(Trigger::Schedule {
+                            cron,
+                            timezone: Some(tz),
+                            segment,
+                            starting_deadline,
+                        })
+                    }
                     _ => None,
                 }
             }
@@ -1424,6 +1496,158 @@ impl<'a> Decoder<'a> {
         })
     }
 
+    fn schema(&mut self, spec: &Node, metadata: Metadata, source: Source) -> Option<Schema> {
+        let f = self.fields(spec, "spec", SCHEMA)?;
+        let user = match f.get("user") {
+            None => Some(None),
+            Some(n) => self.shape_fields(n, "user", true).map(Some),
+        };
+        let events = match f.get("events") {
+            None => Some(None),
+            Some(n) => {
+                let Value::Map(entries) = &n.value else {
+                    self.error_hint(
+                        n.pos,
+                        format!(
+                            "`events` must map event types to their fields, found {}",
+                            n.describe()
+                        ),
+                        "e.g. `events: { playlist-updated: { popularity: number } }`",
+                    );
+                    return None;
+                };
+                let mut events = BTreeMap::new();
+                let mut ok = true;
+                for (k, v) in entries {
+                    let Some(name) = self.name(k, "events") else {
+                        ok = false;
+                        continue;
+                    };
+                    if events.contains_key(&name) {
+                        self.error(k.pos, format!("event `{name}` is declared twice"));
+                        ok = false;
+                        continue;
+                    }
+                    let fields = if v.value == Value::Null {
+                        Some(BTreeMap::new())
+                    } else {
+                        self.shape_fields(v, &format!("events.{name}"), false)
+                    };
+                    match fields {
+                        Some(fields) => {
+                            events.insert(name, fields);
+                        }
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(Some(events))
+            }
+        };
+        Some(Schema {
+            metadata,
+            source,
+            user: user?,
+            events: events?,
+        })
+    }
+
+    /// The fields of a user or of an event: names (CEL identifiers) to types. An event carries
+    /// numbers and strings only.
+    fn shape_fields(
+        &mut self,
+        n: &Node,
+        field: &str,
+        user: bool,
+    ) -> Option<BTreeMap<String, FieldType>> {
+        let Value::Map(entries) = &n.value else {
+            self.error_hint(
+                n.pos,
+                format!(
+                    "`{field}` must map field names to types, found {}",
+                    n.describe()
+                ),
+                format!("types: {}", FieldType::ALL.join(", ")),
+            );
+            return None;
+        };
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (k, v) in entries {
+            let Some(name) = self.string(k, field) else {
+                ok = false;
+                continue;
+            };
+            if !crate::shape::is_identifier(&name) {
+                self.error_hint(
+                    k.pos,
+                    format!(
+                        "{} is not a field name an expression can read",
+                        quote_short(&name)
+                    ),
+                    "letters, digits and `_`, starting with a letter or `_`",
+                );
+                ok = false;
+                continue;
+            }
+            if user && crate::shape::USER_BUILTINS.iter().any(|(b, _)| *b == name) {
+                self.error_hint(
+                    k.pos,
+                    format!("`user.{name}` is tern's own field, not an attribute"),
+                    "tern's fields win over attributes of the same name; rename the attribute",
+                );
+                ok = false;
+                continue;
+            }
+            if !user && name == "event_id" {
+                self.error(
+                    k.pos,
+                    "`event.event_id` is tern's own field, not an event field",
+                );
+                ok = false;
+                continue;
+            }
+            if out.contains_key(&name) {
+                self.error(
+                    k.pos,
+                    format!("field `{name}` is declared twice in `{field}`"),
+                );
+                ok = false;
+                continue;
+            }
+            let Some(text) = self.string(v, &format!("{field}.{name}")) else {
+                ok = false;
+                continue;
+            };
+            let allowed: &[&str] = if user {
+                FieldType::ALL
+            } else {
+                &["number", "string"]
+            };
+            match FieldType::parse(&text).filter(|t| allowed.contains(&t.as_str())) {
+                Some(t) => {
+                    out.insert(name, t);
+                }
+                None => {
+                    let message = if user {
+                        format!("unknown type {}", quote_short(&text))
+                    } else {
+                        format!(
+                            "an event field is a number or a string, found {}",
+                            quote_short(&text)
+                        )
+                    };
+                    let hint = match did_you_mean(&text, allowed.iter().copied()) {
+                        Some(m) => format!("did you mean `{m}`?"),
+                        None => format!("types: {}", allowed.join(", ")),
+                    };
+                    self.error_hint(v.pos, message, hint);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
     fn priority(
         &mut self,
         spec: &Node,
@@ -1510,9 +1734,31 @@ impl<'a> Decoder<'a> {
         };
         let horizon_node = self.required(&f, "horizon", "spec");
         let horizon = horizon_node.and_then(|n| self.duration(n, "horizon"));
+        let horizon = match (horizon, horizon_node) {
+            (Some(h), Some(n)) => match limits::check_horizon(h.num_seconds() as u64) {
+                Ok(()) => Some(h),
+                Err(e) => {
+                    self.error(n.pos, e);
+                    None
+                }
+            },
+            _ => None,
+        };
         let exploration = match f.get("exploration") {
             None => Some(0.0),
-            Some(n) => self.share(n, "exploration", true),
+            Some(n) => self.share(n, "exploration", true).and_then(|v| {
+                match limits::check_exploration(v) {
+                    Ok(()) => Some(v),
+                    Err(e) => {
+                        self.error_hint(
+                            n.pos,
+                            e,
+                            "at 1 every user would be planned at random; 0.05 is typical",
+                        );
+                        None
+                    }
+                }
+            }),
         };
         if let (Some(cron), Some(horizon), Some(n)) = (&cron, horizon, horizon_node) {
             if let Some(gap) = longest_gap(&cron.schedule) {
@@ -1529,6 +1775,10 @@ impl<'a> Decoder<'a> {
                 }
             }
         }
+        let starting_deadline = match f.get("startingDeadline") {
+            None => Some(None),
+            Some(n) => self.duration(n, "startingDeadline").map(Some),
+        };
         Some(Replan {
             metadata,
             source,
@@ -1536,6 +1786,7 @@ impl<'a> Decoder<'a> {
             timezone: timezone?,
             horizon: horizon?,
             exploration: exploration?,
+            starting_deadline: starting_deadline?,
         })
     }
 }

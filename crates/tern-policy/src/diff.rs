@@ -54,6 +54,9 @@ pub enum DocChange {
         kind: String,
         /// Its name.
         name: String,
+        /// Every field it sets (`metadata` and `spec` leaves), so that a review sees what
+        /// arrives, not only its name.
+        fields: Vec<Change>,
     },
     /// Only in the old bundle.
     Removed {
@@ -61,6 +64,8 @@ pub enum DocChange {
         kind: String,
         /// Its name.
         name: String,
+        /// Every field it had.
+        fields: Vec<Change>,
     },
     /// In both, with different content.
     Changed {
@@ -82,7 +87,29 @@ pub struct DocDiff {
     pub new_version: String,
     /// Document changes, sorted by kind (in `KINDS` order) and name.
     pub changes: Vec<DocChange>,
+    /// Per experiment whose assignment changed: how many users would change arm.
+    pub moves: Vec<ArmMoves>,
 }
+
+/// Users an experiment would assign differently under the new bundle, estimated on
+/// [`MOVE_SAMPLE`] synthetic user ids (the assignment is a hash of the id, so any ids are a fair
+/// sample of real ones).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArmMoves {
+    /// The experiment.
+    pub experiment: String,
+    /// Ids tried.
+    pub sampled: u64,
+    /// In the experiment under both bundles, in another arm.
+    pub moved: u64,
+    /// In it only under the new bundle.
+    pub entered: u64,
+    /// In it only under the old bundle.
+    pub left: u64,
+}
+
+/// Synthetic ids per experiment for [`ArmMoves`]: ±0.3 percentage points at 95%.
+pub const MOVE_SAMPLE: u64 = 100_000;
 
 impl DocDiff {
     /// Whether the bundles are semantically the same (then their versions are equal too).
@@ -122,8 +149,16 @@ pub fn diff(old: &Bundle, new: &Bundle) -> DocDiff {
     for key in keys {
         let (_, kind, name) = key.clone();
         match (a.get(key), b.get(key)) {
-            (Some(_), None) => changes.push(DocChange::Removed { kind, name }),
-            (None, Some(_)) => changes.push(DocChange::Added { kind, name }),
+            (Some(x), None) => changes.push(DocChange::Removed {
+                kind,
+                name,
+                fields: leaves(x, false),
+            }),
+            (None, Some(y)) => changes.push(DocChange::Added {
+                kind,
+                name,
+                fields: leaves(y, true),
+            }),
             (Some(x), Some(y)) if x != y => {
                 let mut fields = Vec::new();
                 compare("", x, y, &mut fields);
@@ -132,11 +167,95 @@ pub fn diff(old: &Bundle, new: &Bundle) -> DocDiff {
             _ => {}
         }
     }
+    // An experiment's change can move users of another in the same layer, so once any
+    // experiment changed, every experiment is counted.
+    let experiments_changed = changes.iter().any(|c| match c {
+        DocChange::Added { kind, .. }
+        | DocChange::Removed { kind, .. }
+        | DocChange::Changed { kind, .. } => kind == "Experiment",
+    });
+    let mut names: Vec<&str> = old
+        .experiments
+        .iter()
+        .chain(&new.experiments)
+        .map(|e| e.metadata.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let moves = if experiments_changed {
+        names
+            .into_iter()
+            .filter_map(|name| arm_moves(old, new, name))
+            .collect()
+    } else {
+        Vec::new()
+    };
     DocDiff {
         old_version: old.version.clone(),
         new_version: new.version.clone(),
         changes,
+        moves,
     }
+}
+
+/// Counts, over [`MOVE_SAMPLE`] ids, the users `experiment` assigns differently; `None` when
+/// nobody moves.
+fn arm_moves(old: &Bundle, new: &Bundle, experiment: &str) -> Option<ArmMoves> {
+    let arm = |b: &Bundle, user: &str| -> Option<String> {
+        b.assignments(user)
+            .into_iter()
+            .find(|(e, _)| e.metadata.name == experiment)
+            .map(|(_, a)| a.name.clone())
+    };
+    let mut m = ArmMoves {
+        experiment: experiment.to_string(),
+        sampled: MOVE_SAMPLE,
+        moved: 0,
+        entered: 0,
+        left: 0,
+    };
+    for i in 0..MOVE_SAMPLE {
+        let user = format!("sample-user-{i}");
+        match (arm(old, &user), arm(new, &user)) {
+            (Some(a), Some(b)) if a != b => m.moved += 1,
+            (None, Some(_)) => m.entered += 1,
+            (Some(_), None) => m.left += 1,
+            _ => {}
+        }
+    }
+    (m.moved + m.entered + m.left > 0).then_some(m)
+}
+
+/// The leaves of a document's `metadata` and `spec` as added (or removed) fields. Lists are
+/// leaves: a rule or an arm reads as one value.
+fn leaves(doc: &Json, added: bool) -> Vec<Change> {
+    fn walk(path: &str, v: &Json, added: bool, out: &mut Vec<Change>) {
+        match v {
+            Json::Object(m) if !m.is_empty() => {
+                for (k, x) in m {
+                    walk(&join(path, k), x, added, out);
+                }
+            }
+            _ => out.push(if added {
+                Change::Added {
+                    path: path.to_string(),
+                    value: v.clone(),
+                }
+            } else {
+                Change::Removed {
+                    path: path.to_string(),
+                    value: v.clone(),
+                }
+            }),
+        }
+    }
+    let mut out = Vec::new();
+    for part in ["metadata", "spec"] {
+        if let Some(v) = doc.get(part) {
+            walk(part, v, added, &mut out);
+        }
+    }
+    out
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -266,8 +385,22 @@ impl fmt::Display for DocDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in &self.changes {
             match c {
-                DocChange::Added { kind, name } => writeln!(f, "+ {kind}/{name}")?,
-                DocChange::Removed { kind, name } => writeln!(f, "- {kind}/{name}")?,
+                DocChange::Added { kind, name, fields } => {
+                    writeln!(f, "+ {kind}/{name}")?;
+                    for field in fields {
+                        if let Change::Added { path, value } = field {
+                            writeln!(f, "    + {path}: {value}")?;
+                        }
+                    }
+                }
+                DocChange::Removed { kind, name, fields } => {
+                    writeln!(f, "- {kind}/{name}")?;
+                    for field in fields {
+                        if let Change::Removed { path, value } = field {
+                            writeln!(f, "    - {path}: {value}")?;
+                        }
+                    }
+                }
                 DocChange::Changed { kind, name, fields } => {
                     writeln!(f, "~ {kind}/{name}")?;
                     for field in fields {
@@ -283,6 +416,18 @@ impl fmt::Display for DocDiff {
                     }
                 }
             }
+        }
+        for m in &self.moves {
+            let pct = |n: u64| 100.0 * n as f64 / m.sampled as f64;
+            writeln!(
+                f,
+                "! Experiment/{}: {:.1}% of users change arm, {:.1}% enter it, {:.1}% leave it (estimated on {} sample ids); users who change arm see both arms and are left out of its report",
+                m.experiment,
+                pct(m.moved),
+                pct(m.entered),
+                pct(m.left),
+                m.sampled
+            )?;
         }
         Ok(())
     }

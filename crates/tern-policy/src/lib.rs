@@ -63,6 +63,7 @@ mod finding;
 mod generate;
 mod model;
 mod schema;
+mod shape;
 mod text;
 mod watch;
 mod yaml;
@@ -71,7 +72,7 @@ pub use bundle::{
     content_digest, read_files, version_of, Bundle, ReadError, SourceFile, DEFAULT, MAX_FILE_BYTES,
 };
 pub use decode::{EVENT_VARS, KINDS, SCHEDULE_VARS, USER_VARS};
-pub use diff::{diff, Change, DocChange, DocDiff};
+pub use diff::{diff, ArmMoves, Change, DocChange, DocDiff, MOVE_SAMPLE};
 pub use finding::{Finding, Findings, Pos, Severity};
 pub use generate::{EvalError, EventView, Firing, Proposal, UserView};
 pub use model::*;

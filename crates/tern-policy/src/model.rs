@@ -20,6 +20,8 @@ use serde_json::{json, Map, Value as Json};
 
 use crate::finding::Pos;
 
+pub use tern_core::assign::unit_hash;
+
 /// The only `apiVersion` this crate reads.
 pub const API_VERSION: &str = "tern/v1";
 
@@ -234,6 +236,86 @@ impl PriorityClass {
     }
 }
 
+/// The type of a declared user attribute or event field, as CEL sees it. `number` is an int or
+/// a double: attributes arrive as JSON, where `3` is an int and `3.5` a double, and CEL compares
+/// the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FieldType {
+    String,
+    Number,
+    Bool,
+    List,
+    Map,
+}
+
+impl FieldType {
+    /// Every type, as written in a Schema document.
+    pub const ALL: &'static [&'static str] = &["string", "number", "bool", "list", "map"];
+
+    /// The type as written in a Schema document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Number => "number",
+            FieldType::Bool => "bool",
+            FieldType::List => "list",
+            FieldType::Map => "map",
+        }
+    }
+
+    /// Parses the written form.
+    pub fn parse(s: &str) -> Option<FieldType> {
+        Some(match s {
+            "string" => FieldType::String,
+            "number" => FieldType::Number,
+            "bool" => FieldType::Bool,
+            "list" => FieldType::List,
+            "map" => FieldType::Map,
+            _ => return None,
+        })
+    }
+}
+
+/// `kind: Schema`: the shape of the data that expressions read: the user attributes upstream
+/// sends to `UserService.Upsert`, and the fields of each event type. With it, `tern policy check`
+/// reports a misspelt field (`user.contry`) or a comparison of a number with a string at
+/// `file:line:col`, instead of every user failing at run time. A bundle has at most one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schema {
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// Where it was written.
+    pub source: Source,
+    /// The user attributes; `None` leaves `user`'s attributes unchecked.
+    pub user: Option<BTreeMap<String, FieldType>>,
+    /// Each event type's fields; `None` leaves events unchecked. When given, every event a
+    /// generator listens to must be declared.
+    pub events: Option<BTreeMap<String, BTreeMap<String, FieldType>>>,
+}
+
+impl Schema {
+    /// The canonical JSON of this document (see the module docs).
+    pub fn canonical(&self) -> Json {
+        let fields = |m: &BTreeMap<String, FieldType>| -> Json {
+            Json::Object(
+                m.iter()
+                    .map(|(k, t)| (k.clone(), json!(t.as_str())))
+                    .collect(),
+            )
+        };
+        let mut s = Map::new();
+        put(&mut s, "user", self.user.as_ref().map(fields));
+        put(
+            &mut s,
+            "events",
+            self.events
+                .as_ref()
+                .map(|e| Json::Object(e.iter().map(|(k, f)| (k.clone(), fields(f))).collect())),
+        );
+        document("Schema", &self.metadata, s)
+    }
+}
+
 /// `kind: Channel`: a way to reach users, with its quiet hours, budget and reachability rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Channel {
@@ -257,8 +339,6 @@ pub struct QuietHours {
     pub from: NaiveTime,
     /// End (exclusive).
     pub to: NaiveTime,
-    /// The zone to assume for users whose time zone is unknown; UTC when unset.
-    pub fallback_timezone: Option<Tz>,
 }
 
 /// A volume limit across all users over a window.
@@ -416,6 +496,8 @@ pub enum Trigger {
         timezone: Option<Tz>,
         /// Which users it concerns.
         segment: Expr,
+        /// How late a firing missed while tern was down may still run; never when unset.
+        starting_deadline: Option<TimeDelta>,
     },
 }
 
@@ -473,8 +555,10 @@ pub struct Replan {
     pub timezone: Option<Tz>,
     /// How far ahead the plan schedules.
     pub horizon: TimeDelta,
-    /// The share of decisions drawn at random from the allowed set, in [0, 1].
+    /// The share of decisions drawn at random from the allowed set, in [0, 1).
     pub exploration: f64,
+    /// How late a firing missed while tern was down may still run; never when unset.
+    pub starting_deadline: Option<TimeDelta>,
 }
 
 impl QuietHours {
@@ -489,46 +573,14 @@ impl QuietHours {
     }
 }
 
-/// A user's stable position in [0, 1) under a salt: the first 8 bytes of
-/// SHA-256(`salt`, a zero byte, `user_id`) read as a big-endian fraction. Every component that
-/// assigns users (the planner, evaluation, analysis queries) must use this one function, so
-/// that they all agree on who was in which arm.
-pub fn unit_hash(salt: &str, user_id: &str) -> f64 {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(salt.as_bytes());
-    h.update([0u8]);
-    h.update(user_id.as_bytes());
-    let digest = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    // 53 bits, so that the fraction is exact in an f64 and strictly below 1.
-    (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 impl Experiment {
-    /// The arm of a user who is in this experiment, by weighted rendezvous hashing: every arm
-    /// draws `−ln(1 − unit_hash(salt + "/" + arm name, user)) / share`, an exponential variable
-    /// with rate `share`, and the smallest draw wins, so an arm wins with probability equal to
-    /// its share. Because each arm's draw depends only on its own name and share:
-    /// - changing one arm's share (and rescaling the others to keep the sum at 1) moves users
-    ///   only into or out of that arm, the fewest that any assignment can move;
-    /// - adding an arm moves only the users it takes, removing one only the users it had, and
-    ///   reordering arms moves nobody.
-    ///
-    /// Consecutive hash ranges, the common alternative, shift every later arm's range when one
-    /// share changes. Whether the user is in the experiment at all is
-    /// [`crate::Bundle::assignments`]'s question.
+    /// The arm of a user who is in this experiment: [`tern_core::assign::rendezvous`] over the
+    /// arms' names and shares under the experiment's salt, which moves the fewest users when a
+    /// share changes and nobody when arms are reordered. Whether the user is in the experiment
+    /// at all is [`crate::Bundle::assignments`]'s question.
     pub fn arm_for(&self, user_id: &str) -> Option<&Arm> {
-        let mut best: Option<(f64, &Arm)> = None;
-        for arm in self.arms.iter().filter(|a| a.share > 0.0) {
-            let u = unit_hash(&format!("{}/{}", self.salt, arm.name), user_id);
-            let draw = -(1.0 - u).ln() / arm.share;
-            if best.is_none_or(|(b, _)| draw < b) {
-                best = Some((draw, arm));
-            }
-        }
-        best.map(|(_, arm)| arm)
+        let arms = self.arms.iter().map(|a| (a.name.as_str(), a.share));
+        tern_core::assign::rendezvous(&self.salt, arms, user_id).map(|i| &self.arms[i])
     }
 }
 
@@ -579,11 +631,6 @@ impl Channel {
                 let mut m = Map::new();
                 m.insert("from".into(), json!(hhmm(q.from)));
                 m.insert("to".into(), json!(hhmm(q.to)));
-                put(
-                    &mut m,
-                    "fallbackTimezone",
-                    q.fallback_timezone.map(|tz| json!(tz.name())),
-                );
                 Json::Object(m)
             }),
         );
@@ -678,10 +725,16 @@ impl Generator {
                 cron,
                 timezone,
                 segment,
+                starting_deadline,
             } => {
                 s.insert("schedule".into(), json!(cron.source));
                 put(&mut s, "timezone", timezone.map(|tz| json!(tz.name())));
                 s.insert("segment".into(), json!(segment.source));
+                put(
+                    &mut s,
+                    "startingDeadline",
+                    starting_deadline.map(|d| json!(format_duration(d))),
+                );
             }
         }
         s.insert(
@@ -746,6 +799,11 @@ impl Replan {
         put(&mut s, "timezone", self.timezone.map(|tz| json!(tz.name())));
         s.insert("horizon".into(), json!(format_duration(self.horizon)));
         s.insert("exploration".into(), json!(self.exploration));
+        put(
+            &mut s,
+            "startingDeadline",
+            self.starting_deadline.map(|d| json!(format_duration(d))),
+        );
         document("Replan", &self.metadata, s)
     }
 }

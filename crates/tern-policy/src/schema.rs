@@ -10,7 +10,7 @@
 use serde_json::{json, Map, Value as Json};
 
 use crate::decode::*;
-use crate::model::{Bypass, Priority, API_VERSION};
+use crate::model::{Bypass, FieldType, Priority, API_VERSION};
 
 const NAME_PATTERN: &str = "^[a-z][a-z0-9_-]{0,62}$";
 const DURATION_PATTERN: &str = "^([0-9]+[smhdw])+$";
@@ -71,7 +71,6 @@ fn specs() -> Vec<(&'static str, &'static str, Json)> {
                             vec![
                                 ("from", json!({ "type": "string", "pattern": TIME_PATTERN, "description": "Start, HH:MM in the user's local time." })),
                                 ("to", json!({ "type": "string", "pattern": TIME_PATTERN, "description": "End, HH:MM; wraps midnight when earlier than from." })),
-                                ("fallbackTimezone", timezone("Zone for users whose zone is unknown (default UTC).")),
                             ],
                             &["from", "to"],
                         ),
@@ -168,6 +167,7 @@ fn specs() -> Vec<(&'static str, &'static str, Json)> {
                     ("priority", priority.clone()),
                     ("dedupeKey", cel("Opportunities with equal keys for one user are one.")),
                     ("signals", json!({ "type": "object", "propertyNames": { "pattern": NAME_PATTERN }, "additionalProperties": cel("A value signal.") })),
+                    ("startingDeadline", duration("Scheduled generators: a firing missed while tern was down runs when it comes back if no more than this late; never when unset.")),
                     ("payload", json!({ "type": "object", "propertyNames": { "pattern": NAME_PATTERN }, "maxProperties": 64, "additionalProperties": cel("A template parameter, handed to the sender as a string.") })),
                 ],
                 &["message", "channels", "ttl"],
@@ -209,7 +209,8 @@ fn specs() -> Vec<(&'static str, &'static str, Json)> {
                     ("cron", json!({ "type": "string", "description": "sec min hour day-of-month month day-of-week [year]" })),
                     ("timezone", timezone("Zone of the schedule (default UTC).")),
                     ("horizon", duration("How far ahead the plan schedules.")),
-                    ("exploration", json!({ "type": "number", "minimum": 0, "maximum": 1 })),
+                    ("exploration", json!({ "type": "number", "minimum": 0, "exclusiveMaximum": 1 })),
+                    ("startingDeadline", duration("A firing missed while tern was down runs when it comes back if no more than this late; never when unset.")),
                 ],
                 &["cron", "horizon"],
             ),
@@ -229,6 +230,36 @@ fn specs() -> Vec<(&'static str, &'static str, Json)> {
                     }),
                 )],
                 &["bypass"],
+            ),
+        ),
+        (
+            "Schema",
+            "The shape of the data expressions read: user attributes and each event type's fields. With it, tern policy check reports unknown fields and type mismatches in every expression. One per bundle.",
+            object(
+                SCHEMA,
+                vec![
+                    (
+                        "user",
+                        json!({
+                            "type": "object",
+                            "additionalProperties": { "enum": FieldType::ALL },
+                            "description": "User attributes (as sent to UserService.Upsert) by name, each a type: string, number, bool, list or map. tern's own fields (id, timezone, locale, active_days_28d, opted_out_categories, channels) are known without being declared.",
+                        }),
+                    ),
+                    (
+                        "events",
+                        json!({
+                            "type": "object",
+                            "propertyNames": { "pattern": NAME_PATTERN },
+                            "additionalProperties": {
+                                "type": ["object", "null"],
+                                "additionalProperties": { "enum": ["number", "string"] },
+                            },
+                            "description": "Each event type's fields: numbers and strings by name. Every event a generator listens to must be declared.",
+                        }),
+                    ),
+                ],
+                &[],
             ),
         ),
     ]
@@ -301,7 +332,7 @@ mod tests {
         let s = schema();
         assert_eq!(keys(&s), sorted(TOP));
         assert_eq!(keys(&s["properties"]["metadata"]), sorted(METADATA));
-        let expected: [(&str, &[&str]); 8] = [
+        let expected: [(&str, &[&str]); 9] = [
             ("Channel", CHANNEL),
             ("Category", CATEGORY),
             ("Caps", CAPS),
@@ -310,6 +341,7 @@ mod tests {
             ("Experiment", EXPERIMENT),
             ("Replan", REPLAN),
             ("Priority", PRIORITY),
+            ("Schema", SCHEMA),
         ];
         for (i, (kind, fields)) in expected.iter().enumerate() {
             let branch = &s["allOf"][i];

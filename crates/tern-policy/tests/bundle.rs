@@ -120,9 +120,32 @@ fn diff_reports_documents_and_fields() {
     let b = Bundle::load(dir.path()).unwrap();
     let d = diff(&a, &b);
     let text = d.to_string();
+    // An added or removed document lists its fields; a new experiment says whom it takes.
     assert_eq!(
         text,
-        "~ Objective/default\n    spec.horizon: \"28d\" → \"14d\"\n    spec.minValue: 0.02 → 0.05\n+ Experiment/exp\n- Replan/hourly\n"
+        "~ Objective/default\n    spec.horizon: \"28d\" → \"14d\"\n    spec.minValue: 0.02 → 0.05\n\
+         + Experiment/exp\n    + metadata.name: \"exp\"\n    + spec.arms: [{\"name\":\"a\",\"share\":0.5},{\"holdout\":true,\"name\":\"b\",\"share\":0.5}]\n    + spec.salt: \"s\"\n    + spec.traffic: 1.0\n\
+         - Replan/hourly\n    - metadata.name: \"hourly\"\n    - spec.cron: \"0 0 * * * *\"\n    - spec.exploration: 0.0\n    - spec.horizon: \"1d\"\n\
+         ! Experiment/exp: 0.0% of users change arm, 100.0% enter it, 0.0% leave it (estimated on 100000 sample ids); users who change arm see both arms and are left out of its report\n"
+    );
+    assert_eq!(d.moves[0].entered, tern_policy::MOVE_SAMPLE);
+
+    // Moving a tenth of the share from one arm to the other moves about a tenth of the users,
+    // and says so.
+    let shifted = good_bundle("shifted");
+    shifted.write(
+        "experiment.yaml",
+        "apiVersion: tern/v1\nkind: Experiment\nmetadata: { name: exp }\nspec:\n  salt: s\n  arms:\n    - { name: a, share: 0.6 }\n    - { name: b, share: 0.4, holdout: true }\n",
+    );
+    let shifted = Bundle::load(shifted.path()).unwrap();
+    let moves = diff(&b, &shifted);
+    let m = &moves.moves[0];
+    let moved = m.moved as f64 / m.sampled as f64;
+    assert!((moved - 0.1).abs() < 0.005, "{m:?}");
+    assert_eq!((m.entered, m.left), (0, 0));
+    assert!(
+        moves.to_string().contains("! Experiment/exp: 10."),
+        "{moves}"
     );
     assert!(matches!(d.changes[1], DocChange::Added { .. }));
     assert!(diff(&a, &a).is_empty());
@@ -259,7 +282,10 @@ fn priority_documents_are_decoded_versioned_and_diffed() {
         diff(&a, &c).to_string(),
         "~ Priority/transactional\n    + spec.bypass[]: \"holdouts\"\n"
     );
-    assert_eq!(diff(&none, &a).to_string(), "+ Priority/transactional\n");
+    assert_eq!(
+        diff(&none, &a).to_string(),
+        "+ Priority/transactional\n    + metadata.name: \"transactional\"\n    + spec.bypass: [\"caps\",\"quietHours\"]\n"
+    );
 }
 
 /// A cap set's `exempt` frees a class from that set only; `bypass: [caps]` from every set.

@@ -53,6 +53,24 @@ pub struct ExperimentUser {
 }
 
 impl Store {
+    /// The policy versions that assigned users to `experiment` before `until`, with how many
+    /// users each wrote last, the most recently used first: the bundles that actually ran.
+    pub async fn experiment_policy_versions(
+        &self,
+        experiment: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT policy_version, count(*) FROM experiment_assignments \
+             WHERE experiment = $1 AND first_planned_at < $2 \
+             GROUP BY policy_version ORDER BY max(last_planned_at) DESC, policy_version",
+        )
+        .bind(experiment)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Every user assigned to `experiment` before `until`, with their window's counts, ordered
     /// by user id.
     ///

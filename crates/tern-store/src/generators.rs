@@ -30,6 +30,26 @@ pub struct EventRecord {
     pub user_count: i32,
     pub opportunities: i32,
     pub occurred_at: Option<DateTime<Utc>>,
+    /// What it carried, kept for replays.
+    pub content: EventContent,
+}
+
+/// The users, numbers and strings of an event, as submitted.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EventContent {
+    pub user_ids: Vec<String>,
+    pub numbers: BTreeMap<String, f64>,
+    pub strings: BTreeMap<String, String>,
+}
+
+/// A processed event read back for a replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub received_at: DateTime<Utc>,
+    /// `None` for events recorded before their content was kept.
+    pub content: Option<EventContent>,
 }
 
 /// Users, their channels and their recent activity in one statement. `$1` filters by id (NULL:
@@ -113,6 +133,36 @@ impl Store {
             .collect()
     }
 
+    /// The events received in `[from, until)`, oldest first, at most `limit`.
+    pub async fn events_between(
+        &self,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT event_id, type, received_at, content FROM events \
+             WHERE received_at >= $1 AND received_at < $2 \
+             ORDER BY received_at, event_id LIMIT $3",
+        )
+        .bind(from)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let content: Option<serde_json::Value> = r.try_get("content")?;
+                Ok(StoredEvent {
+                    event_id: r.try_get("event_id")?,
+                    event_type: r.try_get("type")?,
+                    received_at: r.try_get("received_at")?,
+                    content: content.and_then(|c| serde_json::from_value(c).ok()),
+                })
+            })
+            .collect()
+    }
+
     /// Which of these event ids have been processed before.
     pub async fn seen_events(&self, event_ids: &[String]) -> Result<HashSet<String>> {
         let rows = sqlx::query("SELECT event_id FROM events WHERE event_id = ANY($1)")
@@ -130,11 +180,16 @@ impl Store {
         let users: Vec<i32> = events.iter().map(|e| e.user_count).collect();
         let opportunities: Vec<i32> = events.iter().map(|e| e.opportunities).collect();
         let occurred: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.occurred_at).collect();
+        let content: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| serde_json::to_value(&e.content).unwrap_or_default())
+            .collect();
         let done = sqlx::query(
-            "INSERT INTO events (event_id, type, user_count, opportunities, occurred_at, received_at) \
-             SELECT i, t, u, o, oc, $6 \
-             FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::timestamptz[]) \
-                  AS x(i, t, u, o, oc) \
+            "INSERT INTO events (event_id, type, user_count, opportunities, occurred_at, \
+                                 received_at, content) \
+             SELECT i, t, u, o, oc, $6, c \
+             FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::timestamptz[], \
+                         $7::jsonb[]) AS x(i, t, u, o, oc, c) \
              ORDER BY i \
              ON CONFLICT (event_id) DO NOTHING",
         )
@@ -144,6 +199,7 @@ impl Store {
         .bind(&opportunities)
         .bind(&occurred)
         .bind(now)
+        .bind(&content)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())

@@ -64,7 +64,7 @@ use tern_core::InvalidInput;
 
 pub use decisions::{LoggedDecision, LoggedSend};
 pub use experiments::{ActivityWindows, ExperimentUser};
-pub use generators::{EventRecord, GeneratorUser};
+pub use generators::{EventContent, EventRecord, GeneratorUser, StoredEvent};
 pub use history::{HistoryWindow, NewMessage, NewOutcome, OutcomeReport, UserHistory, WindowCount};
 pub use leases::{Ack, AckResult, LeaseRequest, LeasedItem};
 pub use migrate::{MigrationState, MigrationStatus};

@@ -142,33 +142,114 @@ impl Store {
             Some("active") => return Ok(()),
             Some(_) => {}
         }
-        sqlx::query("UPDATE models SET status = 'retired' WHERE status = 'active'")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE models SET status = 'active', promoted_at = $2 WHERE version = $1")
-            .bind(version)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        activate(&mut tx, version, "promote", now).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Re-activates the model that was active before the current one (the most recently promoted
-    /// retired model) and returns its version. Like `cd -`, rolling back twice returns to where
-    /// it started.
+    /// The model a rollback would re-activate, and the active one it would replace: the
+    /// activation history is a stack (a promotion pushes, a rollback pops), and this is the
+    /// entry below the top.
+    pub async fn rollback_target(&self) -> Result<Option<(String, String)>> {
+        let history: Vec<(String, String)> =
+            sqlx::query_as("SELECT version, kind FROM model_activations ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        let stack = activation_stack(&history);
+        Ok(match stack.as_slice() {
+            [.., below, top] => Some((below.clone(), top.clone())),
+            _ => None,
+        })
+    }
+
+    /// Re-activates the model that was active before the current one and returns its version.
+    /// Rolling back again steps back further through the history, never forth: after
+    /// promoting A, B, C, two rollbacks leave A active.
     pub async fn rollback_model(&self, now: DateTime<Utc>) -> Result<String> {
-        let previous: Option<String> = sqlx::query_scalar(
-            "SELECT version FROM models WHERE status = 'retired' AND promoted_at IS NOT NULL \
-               AND promoted_at < coalesce((SELECT promoted_at FROM models WHERE status = 'active'), 'infinity') \
-             ORDER BY promoted_at DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        let previous = previous.ok_or_else(|| {
-            StoreError::NotFound("a previously active model to roll back to".into())
-        })?;
-        self.promote_model(&previous, now).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE models IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let history: Vec<(String, String)> =
+            sqlx::query_as("SELECT version, kind FROM model_activations ORDER BY id")
+                .fetch_all(&mut *tx)
+                .await?;
+        let stack = activation_stack(&history);
+        let Some(previous) = stack.len().checked_sub(2).map(|i| stack[i].clone()) else {
+            return Err(StoreError::NotFound(
+                "a previously active model to roll back to".into(),
+            ));
+        };
+        activate(&mut tx, &previous, "rollback", now).await?;
+        tx.commit().await?;
         Ok(previous)
+    }
+}
+
+/// Makes `version` the one active model and records why.
+async fn activate(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    version: &str,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query("UPDATE models SET status = 'retired' WHERE status = 'active'")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE models SET status = 'active', promoted_at = $2 WHERE version = $1")
+        .bind(version)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO model_activations (version, kind, activated_at) VALUES ($1, $2, $3)")
+        .bind(version)
+        .bind(kind)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Replays the activation history: a promotion pushes its model, a rollback pops the top (the
+/// model it re-activated is the new top). The last entry is the active model.
+fn activation_stack(history: &[(String, String)]) -> Vec<String> {
+    let mut stack: Vec<String> = Vec::new();
+    for (version, kind) in history {
+        if kind == "rollback" {
+            stack.pop();
+            // The history cannot disagree with itself, but a hand-edited table could: keep the
+            // recorded model on top either way.
+            if stack.last() != Some(version) {
+                stack.push(version.clone());
+            }
+        } else {
+            stack.push(version.clone());
+        }
+    }
+    stack
+}
+
+#[cfg(test)]
+mod tests {
+    use super::activation_stack;
+
+    #[test]
+    fn rollbacks_step_back_through_the_promotions() {
+        let h = |rows: &[(&str, &str)]| {
+            activation_stack(
+                &rows
+                    .iter()
+                    .map(|(v, k)| (v.to_string(), k.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let promoted = [("a", "promote"), ("b", "promote"), ("c", "promote")];
+        assert_eq!(h(&promoted), ["a", "b", "c"]);
+        let once = [promoted.as_slice(), &[("b", "rollback")]].concat();
+        assert_eq!(h(&once), ["a", "b"]);
+        let twice = [once.as_slice(), &[("a", "rollback")]].concat();
+        assert_eq!(h(&twice), ["a"]);
+        let again = [twice.as_slice(), &[("d", "promote")]].concat();
+        assert_eq!(h(&again), ["a", "d"]);
     }
 }

@@ -3,10 +3,18 @@
 //! daemon's model training when `--train-schedule` is given (keyed `train`).
 //!
 //! Every replica runs this loop; each firing runs on exactly one of them: the first to claim
-//! `(job, firing)` in the database runs it, the others skip it. A firing missed while no
-//! replica was up (or while a long plan ran) is run once, as the latest missed firing, never once
-//! per missed firing. Runs of one replica are sequential, and the replan lock keeps plans of
-//! different replicas from overlapping.
+//! `(job, firing)` in the database runs it, the others skip it. Runs of one replica are
+//! sequential, and the replan lock keeps plans of different replicas from overlapping.
+//!
+//! When jobs fire follows the Kubernetes CronJob model:
+//! - A job that has never run starts at its next firing after it was first seen: a job added
+//!   at 13:38 with a 09:00 schedule first runs tomorrow at 09:00, and a fresh database runs
+//!   nothing at start.
+//! - A firing that passed while this replica was up but busy (a long plan) runs late, once.
+//! - A firing that passed while no replica was up runs when one comes back only if the
+//!   document's `startingDeadline` allows it (no more than that late); without one it is
+//!   skipped. Either way it runs at most once, as the latest missed firing, never once per
+//!   missed firing.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,9 +27,6 @@ use tern_policy::{Bundle, CronSchedule, Generator, Replan, Trigger};
 
 use crate::daemon::Daemon;
 
-/// Without a record of any earlier run, a firing within this long before start counts as missed
-/// and runs once at start.
-const FIRST_LOOKBACK: TimeDelta = TimeDelta::days(1);
 /// The loop wakes at least this often, to pick up policy changes.
 const MAX_SLEEP: TimeDelta = TimeDelta::seconds(30);
 
@@ -29,7 +34,7 @@ const MAX_SLEEP: TimeDelta = TimeDelta::seconds(30);
 /// `AdvanceClock` runs [`Cron::pass`] itself.)
 pub async fn run(daemon: Arc<Daemon>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
-    let mut cron = Cron::default();
+    let mut cron = Cron::new(daemon.clock.now());
     loop {
         let wake = cron.pass(&daemon).await.wake;
         let sleep = (wake - daemon.clock.now())
@@ -44,10 +49,14 @@ pub async fn run(daemon: Arc<Daemon>, shutdown: impl Future<Output = ()>) {
 }
 
 /// What one replica remembers between passes: the latest firing handled (run here, run
-/// elsewhere, or skipped) per job.
-#[derive(Debug, Default)]
+/// elsewhere, or skipped) per job, when it started, and when it last looked.
+#[derive(Debug)]
 pub struct Cron {
     handled: HashMap<String, DateTime<Utc>>,
+    /// When this replica started: firings before it were missed while it was down.
+    started: DateTime<Utc>,
+    /// The previous pass: a job not seen before appeared after it.
+    last_pass: Option<DateTime<Utc>>,
 }
 
 /// The outcome of one pass.
@@ -59,6 +68,15 @@ pub struct Pass {
 }
 
 impl Cron {
+    /// A replica that starts at `started` (its clock's time).
+    pub fn new(started: DateTime<Utc>) -> Cron {
+        Cron {
+            handled: HashMap::new(),
+            started,
+            last_pass: None,
+        }
+    }
+
     /// Runs, one after the other, every job whose latest firing up to now has not been handled.
     pub async fn pass(&mut self, daemon: &Daemon) -> Pass {
         let bundle = daemon.watcher.active();
@@ -72,7 +90,8 @@ impl Cron {
             let since = match self.handled.get(name) {
                 Some(t) => *t,
                 None => match store.last_replan_run(name).await {
-                    Ok(last) => last.unwrap_or(now - FIRST_LOOKBACK),
+                    // Never run anywhere: it starts at its next firing after it appeared.
+                    Ok(last) => last.unwrap_or(self.last_pass.unwrap_or(self.started)),
                     Err(e) => {
                         tracing::warn!(job = %name, error = %e, "cannot read past cron runs; retrying");
                         wake = wake.min(now + TimeDelta::seconds(2));
@@ -80,8 +99,21 @@ impl Cron {
                     }
                 },
             };
-            let due = latest_firing(&job, since, now);
-            self.handled.insert(name.clone(), due.unwrap_or(since));
+            let latest = latest_firing(&job, since, now);
+            self.handled.insert(name.clone(), latest.unwrap_or(since));
+            let due = latest.filter(|at| {
+                let missed_while_down = *at < self.started;
+                let allowed = !missed_while_down
+                    || job.starting_deadline().is_some_and(|d| now - *at <= d);
+                if !allowed {
+                    tracing::info!(
+                        job = %name,
+                        firing = %at,
+                        "a firing missed while tern was down is skipped (no startingDeadline allows it)"
+                    );
+                }
+                allowed
+            });
             if let Some(at) = due {
                 match store.claim_replan_run(name, at, &daemon.holder, now).await {
                     Ok(true) => {
@@ -104,6 +136,7 @@ impl Cron {
                 wake = wake.min(next);
             }
         }
+        self.last_pass = Some(clock.now());
         Pass { wake, ran }
     }
 }
@@ -124,6 +157,22 @@ impl Job<'_> {
             Job::Replan(r) => r.metadata.name.clone(),
             Job::Generator(g) => format!("generator/{}", g.metadata.name),
             Job::Train(_) => "train".to_string(),
+        }
+    }
+
+    /// How late a firing missed while tern was down may still run.
+    fn starting_deadline(&self) -> Option<TimeDelta> {
+        match self {
+            Job::Replan(r) => r.starting_deadline,
+            Job::Generator(g) => match &g.trigger {
+                Trigger::Schedule {
+                    starting_deadline, ..
+                } => *starting_deadline,
+                Trigger::Event { .. } => None,
+            },
+            // Training that missed its night waits for the next: it would compete with the
+            // morning's traffic.
+            Job::Train(_) => None,
         }
     }
 

@@ -78,6 +78,7 @@ impl Daemon {
             Some(c) => c.clone(),
             None => Arc::new(SystemClock),
         };
+        let started = clock.now();
         Daemon {
             store,
             watcher,
@@ -86,7 +87,7 @@ impl Daemon {
             metrics,
             holder: options.holder,
             simulated: options.simulated,
-            cron: tokio::sync::Mutex::new(Cron::default()),
+            cron: tokio::sync::Mutex::new(Cron::new(started)),
             training: options.training,
         }
     }

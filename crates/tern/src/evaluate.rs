@@ -656,6 +656,15 @@ pub struct SimulateArgs {
     new: PathBuf,
     #[command(flatten)]
     log: LogArgs,
+    /// `markdown` for a pull request, `json` for tools.
+    #[arg(long, value_enum, default_value_t = SimulateFormat::Markdown)]
+    format: SimulateFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimulateFormat {
+    Markdown,
+    Json,
 }
 
 /// What one bundle does on replay, in aggregate.
@@ -694,6 +703,8 @@ pub async fn simulate(url: Option<&str>, args: SimulateArgs) -> Result<ExitCode>
         if decisions.is_empty() {
             bail!("no decisions were logged between {from} and {until}: nothing to replay");
         }
+        let generators =
+            crate::replay::replay_generators(&db.store, &current, &new, from, until).await?;
         let scoring = Scoring::active(&db.store).await?;
         let (scorer, dm) = (scoring.scorer(), scoring.direct_method());
         let (a, b) = tokio::task::block_in_place(|| {
@@ -702,15 +713,20 @@ pub async fn simulate(url: Option<&str>, args: SimulateArgs) -> Result<ExitCode>
                 replay(&new, &decisions, &scorer, &dm)?,
             ))
         })?;
-        out(&simulation_markdown(
+        let (markdown, json) = simulation_markdown(
             (&args.against, &current),
             (&args.new, &new),
             &decisions,
             (&a, &b),
+            &generators,
             &scoring.name(),
             (from, until),
             bootstrap,
-        )?);
+        )?;
+        match args.format {
+            SimulateFormat::Markdown => out(&markdown),
+            SimulateFormat::Json => out(&format!("{}\n", serde_json::to_string_pretty(&json)?)),
+        }
         Ok(())
     }
     .await;
@@ -719,16 +735,29 @@ pub async fn simulate(url: Option<&str>, args: SimulateArgs) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// The pull-request comment: what changes between two bundles on the same logged decisions.
+/// The pull-request comment: what changes between two bundles on the same logged decisions,
+/// and the same figures as JSON.
+#[allow(clippy::too_many_arguments)]
 pub fn simulation_markdown(
     current: (&Path, &Bundle),
     new: (&Path, &Bundle),
     decisions: &[Decision],
     replayed: (&[Replayed], &[Replayed]),
+    generators: &crate::replay::GeneratorReplay,
     dm: &str,
     (from, until): (DateTime<Utc>, DateTime<Utc>),
     bootstrap: Bootstrap,
-) -> Result<String> {
+) -> Result<(String, serde_json::Value)> {
+    let mut doc = json!({
+        "current": { "path": current.0.display().to_string(), "version": current.1.version },
+        "new": { "path": new.0.display().to_string(), "version": new.1.version },
+        "from": from,
+        "until": until,
+        "decisions": decisions.len(),
+        "direct_method": dm,
+        "level": bootstrap.level,
+        "generators": generators,
+    });
     let (a, b) = replayed;
     let (va, vb) = (volume(decisions, a), volume(decisions, b));
     let mut out = String::new();
@@ -771,6 +800,14 @@ pub fn simulation_markdown(
         changed_decisions,
         decisions.len()
     );
+    doc["users"] = json!(users.len());
+    doc["users_affected"] = json!(changed_users.len());
+    doc["decisions_changed"] = json!(changed_decisions);
+    doc["per_channel"] = json!({ "current": va.per_channel, "new": vb.per_channel });
+    doc["per_hour_utc"] = json!({ "current": va.per_hour, "new": vb.per_hour });
+    doc["suppressions"] = json!({ "current": va.suppressed, "new": vb.suppressed });
+
+    generators_markdown(&mut out, generators);
 
     let _ = writeln!(out, "#### Volume per channel\n");
     let _ = writeln!(
@@ -830,6 +867,7 @@ pub fn simulation_markdown(
         "| objective | decisions | current | new | change |\n| --- | ---: | ---: | ---: | ---: |"
     );
     let mut warnings = Vec::new();
+    let mut values = Vec::new();
     for (k, name) in OBJECTIVES.iter().enumerate() {
         let (ra, rb, users) = (
             rows(decisions, a, k),
@@ -844,9 +882,18 @@ pub fn simulation_markdown(
             (Ok(ea), Ok(eb), Ok(diff)) => (ea, eb, diff),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 let _ = writeln!(out, "| {name} | 0 | – | – | {e} |");
+                values.push(json!({ "objective": name, "decisions": 0, "error": e.to_string() }));
                 continue;
             }
         };
+        let estimate = |e: &Estimate| json!({ "value": e.value, "low": e.low, "high": e.high });
+        values.push(json!({
+            "objective": name,
+            "decisions": ea.rows,
+            "current": estimate(&ea.doubly_robust),
+            "new": estimate(&eb.doubly_robust),
+            "change": { "value": diff.value, "low": diff.low, "high": diff.high },
+        }));
         for (which, e) in [("current", &ea), ("new", &eb)] {
             warnings.extend(
                 e.warnings()
@@ -872,11 +919,65 @@ pub fn simulation_markdown(
     );
     if !warnings.is_empty() {
         let _ = writeln!(out, "\n> **Warning**");
-        for w in warnings {
+        for w in &warnings {
             let _ = writeln!(out, "> - {w}");
         }
     }
-    Ok(out)
+    doc["values"] = json!(values);
+    doc["warnings"] = json!(warnings);
+    Ok((out, doc))
+}
+
+/// The generators a change adds, removes or edits, replayed under both bundles, and what the
+/// replay could not cover.
+fn generators_markdown(out: &mut String, g: &crate::replay::GeneratorReplay) {
+    if g.rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "#### Generators\n\nNo generator changes: both bundles create the same opportunities.\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "#### Generators (replayed on {} of the period's events and on their scheduled runs)\n",
+        g.events_replayed
+    );
+    let _ = writeln!(
+        out,
+        "| generator | change | opportunities: current | new | errors: current | new | first error (new) |\n| --- | --- | ---: | ---: | ---: | ---: | --- |"
+    );
+    let cell = |c: &Option<crate::replay::Created>, f: fn(&crate::replay::Created) -> u64| {
+        c.as_ref().map_or("–".to_string(), |c| f(c).to_string())
+    };
+    for r in &g.rows {
+        let first = r
+            .new
+            .as_ref()
+            .and_then(|c| c.first_error.as_deref())
+            .unwrap_or("")
+            .replace('|', "\\|");
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.generator,
+            r.change,
+            cell(&r.current, |c| c.opportunities),
+            cell(&r.new, |c| c.opportunities),
+            cell(&r.current, |c| c.errors),
+            cell(&r.new, |c| c.errors),
+            first
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nThe opportunities above are counted, not planned: the volume and value below cover \
+         the logged decisions only."
+    );
+    for n in &g.not_replayed {
+        let _ = writeln!(out, "\n> **Not replayed:** {n}");
+    }
+    let _ = writeln!(out);
 }
 
 fn pct(x: f64, of: f64) -> f64 {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Result};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::Serialize;
 use tern_core::OutcomeKind;
 use tern_ope::experiment::{cuped, difference, sample_ratio, Difference};
@@ -131,6 +131,15 @@ impl Metric {
             Metric::Unsubscribed => "unsubscribed",
             Metric::ActiveDaysShare => "active_days_share",
             Metric::Retained => "retained",
+        }
+    }
+
+    /// How many days before `until` the metric looks back, when it looks back beyond the
+    /// user's own window: `retained` asks about the last `--retention-days` days.
+    fn window_days(self, options: &Options) -> Option<u32> {
+        match self {
+            Metric::Retained => Some(options.retention_days),
+            _ => None,
         }
     }
 
@@ -337,6 +346,9 @@ pub enum VerdictKind {
     Inconclusive,
     #[serde(rename = "do not trust (SRM)")]
     DoNotTrust,
+    /// The primary metric's window is longer than the experiment has run.
+    #[serde(rename = "too early")]
+    TooEarly,
 }
 
 impl VerdictKind {
@@ -346,6 +358,7 @@ impl VerdictKind {
             VerdictKind::KeepControl => "keep control",
             VerdictKind::Inconclusive => "inconclusive",
             VerdictKind::DoNotTrust => "do not trust (SRM)",
+            VerdictKind::TooEarly => "too early",
         }
     }
 }
@@ -410,6 +423,10 @@ async fn report(database_url: Option<&str>, args: ReportArgs) -> Result<ExitCode
     control_arm(&args.name, &arms, options.control.as_deref())?;
 
     let db = Database::open_existing(database_url, "tern experiment report").await?;
+    // The arms and shares of the bundle that assigned the users, not of the working copy: a
+    // pull request's bundle with new shares would otherwise read as a sample-ratio mismatch.
+    let (arms, source_note) =
+        recorded_arms(&db.store, &args.name, options.until, arms, &args.policies).await?;
     let users = db
         .store
         .experiment_users(
@@ -422,7 +439,8 @@ async fn report(database_url: Option<&str>, args: ReportArgs) -> Result<ExitCode
         )
         .await;
     db.close().await;
-    let report = compute(&args.name, &arms, &users?, &options)?;
+    let mut report = compute(&args.name, &arms, &users?, &options)?;
+    report.notes.extend(source_note);
 
     if report.sample_ratio.mismatch {
         // On stderr whatever the format, so that a script piping the JSON still sees it.
@@ -437,7 +455,76 @@ async fn report(database_url: Option<&str>, args: ReportArgs) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// The experiment's arms as the policy version that last assigned its users declared them, and a
+/// note saying where they came from when that differs from `--policies`. Falls back to
+/// `--policies` when no recorded version declares the experiment.
+async fn recorded_arms(
+    store: &tern_store::Store,
+    experiment: &str,
+    until: DateTime<Utc>,
+    working: Vec<ArmSpec>,
+    policies: &std::path::Path,
+) -> Result<(Vec<ArmSpec>, Vec<String>)> {
+    let versions = store.experiment_policy_versions(experiment, until).await?;
+    let mut notes = Vec::new();
+    let mut recorded: Vec<(String, Vec<ArmSpec>)> = Vec::new();
+    for (version, _) in &versions {
+        if let Some(v) = store.policy_version(version).await? {
+            if let Some(arms) = arms_in(&v.bundle, experiment) {
+                recorded.push((version.clone(), arms));
+            }
+        }
+    }
+    let Some((latest, arms)) = recorded.first().cloned() else {
+        return Ok((working, notes));
+    };
+    let short = |v: &str| v.get(..12).unwrap_or(v).to_string();
+    if recorded.iter().any(|(_, a)| *a != arms) {
+        let list: Vec<String> = recorded
+            .iter()
+            .map(|(v, a)| {
+                let shares: Vec<String> = a
+                    .iter()
+                    .map(|x| format!("{} {}", x.name, x.share))
+                    .collect();
+                format!("{} ({})", short(v), shares.join(", "))
+            })
+            .collect();
+        notes.push(format!(
+            "the arms changed while users were assigned: {}; the sample-ratio check uses the latest",
+            list.join("; ")
+        ));
+    }
+    if arms != working {
+        notes.push(format!(
+            "arm shares are those of policy version {}, which assigned the users; {} declares different arms",
+            short(&latest),
+            policies.display()
+        ));
+    }
+    Ok((arms, notes))
+}
+
+/// An experiment's arms in a recorded bundle's canonical JSON.
+fn arms_in(bundle: &serde_json::Value, experiment: &str) -> Option<Vec<ArmSpec>> {
+    let doc = bundle["documents"].as_array()?.iter().find(|d| {
+        d["kind"] == "Experiment" && d["metadata"]["name"].as_str() == Some(experiment)
+    })?;
+    doc["spec"]["arms"]
+        .as_array()?
+        .iter()
+        .map(|a| {
+            Some(ArmSpec {
+                name: a["name"].as_str()?.to_string(),
+                share: a["share"].as_f64()?,
+                holdout: a["holdout"].as_bool().unwrap_or(false),
+            })
+        })
+        .collect()
+}
+
 impl Options {
+    /// Rejects options no report can be computed with.impl Options {
     /// Rejects options no report can be computed with.
     fn check(&self) -> Result<()> {
         if !(self.level > 0.0 && self.level < 1.0) {
@@ -499,7 +586,9 @@ pub fn decision_rule(options: &Options) -> String {
          entirely {side} 0, no guardrail's ({}) CUPED {level} interval lies entirely on its \
          harmful side, and the sample ratio matches (p >= 0.001); keep control if the primary \
          metric's interval lies entirely on its harmful side or a guardrail's does; otherwise \
-         inconclusive. A sample-ratio mismatch makes every verdict \"do not trust (SRM)\".",
+         inconclusive. A sample-ratio mismatch makes every verdict \"do not trust (SRM)\"; \
+         a primary metric that looks back further than the experiment has run (retained) gives \
+         \"too early\".",
         primary.name(),
         guardrails.join(", ")
     )
@@ -714,6 +803,21 @@ pub fn compute(
             .collect(),
     };
 
+    // A metric measured over a window longer than the experiment has run mixes in what users
+    // did before it started: no verdict can rest on it yet.
+    let started = users.iter().map(|u| u.first_planned_at).min();
+    let too_early = match (options.primary.window_days(options), started) {
+        (Some(window), Some(started)) if options.until - started < TimeDelta::days(i64::from(window)) => {
+            Some(format!(
+                "{} is measured over {window} days, but the experiment has run {:.1} days (since {}); a verdict is possible from {}",
+                options.primary.name(),
+                (options.until - started).num_seconds() as f64 / 86_400.0,
+                started.to_rfc3339_opts(SecondsFormat::Secs, true),
+                (started + TimeDelta::days(i64::from(window))).to_rfc3339_opts(SecondsFormat::Secs, true)
+            ))
+        }
+        _ => None,
+    };
     let verdicts = treatments
         .iter()
         .map(|arm| {
@@ -722,6 +826,7 @@ pub fn compute(
                 &comparisons,
                 options.primary,
                 sample_ratio.mismatch,
+                too_early.as_deref(),
             )
         })
         .collect();
@@ -777,7 +882,13 @@ pub fn compute(
 }
 
 /// One arm's verdict under [`decision_rule`].
-fn verdict(arm: &str, comparisons: &[Comparison], primary: Metric, srm: bool) -> Verdict {
+fn verdict(
+    arm: &str,
+    comparisons: &[Comparison],
+    primary: Metric,
+    srm: bool,
+    too_early: Option<&str>,
+) -> Verdict {
     let of_arm = || comparisons.iter().filter(|c| c.arm == arm);
     let describe = |c: &Comparison| {
         format!(
@@ -794,6 +905,13 @@ fn verdict(arm: &str, comparisons: &[Comparison], primary: Metric, srm: bool) ->
             reason: "the arms' sizes do not match their shares; find out why before reading any \
                      difference"
                 .into(),
+        };
+    }
+    if let Some(why) = too_early {
+        return Verdict {
+            arm: arm.to_string(),
+            verdict: VerdictKind::TooEarly,
+            reason: why.to_string(),
         };
     }
     let harmed: Vec<String> = of_arm()
@@ -1409,6 +1527,29 @@ mod tests {
         assert!(v.reason.contains("unsubscribed"), "{}", v.reason);
         // The holdout retains nobody: worse on the primary metric.
         assert_eq!(report.verdicts[1].verdict, VerdictKind::KeepControl);
+    }
+
+    #[test]
+    fn no_verdict_rests_on_a_metric_that_looks_back_further_than_the_experiment_ran() {
+        // The same clear win as above, but retention over 28 days after 10 days of experiment.
+        let mut users = population("control", 500, |i| i % 10 < 4, |_| 3);
+        users.extend(population("treatment", 400, |i| i % 10 < 7, |_| 3));
+        users.extend(population("holdout", 100, |_| false, |_| 3));
+        let mut o = options();
+        o.retention_days = 28;
+        let report = compute("exp", &arms(), &users, &o).unwrap();
+        for v in &report.verdicts {
+            assert_eq!(v.verdict, VerdictKind::TooEarly, "{v:?}");
+            assert!(v.reason.contains("measured over 28 days"), "{}", v.reason);
+            assert!(v.reason.contains("has run 10.0 days"), "{}", v.reason);
+        }
+        // A metric of the users' own window is judged as before.
+        o.primary = Metric::Opened;
+        let report = compute("exp", &arms(), &users, &o).unwrap();
+        assert!(report
+            .verdicts
+            .iter()
+            .all(|v| v.verdict != VerdictKind::TooEarly));
     }
 
     #[test]

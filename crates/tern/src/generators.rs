@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use tern_core::NewOpportunity;
 use tern_policy::{Bundle, EvalError, EventView, Firing, Generator, Proposal, UserView};
 use tern_server::{ControlError, Event, EventResult, EventsSummary, GeneratedOpportunity, Metrics};
-use tern_store::{EventRecord, GeneratorUser, Store};
+use tern_store::{EventContent, EventRecord, GeneratorUser, Store};
 
 /// Opportunities are stored in batches of this many.
 const INGEST_BATCH: usize = 5_000;
@@ -237,6 +237,11 @@ pub async fn submit_events(
             // What the generators proposed; some may have existed already.
             opportunities: i32::try_from(proposed).unwrap_or(i32::MAX),
             occurred_at: e.occurred_at,
+            content: EventContent {
+                user_ids: e.user_ids.clone(),
+                numbers: e.numbers.clone(),
+                strings: e.strings.clone(),
+            },
         });
     }
     let mut summary = EventsSummary {

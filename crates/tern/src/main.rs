@@ -45,6 +45,7 @@ mod plan;
 mod policy;
 mod predict;
 mod registry;
+mod replay;
 mod report;
 mod serve;
 mod train;

@@ -119,17 +119,23 @@ pub fn load_bundle(dir: &std::path::Path) -> Result<Bundle> {
 /// `experiment/arm`, plus [`OUTSIDE`] for users in no arm that changes anything. Their shares are
 /// irrelevant (zero, and one for `outside`): who is in which arm is decided by the policy's own
 /// assignment ([`assign_arms`]), which the planner is then told per user.
+///
+/// A bundle without a Replan document is planned only on demand, over
+/// [`DEFAULT_HORIZON_SECS`] with no exploration: `tern policy check` accepts such a bundle, so
+/// the planner must run it.
 pub fn planner_config(bundle: &Bundle, replan: Option<&str>) -> Result<PlannerConfig> {
-    let replan = match replan {
+    let (horizon_secs, exploration) = match replan {
         Some(name) => bundle
             .replans
             .iter()
             .find(|r| r.metadata.name == name)
+            .map(|r| (r.horizon.num_seconds().max(1) as u64, r.exploration))
             .ok_or_else(|| anyhow!("the bundle has no Replan named {name:?}"))?,
         None => bundle
             .replans
             .first()
-            .ok_or_else(|| anyhow!("the bundle has no Replan document"))?,
+            .map(|r| (r.horizon.num_seconds().max(1) as u64, r.exploration))
+            .unwrap_or((DEFAULT_HORIZON_SECS, 0.0)),
     };
 
     // A cap set's rules and the classes it exempts travel together: an arm with its own set
@@ -220,12 +226,15 @@ pub fn planner_config(bundle: &Bundle, replan: Option<&str>) -> Result<PlannerCo
             })
             .collect(),
         experiment,
-        exploration: replan.exploration,
+        exploration,
         multi_channel: false,
-        horizon_secs: replan.horizon.num_seconds().max(1) as u64,
+        horizon_secs,
         send_window_secs: 3600,
     })
 }
+
+/// The horizon of an on-demand plan under a bundle with no Replan document: one day.
+pub const DEFAULT_HORIZON_SECS: u64 = 86_400;
 
 /// The arm of users in no experiment arm that changes their objective, caps or delivery.
 /// (`experiment/arm` names contain a slash, so it cannot collide with one.)
@@ -402,5 +411,162 @@ mod tests {
             .plan(&users, Utc::now(), 1, &InlineScores)
             .unwrap();
         assert!(plan.users.iter().all(|u| u.error.is_none()));
+    }
+
+    /// Whatever `tern policy check` accepts, the planner runs: bundles are generated with rules,
+    /// windows, channels, horizons and exploration shares on both sides of every limit, and each
+    /// one the checker loads must translate into a configuration the planner accepts, under
+    /// every Replan document and with none named.
+    #[test]
+    fn every_bundle_the_checker_accepts_the_planner_runs() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        use std::cell::Cell;
+        use tern_policy::SourceFile;
+
+        // Durations on both sides of the 366-day limit; channels and counts on both sides of
+        // theirs. Most rules are well formed, so that most bundles get as far as the planner.
+        const DURATIONS: &[&str] = &["1s", "1h", "3h", "1d", "7d", "366d", "367d", "400d", "520w"];
+        const VALID: &[&str] = &["1s", "1h", "3h", "1d", "7d", "366d"];
+        let any = || prop::sample::select(DURATIONS.to_vec());
+        let valid = || prop::sample::select(VALID.to_vec());
+        let channel = || prop::sample::select(vec!["any", "ch00", "ch00", "ch01", "ch40"]);
+        let max = || prop::sample::select(vec!["0", "1", "2", "4294967295", "5000000000"]);
+        let rule = prop_oneof![
+            6 => (channel(), max(), valid()).prop_map(|(c, m, p)| (c, Some(m), Some(p), None)),
+            3 => (channel(), valid()).prop_map(|(c, g)| (c, None, None, Some(g))),
+            3 => (channel(), max(), valid(), valid()).prop_map(|(c, m, p, g)| (c, Some(m), Some(p), Some(g))),
+            2 => (
+                channel(),
+                prop::option::of(max()),
+                prop::option::of(any()),
+                prop::option::of(any()),
+            ),
+        ]
+        .prop_map(|(channel, max, per, gap)| {
+            let mut fields = vec![format!("channel: {channel}")];
+            fields.extend(max.map(|m| format!("max: {m}")));
+            fields.extend(per.map(|d| format!("per: {d}")));
+            fields.extend(gap.map(|d| format!("minGap: {d}")));
+            format!("    - {{ {} }}\n", fields.join(", "))
+        });
+        let rules = prop_oneof![
+            6 => prop::collection::vec(rule.clone(), 0..4),
+            1 => prop::collection::vec(rule, 30..36),
+        ];
+        let channel = (
+            prop::option::of(prop::sample::select(vec![
+                ("22:00", "08:00"),
+                ("21:00", "07:30"),
+                ("12:00", "13:00"),
+                ("08:00", "08:00"),
+            ])),
+            prop::option::of(any()),
+        );
+        let channels = prop_oneof![
+            6 => prop::collection::vec(channel.clone(), 2..5),
+            1 => prop::collection::vec(channel, 31..34),
+        ];
+        let replan =
+            prop::option::of((any(), prop::sample::select(vec!["0", "0.05", "0.999", "1"])));
+        let bundle = (
+            channels,
+            rules.clone(),
+            prop::option::of(rules),
+            replan,
+            prop::sample::select(vec!["1", "1", "1", "0", "-2.5"]),
+        );
+
+        let accepted = Cell::new(0u32);
+        let refused = Cell::new(0u32);
+        let mut runner = TestRunner::new(Config {
+            cases: 2000,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&bundle, |(channels, default_rules, other_rules, replan, weight)| {
+                let mut docs = Vec::new();
+                for (i, (quiet, budget)) in channels.iter().enumerate() {
+                    let mut spec = Vec::new();
+                    if let Some((from, to)) = quiet {
+                        spec.push(format!("quietHours: {{ from: \"{from}\", to: \"{to}\" }}"));
+                    }
+                    if let Some(per) = budget {
+                        spec.push(format!("budget: {{ max: 1000, per: {per} }}"));
+                    }
+                    docs.push(format!(
+                        "kind: Channel\nmetadata: {{ name: ch{i:02} }}\nspec: {{ {} }}\n",
+                        spec.join(", ")
+                    ));
+                }
+                docs.push(format!(
+                    "kind: Objective\nmetadata: {{ name: default }}\nspec:\n  weights: {{ conversion: {weight} }}\n"
+                ));
+                let list = |rules: &[String]| {
+                    if rules.is_empty() {
+                        "  rules: []\n".to_string()
+                    } else {
+                        format!("  rules:\n{}", rules.concat())
+                    }
+                };
+                docs.push(format!(
+                    "kind: Caps\nmetadata: {{ name: default }}\nspec:\n{}  exempt: [high]\n",
+                    list(&default_rules)
+                ));
+                if let Some(rules) = &other_rules {
+                    docs.push(format!(
+                        "kind: Caps\nmetadata: {{ name: gentle }}\nspec:\n{}",
+                        list(rules)
+                    ));
+                    docs.push(
+                        "kind: Experiment\nmetadata: { name: caps }\nspec:\n  salt: s\n  arms:\n    - { name: control, share: 0.5 }\n    - { name: gentle, share: 0.5, caps: gentle }\n"
+                            .to_string(),
+                    );
+                }
+                if let Some((horizon, exploration)) = replan {
+                    docs.push(format!(
+                        "kind: Replan\nmetadata: {{ name: hourly }}\nspec:\n  cron: \"0 0 * * * *\"\n  horizon: {horizon}\n  exploration: {exploration}\n"
+                    ));
+                }
+                let text: String = docs
+                    .iter()
+                    .map(|d| format!("---\napiVersion: tern/v1\n{d}"))
+                    .collect();
+                let dir = std::path::Path::new("generated");
+                let files = [SourceFile {
+                    path: dir.join("bundle.yaml"),
+                    bytes: text.clone().into_bytes(),
+                }];
+                let bundle = match Bundle::from_files(dir, &files) {
+                    Ok(b) => b,
+                    Err(findings) => {
+                        if refused.get() < 3 {
+                            eprintln!("refused:\n{}", findings.to_text());
+                        }
+                        refused.set(refused.get() + 1);
+                        return Ok(());
+                    }
+                };
+                accepted.set(accepted.get() + 1);
+                let names = std::iter::once(None)
+                    .chain(bundle.replans.iter().map(|r| Some(r.metadata.name.as_str())));
+                for name in names {
+                    let config = planner_config(&bundle, name)
+                        .map_err(|e| TestCaseError::fail(format!("{e:#}\n{text}")))?;
+                    Planner::new(config)
+                        .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        eprintln!(
+            "generated bundles: {} accepted by check and run by the planner, {} refused by check",
+            accepted.get(),
+            refused.get()
+        );
+        // Both sides of the limits occur, so the property is not vacuous.
+        assert!(accepted.get() >= 100, "only {} accepted", accepted.get());
+        assert!(refused.get() >= 100, "only {} refused", refused.get());
     }
 }

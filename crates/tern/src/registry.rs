@@ -33,8 +33,13 @@ pub enum ModelCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Re-activate the model that was active before the current one.
-    Rollback,
+    /// Re-activate the model that was active before the current one. Each rollback steps one
+    /// model further back through the promotions; it says which model becomes active first.
+    Rollback {
+        /// Only say which model would become active.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Write a model's artifact to a file (for `tern plan --model`).
     Export {
         #[arg(id = "model_version", value_name = "VERSION")]
@@ -126,9 +131,17 @@ pub async fn run(url: Option<&str>, cmd: ModelCommand) -> Result<ExitCode> {
             store.promote_model(&version, Utc::now()).await?;
             println!("model {version} is now the active model");
         }
-        ModelCommand::Rollback => {
-            let version = store.rollback_model(Utc::now()).await?;
-            println!("rolled back: model {version} is now the active model");
+        ModelCommand::Rollback { dry_run } => {
+            let Some((target, current)) = store.rollback_target().await? else {
+                bail!("no earlier active model to roll back to; see `tern model list`");
+            };
+            println!("rolling back from model {current} to {target}");
+            if dry_run {
+                println!("dry run: nothing changed");
+            } else {
+                let version = store.rollback_model(Utc::now()).await?;
+                println!("rolled back: model {version} is now the active model");
+            }
         }
         ModelCommand::Export { version, output } => {
             let bytes = artifact(store, &version).await?;
@@ -168,6 +181,10 @@ fn summary(metrics: &serde_json::Value) -> String {
         .iter()
         .filter_map(|h| {
             let name = h.get("head")?.as_str()?;
+            // A head with no labels has no loss: show a dash, not a perfect-looking 0.000.
+            if h.get("labels").and_then(|l| l.as_u64()) == Some(0) {
+                return Some(format!("{name} –"));
+            }
             let model = h.pointer("/model/log_loss")?.as_f64()?;
             let base = h.pointer("/base_rate/log_loss")?.as_f64()?;
             Some(format!("{name} {model:.3}/{base:.3}"))

@@ -131,7 +131,18 @@ pub async fn train_and_register(
         .await?
         .unwrap_or(from)
         .max(from);
-    let window = TrainingWindow::split(from, until, settings.valid_fraction)?;
+    // Sends in the last `shortest` before `until` have no observable label yet, so the split
+    // is made over the time before that: otherwise a short history (7 days, the last 20% held
+    // out) would validate on a period with no label at all. The validation part still runs to
+    // `until`; its newest rows only have their labels masked.
+    let shortest = settings.labels.shortest();
+    let labelled_until = if until - shortest > from {
+        until - shortest
+    } else {
+        until
+    };
+    let mut window = TrainingWindow::split(from, labelled_until, settings.valid_fraction)?;
+    window.valid_until = until;
     let spec = FeatureSpec::default();
     let started = std::time::Instant::now();
     let spilled = spill(store, &spec, &window, &settings.labels, &settings.work_dir).await?;
@@ -151,11 +162,13 @@ pub async fn train_and_register(
     }
     if spilled.train.rows == 0 || spilled.valid.rows == 0 {
         return Err(NotEnoughHistory(format!(
-            "not enough history to train on between {} and {}: {} training and {} validation rows with an observable label",
+            "not enough history to train on between {} and {}: {} training and {} validation rows with an observable label; a label is observable {} after a send at the earliest, so train on a longer period (--days, now {}) or with more traffic",
             window.train_from,
             window.valid_until,
             spilled.train.rows,
-            spilled.valid.rows
+            spilled.valid.rows,
+            tern_policy::format_duration(shortest),
+            settings.days
         ))
         .into());
     }
@@ -216,6 +229,22 @@ pub async fn train_and_register(
         bytes,
         metrics,
     })
+}
+
+impl LabelArgs {
+    /// The shortest label window: before it has passed since a send, no label of that send is
+    /// observable.
+    pub fn shortest(&self) -> TimeDelta {
+        [
+            TimeDelta::hours(i64::from(self.engagement_hours)),
+            TimeDelta::days(i64::from(self.conversion_days)),
+            TimeDelta::days(i64::from(self.reachability_days)),
+            TimeDelta::days(i64::from(self.retention_days)),
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or_default()
+    }
 }
 
 impl Default for LabelArgs {
@@ -330,17 +359,7 @@ pub fn metrics_table(model: &Model) -> String {
             h.model.ece
         );
     }
-    let refusals = promotion_refusals(m);
-    if refusals.is_empty() {
-        let _ = writeln!(
-            out,
-            "promotable: beats the base rate on every labelled head"
-        );
-    } else {
-        for r in refusals {
-            let _ = writeln!(out, "not promotable: {r}");
-        }
-    }
+    let _ = writeln!(out, "{}", tern_model::Promotion::of(m).summary());
     out
 }
 

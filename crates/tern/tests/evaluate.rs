@@ -295,6 +295,96 @@ async fn policy_simulate_prints_what_a_change_would_do_as_markdown() {
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
+/// A new generator that fails on every user shows up as errors, not as "nothing changes": the
+/// replay runs it on the events tern received in the period; older events without their
+/// content are reported as not replayed.
+#[tokio::test]
+async fn policy_simulate_replays_changed_generators_on_the_logged_events() {
+    let db = TestDb::new().await;
+    logged_history(&db).await;
+    let event = |id: &str, content: Option<tern_store::EventContent>| tern_store::EventRecord {
+        event_id: id.into(),
+        event_type: "playlist_updated".into(),
+        user_count: 3,
+        opportunities: 0,
+        occurred_at: None,
+        content: content.unwrap_or_default(),
+    };
+    let content = tern_store::EventContent {
+        user_ids: vec!["user-01".into(), "user-02".into(), "user-03".into()],
+        numbers: BTreeMap::from([("popularity".into(), 0.7)]),
+        strings: BTreeMap::new(),
+    };
+    db.store
+        .record_events(
+            &[
+                event("ev-1", Some(content.clone())),
+                event("ev-2", Some(content)),
+            ],
+            t0(),
+        )
+        .await
+        .unwrap();
+    let scratch = tempdir();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    for entry in std::fs::read_dir(&example).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, scratch.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        scratch.join("playlists.yaml"),
+        "apiVersion: tern/v1\nkind: Generator\nmetadata: { name: playlist-updated }\nspec:\n  on: { event: playlist_updated }\n  when: \"has(user.playlists) && event.popularity > 0.5 || user.plays > 3\"\n  message: { template: playlist, category: content }\n  channels: [push]\n  ttl: 1d\n",
+    )
+    .unwrap();
+    // The example's Schema declares the event shapes; declare this one too.
+    let schema = std::fs::read_to_string(scratch.join("schema.yaml")).unwrap();
+    std::fs::write(
+        scratch.join("schema.yaml"),
+        schema
+            .replace(
+                "  events:\n",
+                "  events:\n    playlist_updated:\n      popularity: number\n",
+            )
+            .replace(
+                "  user:\n",
+                "  user:\n    playlists: list\n    plays: number\n",
+            ),
+    )
+    .unwrap();
+    let until = until();
+    let mut args = vec![
+        "policy",
+        "simulate",
+        "--against",
+        example.to_str().unwrap(),
+        scratch.to_str().unwrap(),
+        "--until",
+        &until,
+    ];
+    args.extend(LABELS);
+    let md = ok(&tern(&args, Some(&db.url)));
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| playlist-updated |"))
+        .unwrap_or_else(|| panic!("no generator row in:\n{md}"));
+    // The last cell (the error) may hold an escaped `\|`: split off the six before it.
+    let cells: Vec<&str> = row.trim_start_matches("| ").splitn(7, " | ").collect();
+    // Two events of three users each; `user.plays` is missing for every one of them.
+    assert_eq!(&cells[1..6], ["added", "–", "0", "–", "6"], "{row}");
+    assert!(cells[6].contains("No such key: plays"), "{row}");
+    assert!(md.contains("counted, not planned"), "{md}");
+
+    args.extend(["--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&ok(&tern(&args, Some(&db.url)))).unwrap();
+    let g = &json["generators"]["rows"][0];
+    assert_eq!(g["generator"], "playlist-updated");
+    assert_eq!(g["new"]["errors"], 6);
+    assert_eq!(json["generators"]["events_replayed"], 2);
+    assert_eq!(json["decisions"], USERS);
+    assert!(json["values"].as_array().unwrap().len() >= 3, "{json}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
 #[tokio::test]
 async fn bad_input_gets_one_precise_error_and_changes_nothing() {
     let db = TestDb::new().await;

@@ -451,6 +451,63 @@ async fn a_sample_ratio_mismatch_warns_loudly() {
     assert!(text(&out.stderr).contains("SAMPLE RATIO MISMATCH"));
 }
 
+/// The shares that count are those of the bundle that assigned the users: the same 40 / 10
+/// split is no mismatch when the version that ran gave control 0.8, whatever the working copy
+/// (a pull request's bundle, here 0.5 / 0.5) now says.
+#[tokio::test]
+async fn arm_shares_come_from_the_policy_version_that_assigned_the_users() {
+    let db = TestDb::new().await;
+    let ran = serde_json::json!({
+        "apiVersion": "tern/v1",
+        "documents": [{
+            "apiVersion": "tern/v1",
+            "kind": "Experiment",
+            "metadata": { "name": "skewed" },
+            "spec": { "salt": "s2", "arms": [
+                { "name": "control", "share": 0.8 },
+                { "name": "treatment", "share": 0.2 }
+            ] }
+        }]
+    });
+    db.store
+        .record_policy_activation("v-that-ran-0000", &ran, t0())
+        .await
+        .unwrap();
+    let rows: Vec<Assignment> = (0..50)
+        .map(|i| Assignment {
+            experiment: "skewed".into(),
+            user_id: format!("u{i:02}"),
+            arm: if i < 40 { "control" } else { "treatment" }.into(),
+        })
+        .collect();
+    db.store
+        .record_assignments(&rows, "v-that-ran-0000", t0())
+        .await
+        .unwrap();
+    let policies = Policies::new("recorded");
+    let out = report(
+        &[
+            "skewed",
+            "--policies",
+            policies.path(),
+            "--until",
+            UNTIL,
+            "--format",
+            "json",
+        ],
+        &db.url,
+    );
+    let json: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(json["sample_ratio"]["mismatch"], false, "{json}");
+    close(&json["sample_ratio"]["arms"][0]["expected_share"], 0.8);
+    assert!(!text(&out.stderr).contains("MISMATCH"));
+    let notes = json["notes"].to_string();
+    assert!(
+        notes.contains("arm shares are those of policy version v-that-ran-0"),
+        "{notes}"
+    );
+}
+
 #[tokio::test]
 async fn the_markdown_report_is_tables_for_a_pull_request() {
     let db = TestDb::new().await;

@@ -335,7 +335,6 @@ async fn submit_replan_pull_ack_report_status_over_grpc() {
         .unwrap()
         .into_inner();
     assert_eq!(status.health, "SERVING");
-    // The cron loop's catch-up run at start may have published a plan too, before or after.
     let manual = status
         .recent_plans
         .iter()
@@ -612,27 +611,6 @@ async fn two_daemons_on_one_database_run_each_cron_firing_once() {
     assert!(planned >= runs - 2, "runs: {runs}, planned: {planned}");
 }
 
-/// Waits for the cron loop's catch-up run at start, so that it cannot supersede a test's plan.
-async fn settle(channel: Channel) {
-    let admin = AdminServiceClient::new(channel);
-    wait_for(
-        || {
-            let mut admin = admin.clone();
-            async move {
-                admin
-                    .get_status(pb::GetStatusRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .recent_plans
-                    .len()
-            }
-        },
-        |n| *n > 0,
-    )
-    .await;
-}
-
 async fn pull(
     client: &mut ScheduleServiceClient<Channel>,
     holder: &str,
@@ -671,7 +649,6 @@ async fn thirty_two_concurrent_pullers_never_share_an_item_and_each_is_sent_once
     let db = TestDb::new().await;
     let daemon = Daemon::start(&db.url);
     let channel = daemon.channel().await;
-    settle(channel.clone()).await;
     let mut opportunities = OpportunityServiceClient::new(channel.clone());
     let total = 3_000;
     let rows: Vec<pb::Opportunity> = (0..total)
@@ -744,7 +721,6 @@ async fn an_expired_lease_is_redelivered_and_the_late_ack_refused() {
     let db = TestDb::new().await;
     let daemon = Daemon::start(&db.url);
     let channel = daemon.channel().await;
-    settle(channel.clone()).await;
     OpportunityServiceClient::new(channel.clone())
         .submit(pb::SubmitRequest {
             source: "x".into(),
@@ -802,7 +778,6 @@ async fn a_daemon_killed_while_publishing_leaves_no_half_plan_and_the_next_plan_
     let db = TestDb::new().await;
     let mut daemon = Daemon::start(&db.url);
     let channel = daemon.channel().await;
-    settle(channel.clone()).await;
     let total = 60_000;
     let mut opportunities = OpportunityServiceClient::new(channel.clone());
     for chunk in (0..total).collect::<Vec<usize>>().chunks(10_000) {
@@ -897,7 +872,6 @@ async fn while_the_database_is_away_calls_are_unavailable_and_then_everything_re
     let db = TestDb::new().await;
     let daemon = Daemon::start(&db.url);
     let channel = daemon.channel().await;
-    settle(channel.clone()).await;
     let mut opportunities = OpportunityServiceClient::new(channel.clone());
     let mut schedule = ScheduleServiceClient::new(channel.clone());
     let submit = |key: &str| pb::SubmitRequest {
@@ -982,7 +956,6 @@ async fn a_dropped_database_is_unavailable_and_health_turns_not_serving() {
     let db = TestDb::new().await;
     let daemon = Daemon::start(&db.url);
     let channel = daemon.channel().await;
-    settle(channel.clone()).await;
     let mut opportunities = OpportunityServiceClient::new(channel.clone());
     let submit = |key: &str| pb::SubmitRequest {
         source: "x".into(),
@@ -1077,7 +1050,6 @@ async fn a_channel_budget_counts_what_earlier_plans_already_sent() {
     assert!(bundle.contains("max: 3"));
     let daemon = Daemon::start_with(&db.url, &bundle);
     let channel = daemon.channel().await;
-    settle(channel.clone()).await;
     let mut opportunities = OpportunityServiceClient::new(channel.clone());
     let mut admin = AdminServiceClient::new(channel.clone());
     let mut schedule = ScheduleServiceClient::new(channel.clone());
@@ -1854,6 +1826,137 @@ async fn on_a_simulated_clock_advance_clock_moves_time_and_runs_what_fell_due() 
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(plans().await, 1);
+}
+
+/// The jobs `tern serve` has claimed, as `(job, firing)`, in firing order.
+async fn cron_runs(db: &TestDb) -> Vec<(String, String)> {
+    sqlx::query_as::<_, (String, chrono::DateTime<chrono::Utc>)>(
+        "SELECT replan, scheduled_for FROM replan_runs ORDER BY scheduled_for, replan",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(job, at)| (job, at.format("%m-%dT%H:%M").to_string()))
+    .collect()
+}
+
+async fn advance(channel: &Channel, to: &str) {
+    AdminServiceClient::new(channel.clone())
+        .advance_clock(pb::AdvanceClockRequest { to: Some(at(to)) })
+        .await
+        .unwrap();
+}
+
+/// A job starts at its next firing after it appears, like a Kubernetes CronJob: neither a
+/// fresh database nor a bundle hot-added after today's firing runs it at once.
+#[tokio::test]
+async fn a_job_added_after_its_firing_time_waits_for_the_next_one() {
+    let db = TestDb::new().await;
+    let morning = BUNDLE.replace(
+        "metadata: {name: hourly}\nspec: {cron: \"0 0 * * * *\"",
+        "metadata: {name: morning}\nspec: {cron: \"0 0 9 * * *\"",
+    );
+    assert!(morning.contains("morning"));
+    // A fresh database at 13:38: the 09:00 firing has passed, so nothing runs.
+    let daemon = Daemon::start_args(
+        &db.url,
+        &morning,
+        &["--simulate-from", "2026-03-02T13:38:00Z"],
+    );
+    let channel = daemon.channel().await;
+    advance(&channel, "2026-03-02T14:00:00Z").await;
+    assert_eq!(cron_runs(&db).await, Vec::<(String, String)>::new());
+
+    // A scheduled generator hot-added at 14:00 with a 09:00 schedule: not run today either.
+    let digest = "---\napiVersion: tern/v1\nkind: Generator\nmetadata: {name: digest}\nspec:\n  schedule: \"0 0 9 * * *\"\n  segment: \"true\"\n  message: {template: digest, category: content}\n  channels: [email]\n  ttl: 1d\n";
+    let admin = AdminServiceClient::new(channel.clone());
+    let before = admin
+        .clone()
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_version;
+    std::fs::write(
+        daemon.policies.join("bundle.yaml"),
+        format!("{morning}{digest}"),
+    )
+    .unwrap();
+    let status = || {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    wait_for(status, |s| s.policy_version != before).await;
+    advance(&channel, "2026-03-02T23:00:00Z").await;
+    assert_eq!(cron_runs(&db).await, Vec::<(String, String)>::new());
+
+    // Tomorrow at 09:00 both run, once each.
+    advance(&channel, "2026-03-03T09:30:00Z").await;
+    assert_eq!(
+        cron_runs(&db).await,
+        [
+            ("generator/digest".to_string(), "03-03T09:00".to_string()),
+            ("morning".to_string(), "03-03T09:00".to_string())
+        ]
+    );
+}
+
+/// A firing missed while no daemon ran is caught up once when one comes back, if the
+/// document's `startingDeadline` allows it, and skipped otherwise.
+#[tokio::test]
+async fn a_firing_missed_while_down_is_caught_up_once_within_its_starting_deadline() {
+    let db = TestDb::new().await;
+    let bundle = BUNDLE.replace(
+        "metadata: {name: hourly}\nspec: {cron: \"0 0 * * * *\", horizon: 24h, exploration: 0}",
+        "metadata: {name: hourly}\nspec: {cron: \"0 0 * * * *\", horizon: 24h, exploration: 0, startingDeadline: 2h}\n---\napiVersion: tern/v1\nkind: Replan\nmetadata: {name: strict}\nspec: {cron: \"0 30 * * * *\", horizon: 24h}\n---\napiVersion: tern/v1\nkind: Replan\nmetadata: {name: short}\nspec: {cron: \"0 15 * * * *\", horizon: 24h, startingDeadline: 20m}",
+    );
+    assert!(bundle.contains("startingDeadline: 2h"));
+    let mut first = Daemon::start_args(
+        &db.url,
+        &bundle,
+        &["--simulate-from", "2026-03-02T08:50:00Z"],
+    );
+    advance(&first.channel().await, "2026-03-02T09:35:00Z").await;
+    let ran_before = [
+        ("hourly".to_string(), "03-02T09:00".to_string()),
+        ("short".to_string(), "03-02T09:15".to_string()),
+        ("strict".to_string(), "03-02T09:30".to_string()),
+    ];
+    assert_eq!(cron_runs(&db).await, ran_before);
+    assert!(first.terminate().await.success());
+
+    // Down from 09:35 to 11:50. hourly missed 10:00 and 11:00: the latest, 50 min late, is
+    // within its 2 h and runs once. strict missed 10:30 and 11:30 and has no deadline; short
+    // missed 10:15 and 11:15, 35 min late, more than its 20 min: both are skipped.
+    let second = Daemon::start_args(
+        &db.url,
+        &bundle,
+        &["--simulate-from", "2026-03-02T11:50:00Z"],
+    );
+    let channel = second.channel().await;
+    advance(&channel, "2026-03-02T11:51:00Z").await;
+    let mut expected = ran_before.to_vec();
+    expected.insert(1, ("hourly".to_string(), "03-02T11:00".to_string()));
+    expected.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+    assert_eq!(cron_runs(&db).await, expected);
+    // From here on every job runs at its firings.
+    advance(&channel, "2026-03-02T12:31:00Z").await;
+    let runs = cron_runs(&db).await;
+    assert_eq!(runs.len(), 7, "{runs:?}");
+    for job in ["hourly", "short", "strict"] {
+        assert!(
+            runs.iter()
+                .any(|(j, at)| j == job && at.starts_with("03-02T12")),
+            "{runs:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -64,23 +64,30 @@ fn arm_for<'a>(
             false,
         ),
         Some(e) => {
+            // Weighted rendezvous, written out independently of the planner: each arm draws
+            // -ln(1 - u) / share with u from SHA-256(salt "/" arm, 0, user); the least wins.
             use sha2::{Digest, Sha256};
-            let d = Sha256::digest(format!("{}:{}", e.salt, user).as_bytes());
-            let x = u64::from_be_bytes(d[..8].try_into().unwrap());
-            let p = (x >> 11) as f64 / (1u64 << 53) as f64;
-            let mut acc = 0.0;
-            for (i, a) in e.arms.iter().enumerate() {
-                acc += a.share;
-                if p < acc || i == e.arms.len() - 1 {
-                    return (
-                        a.name.clone(),
-                        a.caps.as_deref().unwrap_or(&config.caps),
-                        exempt(a),
-                        a.holdout,
-                    );
-                }
-            }
-            unreachable!()
+            let draw = |a: &Arm| {
+                let mut bytes = format!("{}/{}", e.salt, a.name).into_bytes();
+                bytes.push(0);
+                bytes.extend_from_slice(user.as_bytes());
+                let d = Sha256::digest(&bytes);
+                let x = u64::from_be_bytes(d[..8].try_into().unwrap());
+                let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+                -(1.0 - u).ln() / a.share
+            };
+            let a = e
+                .arms
+                .iter()
+                .filter(|a| a.share > 0.0)
+                .min_by(|a, b| draw(a).total_cmp(&draw(b)))
+                .expect("shares add up to 1");
+            (
+                a.name.clone(),
+                a.caps.as_deref().unwrap_or(&config.caps),
+                exempt(a),
+                a.holdout,
+            )
         }
     }
 }

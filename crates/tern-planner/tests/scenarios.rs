@@ -467,6 +467,25 @@ fn bad_user_input_is_reported_not_panicked_on() {
         .contains("Mars/Olympus"));
     assert_eq!(plan.users[1].suppressions[0].reason, Reason::BadInput);
     assert_eq!(plan.users[2].suppressions[0].reason, Reason::Expired);
+    // The output is a function of the input set: a bad user's suppressions come out by
+    // opportunity, like every other line, whatever order the opportunities came in.
+    let mut shuffled = users[0].clone();
+    shuffled.opportunities = vec![
+        opp(9, &["push"], 0.5, now, "2026-06-02T00:00:00Z"),
+        opp(1, &["push"], 0.5, now, "2026-06-02T00:00:00Z"),
+        opp(4, &["push"], 0.5, now, "2026-06-02T00:00:00Z"),
+    ];
+    let mut sorted = shuffled.clone();
+    sorted.opportunities.sort_by_key(|o| o.id);
+    let a = run(&config, &[shuffled], now);
+    let b = run(&config, &[sorted], now);
+    assert_eq!(a, b);
+    let ids: Vec<i64> = a.users[0]
+        .suppressions
+        .iter()
+        .map(|s| s.opportunity)
+        .collect();
+    assert_eq!(ids, [1, 4, 9]);
     let planner = Planner::new(config).unwrap();
     let dup = vec![users[0].clone(), users[0].clone()];
     assert!(matches!(

@@ -78,6 +78,7 @@ const EXAMPLE_POLICIES: &[(&str, &str)] = &[
         "replans.yaml",
         include_str!("../../../policies/replans.yaml"),
     ),
+    ("schema.yaml", include_str!("../../../policies/schema.yaml")),
 ];
 
 /// The objective of the greedy arm: the chance of an open or click, nothing else, no floor.
@@ -1520,6 +1521,31 @@ mod tests {
         let b = Bundle::load(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         b
+    }
+
+    /// The built-in bundle is the whole of `policies/`: a file added there and forgotten here
+    /// would make the demo run other policies than the ones documented.
+    #[test]
+    fn the_built_in_policies_are_every_file_of_the_example_bundle() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".yaml"))
+            .collect();
+        on_disk.sort();
+        let built_in: Vec<String> = EXAMPLE_POLICIES
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(built_in, on_disk);
+        for (name, text) in EXAMPLE_POLICIES {
+            assert_eq!(
+                *text,
+                std::fs::read_to_string(format!("{dir}/{name}")).unwrap(),
+                "{name}"
+            );
+        }
     }
 
     fn receipt(user: &str, channel: &str, category: &str, hour: i64) -> tern_sim::Receipt {

@@ -413,6 +413,76 @@ mod tests {
         assert!(plan.users.iter().all(|u| u.error.is_none()));
     }
 
+    /// Each cap set's `exempt` is its own: the reproduction of a bug where the `default` set's
+    /// list applied to every arm. `gentle` (one push a day) exempts `high`; a `high` push to a
+    /// user in `fewer-pushes/gentle` who had a push yesterday evening is then sent, marked
+    /// exempt. With the lists swapped, `gentle` holds it back.
+    #[test]
+    fn each_cap_set_exempts_its_own_classes() {
+        use std::path::Path;
+        let example = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies"));
+        let dir = std::env::temp_dir().join(format!("tern-exempt-{}", std::process::id()));
+        let run = |default_exempt: &str, gentle_exempt: &str| {
+            std::fs::create_dir_all(&dir).unwrap();
+            for entry in std::fs::read_dir(example).unwrap() {
+                let path = entry.unwrap().path();
+                std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+            }
+            let caps = std::fs::read_to_string(dir.join("caps.yaml")).unwrap();
+            let caps = caps
+                .replace(
+                    "    - { channel: any, category: social, max: 3, per: 7d }\n",
+                    &format!("    - {{ channel: any, category: social, max: 3, per: 7d }}\n  exempt: {default_exempt}\n"),
+                )
+                .replace(
+                    "    - { channel: any, minGap: 2h }\n",
+                    &format!("    - {{ channel: any, minGap: 2h }}\n  exempt: {gentle_exempt}\n"),
+                );
+            std::fs::write(dir.join("caps.yaml"), caps).unwrap();
+            let bundle = Bundle::load(&dir).expect("valid");
+            let config = planner_config(&bundle, None).unwrap();
+            let now: DateTime<Utc> = "2026-03-02T12:00:00Z".parse().unwrap();
+            // A user the policy puts in fewer-pushes/gentle.
+            let user_id = (0..)
+                .map(|i| format!("user-{i}"))
+                .find(|u| {
+                    effective_arm(&bundle, u).is_some_and(|(e, a)| {
+                        e.metadata.name == "fewer-pushes" && a.name == "gentle"
+                    })
+                })
+                .unwrap();
+            let line = serde_json::json!({
+                "user_id": user_id, "timezone": "UTC",
+                "history": [{"channel": "push", "category": "content", "priority": "normal",
+                             "sent_at": "2026-03-01T20:00:00Z"}],
+                "opportunities": [{"id": 1, "category": "content", "priority": "high",
+                    "channels": ["push"], "created_at": "2026-03-02T11:00:00Z",
+                    "expires_at": "2026-03-02T16:00:00Z", "template": "t",
+                    "scores": [{"conversion": 0.5, "engagement": 0.5, "retention": 0.05,
+                                "reachability_loss": 0.0}]}]
+            });
+            let mut users = jsonl::read_users(std::io::Cursor::new(format!("{line}\n"))).unwrap();
+            assign_arms(&bundle, &mut users);
+            let plan = Planner::new(config)
+                .unwrap()
+                .plan(&users, now, 1, &InlineScores)
+                .unwrap();
+            let _ = std::fs::remove_dir_all(&dir);
+            plan.users.into_iter().next().unwrap()
+        };
+        let sent = run("[]", "[high]");
+        assert_eq!(sent.choices.len(), 1, "{sent:?}");
+        assert!(sent.choices[0].exempt);
+        let held = run("[high]", "[]");
+        assert!(held.choices.is_empty(), "{held:?}");
+        assert!(
+            held.suppressions
+                .iter()
+                .any(|s| matches!(s.reason, tern_planner::Reason::Cap { .. })),
+            "{held:?}"
+        );
+    }
+
     /// Whatever `tern policy check` accepts, the planner runs: bundles are generated with rules,
     /// windows, channels, horizons and exploration shares on both sides of every limit, and each
     /// one the checker loads must translate into a configuration the planner accepts, under

@@ -192,3 +192,21 @@ fn summary(metrics: &serde_json::Value) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::summary;
+
+    /// A head without labels has no loss to show: a dash, not a perfect-looking `0.000/0.000`.
+    #[test]
+    fn a_head_without_labels_shows_a_dash() {
+        let metrics = serde_json::json!({ "validation": { "heads": [
+            { "head": "engagement", "labels": 812,
+              "model": { "log_loss": 0.4121 }, "base_rate": { "log_loss": 0.4553 } },
+            { "head": "retention", "labels": 0,
+              "model": { "log_loss": 0.0 }, "base_rate": { "log_loss": 0.0 } }
+        ] } });
+        assert_eq!(summary(&metrics), "engagement 0.412/0.455, retention –");
+        assert_eq!(summary(&serde_json::json!({})), "-");
+    }
+}

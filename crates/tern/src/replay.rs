@@ -102,6 +102,7 @@ pub async fn replay_generators(
         }
         let mut users: HashMap<String, UserView> = HashMap::new();
         let mut without_content = 0u64;
+        let mut exercised: HashSet<&str> = HashSet::new();
         for e in events.iter().take(MAX_EVENTS as usize) {
             out.events_received += 1;
             let matching: Vec<&(bool, &Generator)> = event_generators
@@ -111,6 +112,7 @@ pub async fn replay_generators(
             if matching.is_empty() {
                 continue;
             }
+            exercised.insert(e.event_type.as_str());
             let Some(content) = &e.content else {
                 without_content += 1;
                 continue;
@@ -161,6 +163,18 @@ pub async fn replay_generators(
                 }
             }
         }
+        let mut silent: Vec<String> = event_generators
+            .iter()
+            .filter_map(|(_, g)| match &g.trigger {
+                Trigger::Event { event, .. } if !exercised.contains(event.as_str()) => Some(
+                    format!("generator {}: no `{event}` event was received in the period, so it was not exercised", g.metadata.name),
+                ),
+                _ => None,
+            })
+            .collect();
+        silent.sort();
+        silent.dedup();
+        out.not_replayed.extend(silent);
         if without_content > 0 {
             out.not_replayed.push(format!(
                 "{without_content} event(s) were recorded before tern kept event content and could not be replayed"

@@ -144,6 +144,15 @@ fn main() -> ExitCode {
             }
         }
     }
+    // A report piped into `head` ends when the reader goes away, as for any Unix tool, instead
+    // of panicking on the first write to the closed pipe. The long-running commands keep
+    // ignoring SIGPIPE: a daemon must not die because its stdout reader did.
+    if !matches!(cli.command, Command::Serve(_) | Command::Demo(_)) {
+        // SAFETY: called before any thread is started; it only resets one signal's handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error"));
     let logs = tracing_subscriber::fmt()

@@ -525,3 +525,47 @@ async fn sigterm_during_a_demo_drops_its_scratch_databases() {
     let left = scratch().await;
     assert!(left.is_empty(), "left behind: {left:?} (stderr: {stderr})");
 }
+
+/// `tern plan ... | head -1` ends quietly when `head` stops reading, like any Unix tool: no
+/// panic about a broken pipe.
+#[test]
+fn a_reader_that_goes_away_ends_a_report_quietly() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let dir = std::env::temp_dir().join(format!("tern-cli-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("users.jsonl");
+    let mut f = std::fs::File::create(&input).unwrap();
+    // Enough users that the plan is far larger than a pipe's buffer.
+    for i in 0..4000 {
+        writeln!(
+            f,
+            r#"{{"user_id":"u{i}","timezone":"UTC","opportunities":[{{"id":{i},"category":"content","priority":"normal","channels":["push","email"],"created_at":"2026-03-01T10:00:00Z","expires_at":"2026-03-03T10:00:00Z","template":"t","scores":[{{"conversion":0.3,"engagement":0.5,"retention":0.05,"reachability_loss":0.0}},{{"conversion":0.3,"engagement":0.5,"retention":0.05,"reachability_loss":0.0}}]}}]}}"#
+        )
+        .unwrap();
+    }
+    drop(f);
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["plan", "--now", "2026-03-01T12:00:00Z", "--policies"])
+        .arg(&policies)
+        .arg("--input")
+        .arg(&input)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    // The reader is gone now.
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("error"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -37,6 +37,7 @@ pub mod features;
 pub mod fused;
 pub mod model;
 pub mod network;
+pub mod summary;
 pub mod train;
 
 mod rng;
@@ -54,7 +55,8 @@ pub use features::{
 };
 pub use model::{Engine, Model};
 pub use network::Architecture;
-pub use train::{evaluate, train, EpochStats, TrainConfig, TrainingSummary};
+pub use summary::{EpochStats, TrainConfig, TrainingSummary};
+pub use train::{evaluate, train};
 
 /// Number of predicted outcomes (heads).
 pub const HEADS: usize = 4;

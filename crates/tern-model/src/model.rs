@@ -26,7 +26,7 @@ use crate::eval::Metrics;
 use crate::features::{fnv1a64, FeatureMatrix, FeatureSpec};
 use crate::fused::{Fused, SCRATCH};
 use crate::network::{to_vec, Architecture, Network};
-use crate::train::TrainingSummary;
+use crate::summary::TrainingSummary;
 use crate::HEADS;
 
 const MAGIC: &[u8; 8] = b"TERNMODL";

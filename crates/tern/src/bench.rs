@@ -399,7 +399,8 @@ fn model(args: ModelArgs) -> Result<ExitCode> {
     let candidates: usize = users.iter().map(tern_planner::candidates).sum();
     let now =
         chrono::DateTime::from_timestamp(SYNTHETIC_NOW, 0).context("the synthetic instant")?;
-    let predictor = crate::predict::ModelPredictor::new(std::sync::Arc::new(model.clone()), now);
+    let predictor =
+        tern_daemon::predict::ModelPredictor::new(std::sync::Arc::new(model.clone()), now);
 
     let mut whole = Vec::new();
     for _ in 0..args.runs {

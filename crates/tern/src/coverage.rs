@@ -29,8 +29,8 @@ use tern_policy::Bundle;
 use tern_sim::{Config, Delivery, Profile, World};
 
 use crate::evaluate::{self, Decision, Sent, OBJECTIVES};
-use crate::plan::{assign_arms, planner_config};
-use crate::predict::{for_each_candidate, ModelPredictor, Prior};
+use tern_daemon::predict::{for_each_candidate, ModelPredictor, Prior};
+use tern_daemon::translate::{assign_arms, planner_config};
 
 /// The candidate's objective: reachability weighs more, and the bar is higher.
 const CANDIDATE_OBJECTIVE: &str = "apiVersion: tern/v1

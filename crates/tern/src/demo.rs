@@ -1376,7 +1376,7 @@ pub fn cap_violations(bundle: &Bundle, receipts: &[tern_sim::Receipt]) -> Vec<St
 /// The cap set the policy applies to a user: their effective experiment arm's, else the
 /// default; none for a holdout (they get nothing to count).
 fn user_caps<'b>(bundle: &'b Bundle, user: &str) -> Option<&'b CapSet> {
-    match crate::plan::effective_arm(bundle, user) {
+    match tern_daemon::translate::effective_arm(bundle, user) {
         Some((_, arm)) if arm.holdout => None,
         Some((_, arm)) => match &arm.caps {
             Some(name) => bundle.cap_set(name),

@@ -50,11 +50,13 @@ use tern_policy::Bundle;
 use tern_store::{LoggedDecision, Store, TrainingUser};
 
 use crate::db::Database;
-use crate::features;
-use crate::plan::{assign_arms, load_bundle, planner_config};
-use crate::policy::out;
-use crate::predict::{ModelPredictor, Prior};
-use crate::train::{retained, LabelArgs};
+use crate::output::out;
+use crate::plan::load_bundle;
+use crate::train::LabelArgs;
+use tern_daemon::features;
+use tern_daemon::predict::{ModelPredictor, Prior};
+use tern_daemon::train::retained;
+use tern_daemon::translate::{assign_arms, planner_config};
 
 /// The objectives, in the order of [`Decision::rewards`] and of every estimate.
 pub const OBJECTIVES: [&str; 4] = ["conversion", "engagement", "retention", "reachability_loss"];

@@ -451,7 +451,7 @@ async fn report(database_url: Option<&str>, args: ReportArgs) -> Result<ExitCode
         Format::Markdown => render_markdown(&report),
         Format::Json => render_json(&report)?,
     };
-    crate::policy::out(&out);
+    crate::output::out(&out);
     Ok(ExitCode::SUCCESS)
 }
 

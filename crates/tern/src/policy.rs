@@ -7,11 +7,12 @@
 //! 1 when it has errors, 2 when the directory cannot be read; `diff` exits 0 when the bundles
 //! are semantically the same, 1 when they differ, 2 when either cannot be read or is invalid.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use tern_policy::{read_files, Bundle, Findings};
+
+use crate::output::out;
 
 /// How `tern policy check` prints findings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -81,14 +82,6 @@ pub async fn run(database_url: Option<&str>, cmd: PolicyCommand) -> anyhow::Resu
             return crate::evaluate::simulate(database_url, args).await
         }
     })
-}
-
-/// Writes to stdout, ignoring a closed pipe (`tern policy schema | head` must not panic the way
-/// `println!` does).
-pub(crate) fn out(text: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes());
-    let _ = stdout.flush();
 }
 
 fn usage_error(message: impl std::fmt::Display) -> ExitCode {

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tern_policy::{Bundle, EventView, Firing, Generator, Trigger, UserView};
 use tern_store::Store;
 
-use crate::generators::user_view;
+use tern_daemon::generators::user_view;
 
 /// At most this many events are replayed; a longer period is cut, and the report says so.
 const MAX_EVENTS: i64 = 200_000;

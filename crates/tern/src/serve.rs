@@ -16,9 +16,9 @@ use tern_store::Store;
 use tokio::net::TcpListener;
 
 use crate::activate;
-use crate::daemon::{Daemon, DaemonOptions, Training};
 use crate::db::Database;
-use crate::train::{LabelArgs, TrainSettings};
+use tern_daemon::train::{Labels, TrainSettings};
+use tern_daemon::{Daemon, DaemonConfig, Training};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -151,13 +151,13 @@ pub async fn start(store: Store, args: &ServeArgs) -> Result<Started> {
                 days: args.train_days,
                 valid_fraction: 0.25,
                 config: TrainConfig::default(),
-                labels: LabelArgs {
+                labels: Labels {
                     retention_days: args.train_retention_days,
                     engagement_hours: args.train_engagement_hours,
-                    ..LabelArgs::default()
+                    ..Labels::default()
                 },
                 work_dir: std::env::temp_dir(),
-                verbose: false,
+                progress: None,
             },
             promote: args.train_promote,
         }),
@@ -180,7 +180,7 @@ pub async fn start(store: Store, args: &ServeArgs) -> Result<Started> {
         }
     };
     let active = watcher.active();
-    let unrecorded = activate::record(&store, &active)
+    let unrecorded = tern_daemon::activate::record(&store, &active)
         .await
         .err()
         .map(|()| active.clone());
@@ -200,15 +200,15 @@ pub async fn start(store: Store, args: &ServeArgs) -> Result<Started> {
         store.clone(),
         watcher.clone(),
         metrics.clone(),
-        DaemonOptions {
-            holder: crate::cron::holder(),
+        DaemonConfig {
+            holder: tern_daemon::cron::holder(),
             simulated: simulated.clone(),
             training,
         },
     ));
     let api = tern_server::api(
         store.clone(),
-        daemon.clock.clone(),
+        daemon.clock(),
         daemon.clone(),
         metrics.clone(),
     );
@@ -219,14 +219,22 @@ pub async fn start(store: Store, args: &ServeArgs) -> Result<Started> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let events = activate::forward(&watcher);
+    let events = tern_daemon::activate::forward(&watcher);
     let mut tasks = Vec::new();
     {
         let store = store.clone();
         let stop = stopped(stop_rx.clone());
         let metrics = metrics.clone();
         tasks.push(tokio::spawn(async move {
-            activate::run_loop(&store, unrecorded, events, stop, Some(metrics)).await
+            tern_daemon::activate::run_loop(
+                &store,
+                unrecorded,
+                events,
+                stop,
+                Some(metrics),
+                crate::output::say,
+            )
+            .await
         }));
     }
     tasks.push(tokio::spawn(serve_metrics(
@@ -236,7 +244,7 @@ pub async fn start(store: Store, args: &ServeArgs) -> Result<Started> {
     )));
     // On a simulated clock the driver runs the cron jobs through AdvanceClock.
     if simulated.is_none() {
-        tasks.push(tokio::spawn(crate::cron::run(
+        tasks.push(tokio::spawn(tern_daemon::run_cron(
             daemon.clone(),
             stopped(stop_rx.clone()),
         )));
@@ -283,8 +291,8 @@ pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
     }
     let db = Database::open(url).await?;
     let mut started = start(db.store.clone(), &args).await?;
-    let bundle = started.daemon.watcher.active();
-    activate::say(&format!(
+    let bundle = started.daemon.active_policy();
+    crate::output::say(&format!(
         "serving tern.v1 on {}, metrics on {}, policy {} ({} documents){}",
         started.address,
         started.metrics_address,
@@ -309,6 +317,6 @@ pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
     };
     db.close().await;
     result?;
-    activate::say("stopped");
+    crate::output::say("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -21,11 +21,12 @@ use tern_server::{
 };
 use tern_store::{Assignment, NewPlan, NewScheduleItem, PlanningUser, Store, Supersede};
 
-use crate::cron::Cron;
+use crate::cron::{jobs, Cron, Job};
 use crate::features;
-use crate::plan::{assign_arms, planner_config, OUTSIDE};
 use crate::predict::{ModelPredictor, Prior};
 use crate::train::TrainSettings;
+use crate::translate::{assign_arms, planner_config, OUTSIDE};
+use crate::Error;
 
 /// How far back a replan reads history: the longest cap window and the fatigue features' reach.
 const HISTORY: TimeDelta = TimeDelta::days(28);
@@ -59,11 +60,14 @@ pub struct Training {
     pub promote: bool,
 }
 
-/// How a daemon runs besides its store, policies and metrics.
-pub struct DaemonOptions {
+/// How a daemon runs besides its store, policies and metrics: plain data, which the binary fills
+/// from its flags and a test fills directly.
+pub struct DaemonConfig {
+    /// This replica's name in `replan_runs` (see [`crate::cron::holder`]).
     pub holder: String,
     /// Simulation mode: the daemon's clock, moved only by `AdvanceClock`.
     pub simulated: Option<Arc<ManualClock>>,
+    /// Model training on a schedule, if any.
     pub training: Option<Training>,
 }
 
@@ -72,9 +76,9 @@ impl Daemon {
         store: Store,
         watcher: Arc<Watcher>,
         metrics: Arc<Metrics>,
-        options: DaemonOptions,
+        config: DaemonConfig,
     ) -> Daemon {
-        let clock: Arc<dyn Clock> = match &options.simulated {
+        let clock: Arc<dyn Clock> = match &config.simulated {
             Some(c) => c.clone(),
             None => Arc::new(SystemClock),
         };
@@ -85,11 +89,22 @@ impl Daemon {
             model: tokio::sync::Mutex::new(None),
             clock,
             metrics,
-            holder: options.holder,
-            simulated: options.simulated,
+            holder: config.holder,
+            simulated: config.simulated,
             cron: tokio::sync::Mutex::new(Cron::new(started)),
-            training: options.training,
+            training: config.training,
         }
+    }
+
+    /// The clock the daemon reads (the system's, or the simulated one `AdvanceClock` moves),
+    /// which the gRPC handlers must read too.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    /// The policy bundle in force now.
+    pub fn active_policy(&self) -> Arc<Bundle> {
+        self.watcher.active()
     }
 
     /// The training schedule, when the daemon trains.
@@ -99,9 +114,11 @@ impl Daemon {
 
     /// Trains on the history up to `at`, registers the model, and promotes it when configured
     /// and the promotion rule allows. The next plan picks it up (models are read per plan).
-    pub async fn train(&self, at: DateTime<Utc>) -> anyhow::Result<String> {
+    pub async fn train(&self, at: DateTime<Utc>) -> Result<String, Error> {
         let Some(training) = &self.training else {
-            anyhow::bail!("this daemon has no training schedule");
+            return Err(Error::Training(
+                "this daemon has no training schedule".into(),
+            ));
         };
         let started = Instant::now();
         let trained = match crate::train::train_and_register(
@@ -429,7 +446,7 @@ impl Control for Daemon {
                 to.to_rfc3339()
             ))
         })?;
-        Ok(cron.pass(self).await.ran)
+        Ok(self.cron_pass(&mut cron).await.ran)
     }
 
     fn vocabulary(&self) -> Option<tern_server::Vocabulary> {
@@ -458,7 +475,7 @@ impl Control for Daemon {
         let model = self.store.active_model().await?.map(|(v, _)| v);
         let recent = self.store.recent_plans(5).await?;
         let now = self.clock.now();
-        let next_runs = crate::cron::jobs(&bundle, self.training_schedule())
+        let next_runs = jobs(&bundle, self.training_schedule())
             .iter()
             .filter_map(|j| crate::cron::next_firing(j, now).map(|t| (j.key(), t)))
             .collect();
@@ -588,4 +605,121 @@ fn schedule_items(plan: &Plan) -> Vec<NewScheduleItem> {
         }
     }
     items
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cron jobs: `cron` decides which firing is due; the daemon claims and runs it.
+
+/// The cron loop wakes at least this often, to pick up policy changes.
+const MAX_SLEEP: TimeDelta = TimeDelta::seconds(30);
+
+/// The outcome of one cron pass.
+pub struct Pass {
+    /// When the next pass is due.
+    pub wake: DateTime<Utc>,
+    /// The jobs this replica ran, with their firings.
+    pub ran: Vec<(String, DateTime<Utc>)>,
+}
+
+/// The background cron loop of a daemon on the system clock, until `shutdown`. (On a simulated
+/// clock there is no loop: `AdvanceClock` runs [`Daemon::cron_pass`] itself.)
+pub async fn run_cron(daemon: Arc<Daemon>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut cron = Cron::new(daemon.clock.now());
+    loop {
+        let wake = daemon.cron_pass(&mut cron).await.wake;
+        let sleep = (wake - daemon.clock.now())
+            .to_std()
+            .unwrap_or(std::time::Duration::ZERO)
+            .max(std::time::Duration::from_millis(5));
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+impl Daemon {
+    /// Runs, one after the other, every job whose latest firing up to now has not been
+    /// handled, each firing on the one replica that claims it first.
+    pub async fn cron_pass(&self, cron: &mut Cron) -> Pass {
+        let bundle = self.watcher.active();
+        let clock = &self.clock;
+        let store = &self.store;
+        let mut wake = clock.now() + MAX_SLEEP;
+        let mut ran = Vec::new();
+        for job in jobs(&bundle, self.training_schedule()) {
+            let name = &job.key();
+            let now = clock.now();
+            let last_run = if cron.knows(name) {
+                None
+            } else {
+                match store.last_replan_run(name).await {
+                    Ok(last) => last,
+                    Err(e) => {
+                        tracing::warn!(job = %name, error = %e, "cannot read past cron runs; retrying");
+                        wake = wake.min(now + TimeDelta::seconds(2));
+                        continue;
+                    }
+                }
+            };
+            let since = cron.since(name, last_run);
+            if let Some(at) = cron.due(&job, since, now) {
+                match store.claim_replan_run(name, at, &self.holder, now).await {
+                    Ok(true) => {
+                        self.run_job(&job, at).await;
+                        ran.push((name.clone(), at));
+                    }
+                    Ok(false) => {
+                        tracing::debug!(job = %name, firing = %at, "another replica runs this firing")
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %name, error = %e, "cannot claim the cron run; retrying");
+                        // Not handled: try this firing again on the next pass.
+                        cron.retry(name, since);
+                        wake = wake.min(clock.now() + TimeDelta::seconds(2));
+                    }
+                }
+            }
+            if let Some(next) = cron.next_wake(&job, clock.now()) {
+                wake = wake.min(next);
+            }
+        }
+        cron.finish_pass(clock.now());
+        Pass { wake, ran }
+    }
+
+    async fn run_job(&self, job: &Job<'_>, at: DateTime<Utc>) {
+        let daemon = self;
+        let name = job.key();
+        let store = &daemon.store;
+        match job {
+            Job::Replan(r) => match daemon.replan(&r.metadata.name, Vec::new()).await {
+                Ok(summary) => {
+                    if let Err(e) = store.finish_replan_run(&name, at, summary.plan_id).await {
+                        tracing::warn!(replan = %name, error = %e, "cannot record the run's plan");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(replan = %name, firing = %at, error = %e, "the cron replan failed")
+                }
+            },
+            Job::Generator(g) => {
+                // A failed run is not retried: its firing is claimed, and the next firing creates
+                // what is due then (a digest twice in a row would be worse than one missed).
+                if let Err(e) = daemon.run_generator(g, at).await {
+                    tracing::error!(generator = %name, firing = %at, error = %e, "the scheduled generator failed")
+                }
+            }
+            Job::Train(_) => match daemon.train(at).await {
+                Ok(_) => {}
+                Err(e @ Error::NotEnoughHistory(_)) => {
+                    tracing::info!(firing = %at, reason = %e, "scheduled training skipped")
+                }
+                Err(e) => {
+                    tracing::error!(firing = %at, error = %e, "the scheduled training failed")
+                }
+            },
+        }
+    }
 }

@@ -59,6 +59,7 @@
 mod bundle;
 mod decode;
 mod diff;
+pub mod example;
 mod finding;
 mod generate;
 mod model;

@@ -28,7 +28,7 @@ use tern_planner::{OpportunityInput, PastSend, Planner, UserInput};
 use tern_policy::Bundle;
 use tern_sim::{Config, Delivery, Profile, World};
 
-use crate::evaluate::{self, Decision, Sent, OBJECTIVES};
+use tern_analysis::decisions::{self as evaluate, Decision, Sent, OBJECTIVES};
 use tern_daemon::predict::{for_each_candidate, ModelPredictor, Prior};
 use tern_daemon::translate::{assign_arms, planner_config};
 
@@ -321,8 +321,12 @@ pub fn run(args: CoverageArgs) -> Result<ExitCode> {
             args.exploration
         ));
     }
-    let logging = crate::demo::example_bundle(None)?;
-    let candidate = crate::demo::example_bundle(Some(CANDIDATE_OBJECTIVE))?;
+    let example = |objective| {
+        tern_policy::example::without_experiments(objective)
+            .map_err(|f| anyhow!("the example policies are not valid:\n{}", f.to_text()))
+    };
+    let logging = example(None)?;
+    let candidate = example(Some(CANDIDATE_OBJECTIVE))?;
     let start = Utc
         .with_ymd_and_hms(2026, 3, 2, 0, 0, 0)
         .single()

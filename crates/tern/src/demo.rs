@@ -47,40 +47,6 @@ use crate::db::Database;
 use crate::report::{ArmReport, CalibrationBin, DayRow, Report, Transactional};
 use crate::serve::{self, ServeArgs};
 
-/// The example policies, built in so that the demo runs from any directory.
-const EXAMPLE_POLICIES: &[(&str, &str)] = &[
-    ("caps.yaml", include_str!("../../../policies/caps.yaml")),
-    (
-        "categories.yaml",
-        include_str!("../../../policies/categories.yaml"),
-    ),
-    (
-        "channels.yaml",
-        include_str!("../../../policies/channels.yaml"),
-    ),
-    (
-        "experiments.yaml",
-        include_str!("../../../policies/experiments.yaml"),
-    ),
-    (
-        "generators.yaml",
-        include_str!("../../../policies/generators.yaml"),
-    ),
-    (
-        "objectives.yaml",
-        include_str!("../../../policies/objectives.yaml"),
-    ),
-    (
-        "priorities.yaml",
-        include_str!("../../../policies/priorities.yaml"),
-    ),
-    (
-        "replans.yaml",
-        include_str!("../../../policies/replans.yaml"),
-    ),
-    ("schema.yaml", include_str!("../../../policies/schema.yaml")),
-];
-
 /// The objective of the greedy arm: the chance of an open or click, nothing else, no floor.
 const GREEDY_OBJECTIVE: &str = "apiVersion: tern/v1
 kind: Objective
@@ -381,7 +347,7 @@ pub async fn run(url: Option<&str>, args: DemoArgs) -> Result<ExitCode> {
     let work = std::env::temp_dir().join(format!("tern-demo-{}", std::process::id()));
     let source = match &args.policies {
         Some(dir) => read_dir_files(dir)?,
-        None => EXAMPLE_POLICIES
+        None => tern_policy::example::FILES
             .iter()
             .map(|(n, t)| (n.to_string(), t.to_string()))
             .collect(),
@@ -539,41 +505,6 @@ impl Interrupted {
     }
 }
 
-/// The example bundle without its experiments (and, given `objective`, with that document as its
-/// only Objective): loaded from a scratch directory, so that it works from any directory.
-pub fn example_bundle(objective: Option<&str>) -> Result<Bundle> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "tern-example-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    let result = (|| {
-        for (name, text) in EXAMPLE_POLICIES {
-            let kept: Vec<&str> = split_documents(text)
-                .into_iter()
-                .filter(|doc| {
-                    let kind = kind_of(doc);
-                    kind != Some("Experiment")
-                        && !(kind == Some("Objective") && objective.is_some())
-                })
-                .collect();
-            if !kept.is_empty() {
-                std::fs::write(dir.join(name), kept.join("\n---\n"))?;
-            }
-        }
-        if let Some(doc) = objective {
-            std::fs::write(dir.join("zz-objective.yaml"), doc)?;
-        }
-        Bundle::load(&dir)
-            .map_err(|f| anyhow::anyhow!("the example policies are not valid:\n{}", f.to_text()))
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
 /// Writes the arm's bundle: the source files, less Experiment documents when comparing, and
 /// for the greedy arm with its own objective instead of the source's.
 fn write_policies(
@@ -584,10 +515,10 @@ fn write_policies(
 ) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     for (name, text) in source {
-        let kept: Vec<&str> = split_documents(text)
+        let kept: Vec<&str> = tern_policy::example::split_documents(text)
             .into_iter()
             .filter(|doc| {
-                let kind = kind_of(doc);
+                let kind = tern_policy::example::kind_of(doc);
                 !(kind == Some("Experiment") && (!keep_experiments || arm != Arm::Tern))
                     && !(kind == Some("Objective") && arm == Arm::GreedyClick)
             })
@@ -600,19 +531,6 @@ fn write_policies(
         std::fs::write(dir.join("zz-greedy-objective.yaml"), GREEDY_OBJECTIVE)?;
     }
     Ok(())
-}
-
-fn split_documents(text: &str) -> Vec<&str> {
-    text.split("\n---")
-        .map(|d| d.trim_start_matches('\n'))
-        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
-        .collect()
-}
-
-fn kind_of(doc: &str) -> Option<&str> {
-    doc.lines()
-        .find_map(|l| l.strip_prefix("kind:"))
-        .map(str::trim)
 }
 
 fn read_dir_files(dir: &Path) -> Result<Vec<(String, String)>> {
@@ -1513,7 +1431,7 @@ mod tests {
             std::process::id(),
             arm.name()
         ));
-        let source: Vec<(String, String)> = EXAMPLE_POLICIES
+        let source: Vec<(String, String)> = tern_policy::example::FILES
             .iter()
             .map(|(n, t)| (n.to_string(), t.to_string()))
             .collect();
@@ -1521,31 +1439,6 @@ mod tests {
         let b = Bundle::load(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         b
-    }
-
-    /// The built-in bundle is the whole of `policies/`: a file added there and forgotten here
-    /// would make the demo run other policies than the ones documented.
-    #[test]
-    fn the_built_in_policies_are_every_file_of_the_example_bundle() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies");
-        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".yaml"))
-            .collect();
-        on_disk.sort();
-        let built_in: Vec<String> = EXAMPLE_POLICIES
-            .iter()
-            .map(|(n, _)| n.to_string())
-            .collect();
-        assert_eq!(built_in, on_disk);
-        for (name, text) in EXAMPLE_POLICIES {
-            assert_eq!(
-                *text,
-                std::fs::read_to_string(format!("{dir}/{name}")).unwrap(),
-                "{name}"
-            );
-        }
     }
 
     fn receipt(user: &str, channel: &str, category: &str, hour: i64) -> tern_sim::Receipt {

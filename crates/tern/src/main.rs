@@ -41,7 +41,6 @@ mod output;
 mod plan;
 mod policy;
 mod registry;
-mod replay;
 mod report;
 mod serve;
 mod train;

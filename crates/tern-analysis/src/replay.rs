@@ -9,13 +9,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tern_policy::{Bundle, EventView, Firing, Generator, Trigger, UserView};
 use tern_store::Store;
 
 use tern_daemon::generators::user_view;
+
+use crate::Error;
+
+type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// At most this many events are replayed; a longer period is cut, and the report says so.
 const MAX_EVENTS: i64 = 200_000;

@@ -22,6 +22,15 @@ pub enum Error {
     /// Something else went wrong in training, said in one sentence.
     #[error("{0}")]
     Training(String),
+    /// The policy directory does not hold a valid bundle; the findings say why.
+    #[error("{} is not a valid policy bundle; not starting without a valid policy", dir.display())]
+    InvalidBundle {
+        dir: std::path::PathBuf,
+        findings: tern_policy::Findings,
+    },
+    /// The gRPC server failed.
+    #[error("{0}")]
+    Serve(String),
 }
 
 impl From<std::io::Error> for Error {

@@ -16,6 +16,8 @@
 //!   for training and scoring alike), and the model behind the planner's `Predictor`.
 //! - [`train`]: history streamed from the store, spilled to a temporary file, trained,
 //!   registered.
+//! - [`service`]: all of it started at once with the gRPC API and the metrics endpoint, from a
+//!   [`ServiceConfig`] ([`Service`]), as `tern serve`, the demo and the API tests run it.
 //!
 //! The daemon holds nothing that cannot be rebuilt from the database and the policy directory;
 //! every error it returns is an [`Error`].
@@ -27,8 +29,10 @@ mod error;
 pub mod features;
 pub mod generators;
 pub mod predict;
+pub mod service;
 pub mod train;
 pub mod translate;
 
 pub use daemon::{run_cron, Daemon, DaemonConfig, Pass, Training, URGENT_TRIGGER};
 pub use error::Error;
+pub use service::{Service, ServiceConfig};

@@ -45,7 +45,6 @@ use tonic::transport::Channel;
 
 use crate::db::Database;
 use crate::report::{ArmReport, CalibrationBin, DayRow, Report, Transactional};
-use crate::serve::{self, ServeArgs};
 
 /// The objective of the greedy arm: the chance of an open or click, nothing else, no floor.
 const GREEDY_OBJECTIVE: &str = "apiVersion: tern/v1
@@ -593,30 +592,36 @@ async fn simulate(
     let daemon = if arm == Arm::Fcfs {
         None
     } else {
-        let serve_args = ServeArgs {
-            listen: "127.0.0.1:0".parse()?,
-            metrics_listen: "127.0.0.1:0".parse()?,
-            policies: policies.to_path_buf(),
-            shutdown_grace: 5,
-            drain_delay_ms: 0,
-            policy_poll_ms: 60_000,
-            policy_settle_ms: 0,
-            tokens: None,
-            tls_cert: None,
-            tls_key: None,
+        let config = tern_daemon::ServiceConfig {
+            // The demo's policies do not change while it runs.
+            policy_poll: Duration::from_secs(60),
+            policy_settle: Duration::ZERO,
             max_message_bytes: 64 * 1024 * 1024,
             simulate_from: Some(start),
-            train_schedule: Some(TRAIN_SCHEDULE.into()),
-            train_days: 28,
-            // The run is weeks long: a week's retention label is observable within it.
-            train_retention_days: 7,
-            // Opens come within hours; a short label window lets the first model train (and
-            // be validated) within days rather than after a week.
-            train_engagement_hours: 12,
-            train_promote: true,
-            ephemeral: false,
+            training: Some(tern_daemon::Training {
+                schedule: tern_policy::CronSchedule::parse(TRAIN_SCHEDULE)
+                    .map_err(|e| anyhow::anyhow!("the demo's training schedule: {e}"))?,
+                settings: tern_daemon::train::TrainSettings {
+                    days: 28,
+                    valid_fraction: 0.25,
+                    config: tern_model::TrainConfig::default(),
+                    labels: tern_daemon::train::Labels {
+                        // The run is weeks long: a week's retention label is observable
+                        // within it.
+                        retention_days: 7,
+                        // Opens come within hours; a short label window lets the first model
+                        // train (and be validated) within days rather than after a week.
+                        engagement_hours: 12,
+                        ..tern_daemon::train::Labels::default()
+                    },
+                    work_dir: std::env::temp_dir(),
+                    progress: None,
+                },
+                promote: true,
+            }),
+            ..tern_daemon::ServiceConfig::local(policies)
         };
-        Some(serve::start(store.clone(), &serve_args).await?)
+        Some(tern_daemon::service::start(store.clone(), config).await?)
     };
     let mut clients = match &daemon {
         Some(d) => Some(Clients::connect(d.address).await?),

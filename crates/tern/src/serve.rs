@@ -4,21 +4,19 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
+use tern_daemon::train::{Labels, TrainSettings};
+use tern_daemon::{Service, ServiceConfig, Training};
 use tern_model::TrainConfig;
-use tern_policy::{CronSchedule, WatchOptions, Watcher};
-use tern_server::{serve_metrics, ManualClock, Metrics, ServeOptions, Tokens};
+use tern_policy::CronSchedule;
+use tern_server::Tokens;
 use tern_store::Store;
-use tokio::net::TcpListener;
 
 use crate::activate;
 use crate::db::Database;
-use tern_daemon::train::{Labels, TrainSettings};
-use tern_daemon::{Daemon, DaemonConfig, Training};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -86,48 +84,9 @@ pub struct ServeArgs {
     pub(crate) ephemeral: bool,
 }
 
-/// A daemon started in this process: the API, the metrics endpoint, the policy loop and (on the
-/// system clock) the cron loop.
-pub struct Started {
-    pub address: SocketAddr,
-    pub metrics_address: SocketAddr,
-    pub daemon: Arc<Daemon>,
-    stop: tokio::sync::watch::Sender<bool>,
-    server: tokio::task::JoinHandle<Result<(), tern_server::ServeError>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Started {
-    /// Asks everything to stop: health turns NOT_SERVING, new work is refused, in-flight calls
-    /// finish.
-    pub fn stop(&self) {
-        let _ = self.stop.send(true);
-    }
-
-    /// Waits for the server to drain, at most `grace`, then ends the background tasks.
-    pub async fn finish(mut self, grace: Duration) -> Result<()> {
-        let result = match tokio::time::timeout(grace, &mut self.server).await {
-            Ok(r) => r,
-            Err(_) => {
-                eprintln!(
-                    "warning: the {}s grace period ended with connections still open; exiting",
-                    grace.as_secs()
-                );
-                self.server.abort();
-                Ok(Ok(()))
-            }
-        };
-        for t in &self.tasks {
-            t.abort();
-        }
-        result.context("the server task failed")??;
-        Ok(())
-    }
-}
-
-/// Checks the arguments, loads the policies and starts serving on `store`.
-pub async fn start(store: Store, args: &ServeArgs) -> Result<Started> {
-    // Everything that can be wrong with the command line is found before anything starts.
+/// Maps the flags onto a [`ServiceConfig`] (everything that can be wrong with the command line
+/// is found before anything starts) and starts the service on `store`.
+pub async fn start(store: Store, args: &ServeArgs) -> Result<Service> {
     let tokens = match &args.tokens {
         Some(path) => Tokens::load(path)?,
         None => Tokens::none(),
@@ -162,113 +121,31 @@ pub async fn start(store: Store, args: &ServeArgs) -> Result<Started> {
             promote: args.train_promote,
         }),
     };
-    store.check_schema().await?;
-    let watcher = match Watcher::start(
-        &args.policies,
-        WatchOptions {
-            poll_interval: Duration::from_millis(args.policy_poll_ms),
-            settle: Duration::from_millis(args.policy_settle_ms),
-        },
-    ) {
-        Ok(w) => Arc::new(w),
-        Err(findings) => {
-            eprint!("{}", findings.to_text());
-            bail!(
-                "{} is not a valid policy bundle; not starting without a valid policy",
-                args.policies.display()
-            );
+    let config = ServiceConfig {
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        policies: args.policies.clone(),
+        policy_poll: Duration::from_millis(args.policy_poll_ms),
+        policy_settle: Duration::from_millis(args.policy_settle_ms),
+        tokens,
+        tls,
+        max_message_bytes: args.max_message_bytes,
+        drain_delay: Duration::from_millis(args.drain_delay_ms),
+        simulate_from: args.simulate_from,
+        training,
+        holder: tern_daemon::cron::holder(),
+        announce: crate::output::say,
+    };
+    match tern_daemon::service::start(store, config).await {
+        Ok(service) => Ok(service),
+        Err(e @ tern_daemon::Error::InvalidBundle { .. }) => {
+            if let tern_daemon::Error::InvalidBundle { findings, .. } = &e {
+                eprint!("{}", findings.to_text());
+            }
+            Err(e.into())
         }
-    };
-    let active = watcher.active();
-    let unrecorded = tern_daemon::activate::record(&store, &active)
-        .await
-        .err()
-        .map(|()| active.clone());
-
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
-    let metrics_listener = TcpListener::bind(args.metrics_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} for metrics", args.metrics_listen))?;
-    let metrics_address = metrics_listener.local_addr()?;
-    let metrics = Metrics::new();
-    metrics.set_info("tern_policy_info", "version", &active.version);
-    let simulated = args.simulate_from.map(|t| Arc::new(ManualClock::new(t)));
-    let daemon = Arc::new(Daemon::new(
-        store.clone(),
-        watcher.clone(),
-        metrics.clone(),
-        DaemonConfig {
-            holder: tern_daemon::cron::holder(),
-            simulated: simulated.clone(),
-            training,
-        },
-    ));
-    let api = tern_server::api(
-        store.clone(),
-        daemon.clock(),
-        daemon.clone(),
-        metrics.clone(),
-    );
-
-    // One stop signal, seen by the server, the policy loop, the metrics and the cron loop.
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-
-    let events = tern_daemon::activate::forward(&watcher);
-    let mut tasks = Vec::new();
-    {
-        let store = store.clone();
-        let stop = stopped(stop_rx.clone());
-        let metrics = metrics.clone();
-        tasks.push(tokio::spawn(async move {
-            tern_daemon::activate::run_loop(
-                &store,
-                unrecorded,
-                events,
-                stop,
-                Some(metrics),
-                crate::output::say,
-            )
-            .await
-        }));
+        Err(e) => Err(e.into()),
     }
-    tasks.push(tokio::spawn(serve_metrics(
-        metrics_listener,
-        metrics,
-        stopped(stop_rx.clone()),
-    )));
-    // On a simulated clock the driver runs the cron jobs through AdvanceClock.
-    if simulated.is_none() {
-        tasks.push(tokio::spawn(tern_daemon::run_cron(
-            daemon.clone(),
-            stopped(stop_rx.clone()),
-        )));
-    }
-    let server = tokio::spawn(tern_server::serve(
-        listener,
-        api,
-        ServeOptions {
-            max_message_bytes: args.max_message_bytes,
-            drain_delay: Duration::from_millis(args.drain_delay_ms),
-            tokens,
-            tls,
-            ..ServeOptions::default()
-        },
-        stopped(stop_rx.clone()),
-    ));
-    Ok(Started {
-        address,
-        metrics_address,
-        daemon,
-        stop,
-        server,
-        tasks,
-    })
 }
 
 pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
@@ -305,14 +182,12 @@ pub async fn run(url: Option<&str>, args: ServeArgs) -> Result<ExitCode> {
     ));
     let result = tokio::select! {
         r = &mut started.server => {
-            for t in &started.tasks {
-                t.abort();
-            }
+            started.abort_background();
             r.context("the server task failed").and_then(|r| r.map_err(Into::into))
         }
         () = activate::shutdown_signal() => {
             started.stop();
-            started.finish(Duration::from_secs(args.shutdown_grace)).await
+            started.finish(Duration::from_secs(args.shutdown_grace)).await.map_err(Into::into)
         }
     };
     db.close().await;

@@ -63,7 +63,7 @@ pub fn plan() -> NewPlan {
         seed: 7,
         started_at: t0(),
         horizon_end: t0() + TimeDelta::hours(24),
-        stats: json!({}),
+        stats: Default::default(),
     }
 }
 

@@ -101,12 +101,12 @@ async fn planning_input_and_channel_usage_count_what_is_held_and_sent() {
 async fn each_replan_firing_is_claimed_once() {
     let db = TestDb::new().await;
     let s = &db.store;
-    assert_eq!(s.last_replan_run("nightly").await.unwrap(), None);
+    assert_eq!(s.last_cron_run("nightly").await.unwrap(), None);
     let claims = futures::future::join_all((0..8).map(|i| {
         let store = s.clone();
         async move {
             store
-                .claim_replan_run("nightly", t0(), &format!("replica-{i}"), t0())
+                .claim_cron_run("nightly", t0(), &format!("replica-{i}"), t0())
                 .await
                 .unwrap()
         }
@@ -114,11 +114,11 @@ async fn each_replan_firing_is_claimed_once() {
     .await;
     assert_eq!(claims.iter().filter(|c| **c).count(), 1);
     assert!(s
-        .claim_replan_run("nightly", t0() + TimeDelta::days(1), "r", t0())
+        .claim_cron_run("nightly", t0() + TimeDelta::days(1), "r", t0())
         .await
         .unwrap());
     assert_eq!(
-        s.last_replan_run("nightly").await.unwrap(),
+        s.last_cron_run("nightly").await.unwrap(),
         Some(t0() + TimeDelta::days(1))
     );
     let lock = s.lock_replans().await.unwrap();

@@ -30,7 +30,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use random::SplitMix64;
+pub use random::{fnv1a64, SplitMix64};
 
 /// Users are identified by the upstream system's id, as an opaque string. Every per-user table is
 /// keyed by it first, which is what lets the data be distributed by user.

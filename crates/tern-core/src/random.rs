@@ -40,6 +40,18 @@ impl SplitMix64 {
     }
 }
 
+/// FNV-1a, 64 bit: a fixed, fast, non-cryptographic hash for keys that must be the same on
+/// every machine and release (a user's random stream, a feature bucket, an artifact's
+/// checksum). One definition for the whole workspace.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::SplitMix64;

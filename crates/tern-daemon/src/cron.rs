@@ -1,5 +1,5 @@
 //! The cron schedules of the active policy: its Replan documents and its scheduled Generators
-//! (keyed `generator/NAME` in `replan_runs`, beside the replans' own names), and the daemon's
+//! (keyed `generator/NAME` in `cron_runs`, beside the replans' own names), and the daemon's
 //! model training when it trains on a schedule (keyed `train`); and [`Cron`], what one replica
 //! remembers to decide which firing is due. The daemon runs the jobs ([`crate::Daemon`]'s cron
 //! pass); this module only decides when.
@@ -120,7 +120,7 @@ pub enum Job<'b> {
 }
 
 impl Job<'_> {
-    /// Its name in `replan_runs` and in `GetStatus`: a Replan's own name, or `generator/NAME`
+    /// Its name in `cron_runs` and in `GetStatus`: a Replan's own name, or `generator/NAME`
     /// (a name cannot contain `/`, so the two never collide).
     pub fn key(&self) -> String {
         match self {
@@ -213,7 +213,7 @@ fn firings<'a>(
     }
 }
 
-/// This replica's name in `replan_runs`: the host name and the process id.
+/// This replica's name in `cron_runs`: the host name and the process id.
 pub fn holder() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())

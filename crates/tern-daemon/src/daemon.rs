@@ -8,7 +8,6 @@
 //! model are read per replan, so a reloaded policy or a newly promoted model applies to the next
 //! plan without a restart.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +18,7 @@ use tern_policy::{Bundle, CronSchedule, Watcher};
 use tern_server::{
     Clock, Control, ControlError, DaemonStatus, ManualClock, Metrics, ReplanSummary, SystemClock,
 };
-use tern_store::{Assignment, NewPlan, NewScheduleItem, PlanningUser, Store, Supersede};
+use tern_store::{Assignment, NewPlan, NewScheduleItem, PlanStats, PlanningUser, Store, Supersede};
 
 use crate::cron::{jobs, Cron, Job};
 use crate::features;
@@ -42,7 +41,7 @@ pub struct Daemon {
     model: tokio::sync::Mutex<Option<(String, Arc<Model>)>>,
     pub(crate) clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    /// This replica's name in `replan_runs`.
+    /// This replica's name in `cron_runs`.
     pub(crate) holder: String,
     /// Set in simulation mode: the clock `AdvanceClock` moves.
     simulated: Option<Arc<ManualClock>>,
@@ -63,7 +62,7 @@ pub struct Training {
 /// How a daemon runs besides its store, policies and metrics: plain data, which the binary fills
 /// from its flags and a test fills directly.
 pub struct DaemonConfig {
-    /// This replica's name in `replan_runs` (see [`crate::cron::holder`]).
+    /// This replica's name in `cron_runs` (see [`crate::cron::holder`]).
     pub holder: String,
     /// Simulation mode: the daemon's clock, moved only by `AdvanceClock`.
     pub simulated: Option<Arc<ManualClock>>,
@@ -251,7 +250,7 @@ impl Daemon {
         let bundle: Arc<Bundle> = self.watcher.active();
         let replan_doc = (trigger != "manual" && trigger != URGENT_TRIGGER).then_some(trigger);
         let mut config = planner_config(&bundle, replan_doc).map_err(|e| {
-            ControlError::Failed(format!("the active policy cannot be planned with: {e:#}"))
+            ControlError::Unplannable(format!("the active policy cannot be planned with: {e}"))
         })?;
         let horizon = TimeDelta::seconds(config.horizon_secs as i64);
         let filter = (!users.is_empty()).then_some(users.as_slice());
@@ -268,7 +267,7 @@ impl Daemon {
             }
         }
         let planner = Planner::new(config).map_err(|e| {
-            ControlError::Failed(format!("the active policy cannot be planned with: {e}"))
+            ControlError::Unplannable(format!("the active policy cannot be planned with: {e}"))
         })?;
         // A holdout user's due would-be messages become their history before it is read.
         self.store.settle_counterfactuals(now).await?;
@@ -298,8 +297,8 @@ impl Daemon {
             planner.plan(&inputs, now, seed, predictor.as_ref())
         })
         .await
-        .map_err(|e| ControlError::Failed(format!("the planner failed: {e}")))?;
-        let plan = plan.map_err(|e| ControlError::Failed(format!("the planner refused: {e}")))?;
+        .map_err(|e| ControlError::Internal(format!("the planner failed: {e}")))?;
+        let plan = plan.map_err(|e| ControlError::Internal(format!("the planner refused: {e}")))?;
         let items = schedule_items(&plan);
         let supersede = if users.is_empty() {
             Supersede::All
@@ -321,13 +320,13 @@ impl Daemon {
                     seed: seed as i64,
                     started_at: now,
                     horizon_end: now + horizon,
-                    stats: serde_json::json!({
-                        "candidates": plan.stats.candidates,
-                        "users": plan.stats.users,
-                        "chosen": plan.stats.chosen,
-                        "suppressed": plan.stats.suppressed,
-                        "duration_seconds": started.elapsed().as_secs_f64(),
-                    }),
+                    stats: PlanStats {
+                        candidates: plan.stats.candidates,
+                        users: plan.stats.users,
+                        chosen: plan.stats.chosen.clone(),
+                        suppressed: plan.stats.suppressed.clone(),
+                        duration_seconds: started.elapsed().as_secs_f64(),
+                    },
                 },
                 &items,
                 &supersede,
@@ -488,38 +487,17 @@ impl Control for Daemon {
             model_version: model,
             recent_plans: recent
                 .into_iter()
-                .map(|p| {
-                    let counts = |key: &str| -> BTreeMap<String, u64> {
-                        p.stats
-                            .get(key)
-                            .and_then(|v| v.as_object())
-                            .map(|m| {
-                                m.iter()
-                                    .filter_map(|(k, v)| v.as_u64().map(|v| (k.clone(), v)))
-                                    .collect()
-                            })
-                            .unwrap_or_default()
-                    };
-                    ReplanSummary {
-                        plan_id: p.plan_id,
-                        trigger: p.trigger.clone(),
-                        policy_version: p.policy_version.clone(),
-                        model_version: p.model_version.clone(),
-                        started_at: Some(p.started_at),
-                        published_at: p.published_at,
-                        candidates: p
-                            .stats
-                            .get("candidates")
-                            .and_then(|v| v.as_u64())
-                            .unwrap_or(0),
-                        chosen_per_channel: counts("chosen"),
-                        suppressed_per_reason: counts("suppressed"),
-                        duration_seconds: p
-                            .stats
-                            .get("duration_seconds")
-                            .and_then(|v| v.as_f64())
-                            .unwrap_or(0.0),
-                    }
+                .map(|p| ReplanSummary {
+                    plan_id: p.plan_id,
+                    trigger: p.trigger.clone(),
+                    policy_version: p.policy_version.clone(),
+                    model_version: p.model_version.clone(),
+                    started_at: Some(p.started_at),
+                    published_at: p.published_at,
+                    candidates: p.stats.candidates,
+                    chosen_per_channel: p.stats.chosen,
+                    suppressed_per_reason: p.stats.suppressed,
+                    duration_seconds: p.stats.duration_seconds,
                 })
                 .collect(),
             next_runs,
@@ -654,7 +632,7 @@ impl Daemon {
             let last_run = if cron.knows(name) {
                 None
             } else {
-                match store.last_replan_run(name).await {
+                match store.last_cron_run(name).await {
                     Ok(last) => last,
                     Err(e) => {
                         tracing::warn!(job = %name, error = %e, "cannot read past cron runs; retrying");
@@ -665,7 +643,7 @@ impl Daemon {
             };
             let since = cron.since(name, last_run);
             if let Some(at) = cron.due(&job, since, now) {
-                match store.claim_replan_run(name, at, &self.holder, now).await {
+                match store.claim_cron_run(name, at, &self.holder, now).await {
                     Ok(true) => {
                         self.run_job(&job, at).await;
                         ran.push((name.clone(), at));
@@ -696,7 +674,7 @@ impl Daemon {
         match job {
             Job::Replan(r) => match daemon.replan(&r.metadata.name, Vec::new()).await {
                 Ok(summary) => {
-                    if let Err(e) = store.finish_replan_run(&name, at, summary.plan_id).await {
+                    if let Err(e) = store.finish_cron_run(&name, at, summary.plan_id).await {
                         tracing::warn!(replan = %name, error = %e, "cannot record the run's plan");
                     }
                 }

@@ -4,7 +4,7 @@
 //! Both paths are idempotent. An event id is recorded once its opportunities are stored, and a
 //! resubmitted id is a duplicate; the opportunities' dedupe keys come from the event (or the run
 //! time), so a crash between storing them and recording the event only makes the retry find
-//! them as duplicates. A scheduled run is claimed per firing in `replan_runs` (see `cron.rs`),
+//! them as duplicates. A scheduled run is claimed per firing in `cron_runs` (see `cron.rs`),
 //! and its keys carry the run's time, so two runs of one firing could not double a message
 //! either.
 
@@ -288,7 +288,7 @@ pub async fn run_scheduled(
 ) -> Result<Tally, ControlError> {
     let name = &generator.metadata.name;
     let Some(mut firing) = Firing::for_run(generator, at) else {
-        return Err(ControlError::Failed(format!(
+        return Err(ControlError::Internal(format!(
             "generator {name} has no schedule"
         )));
     };

@@ -40,7 +40,7 @@ pub struct ServiceConfig {
     pub simulate_from: Option<DateTime<Utc>>,
     /// Model training on a schedule, if any.
     pub training: Option<Training>,
-    /// This replica's name in `replan_runs`.
+    /// This replica's name in `cron_runs`.
     pub holder: String,
     /// Where the policy loop's lines go (`activated <version> ...`, `rejected <digest> ...`):
     /// `tern serve` prints them; [`ServiceConfig::local`] logs them.

@@ -94,8 +94,8 @@ pub fn planner_config(bundle: &Bundle, replan: Option<&str>) -> Result<PlannerCo
             .map(|c| ChannelConfig {
                 name: c.metadata.name.clone(),
                 quiet_hours: c.quiet_hours.as_ref().map(|q| QuietHours {
-                    from: q.from.format("%H:%M").to_string(),
-                    to: q.to.format("%H:%M").to_string(),
+                    from: q.from.into(),
+                    to: q.to.into(),
                 }),
                 budget: c.budget.as_ref().map(|b| Budget {
                     max: b.max,

@@ -581,8 +581,8 @@ async fn two_daemons_on_one_database_run_each_cron_firing_once() {
     assert!(b.terminate().await.success());
 
     let (runs, firings, planned): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT scheduled_for), count(plan_id) FROM replan_runs \
-         WHERE replan = 'every-second'",
+        "SELECT count(*), count(DISTINCT scheduled_for), count(plan_id) FROM cron_runs \
+         WHERE job = 'every-second'",
     )
     .fetch_one(db.store.pool())
     .await
@@ -1565,12 +1565,11 @@ async fn generators_turn_events_and_cron_runs_into_opportunities_once() {
     )
     .await;
     assert!(digests.iter().all(|(u, _)| u == "fan"), "{digests:?}");
-    let runs: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM replan_runs WHERE replan = 'generator/gold-digest'",
-    )
-    .fetch_one(db.store.pool())
-    .await
-    .unwrap();
+    let runs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cron_runs WHERE job = 'generator/gold-digest'")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
     assert!(runs >= 2, "{runs} claimed runs");
 
     let status = AdminServiceClient::new(channel)
@@ -1678,7 +1677,7 @@ async fn on_a_simulated_clock_advance_clock_moves_time_and_runs_what_fell_due() 
 /// The jobs `tern serve` has claimed, as `(job, firing)`, in firing order.
 async fn cron_runs(db: &TestDb) -> Vec<(String, String)> {
     sqlx::query_as::<_, (String, chrono::DateTime<chrono::Utc>)>(
-        "SELECT replan, scheduled_for FROM replan_runs ORDER BY scheduled_for, replan",
+        "SELECT job, scheduled_for FROM cron_runs ORDER BY scheduled_for, job",
     )
     .fetch_all(db.store.pool())
     .await

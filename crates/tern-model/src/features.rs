@@ -17,6 +17,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use tern_core::fnv1a64;
+
 use crate::error::ModelError;
 
 /// Bumped whenever the code of an encoding changes meaning without its declared name changing,
@@ -498,18 +500,6 @@ impl FeatureMatrix {
     pub fn clear(&mut self) {
         self.data.clear();
     }
-}
-
-/// FNV-1a, 64 bits: stable across platforms, Rust versions and processes (unlike `std`'s
-/// randomly seeded hasher), which is what bucket assignment and versions need. Not used for
-/// anything adversarial.
-pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 fn bucket(name: &str, n: usize) -> usize {

@@ -23,11 +23,12 @@ use serde::{Deserialize, Serialize};
 use crate::data::TrainingWindow;
 use crate::error::ModelError;
 use crate::eval::Metrics;
-use crate::features::{fnv1a64, FeatureMatrix, FeatureSpec};
+use crate::features::{FeatureMatrix, FeatureSpec};
 use crate::fused::{Fused, SCRATCH};
 use crate::network::{to_vec, Architecture, Network};
 use crate::summary::TrainingSummary;
 use crate::HEADS;
+use tern_core::fnv1a64;
 
 const MAGIC: &[u8; 8] = b"TERNMODL";
 const FORMAT: u32 = 1;

@@ -111,13 +111,67 @@ pub struct ChannelConfig {
     pub budget: Option<Budget>,
 }
 
-/// `from` and `to` are local wall-clock times `"HH:MM"`; `from > to` wraps midnight
-/// (`22:00`–`08:00`). `from == to` is refused as ambiguous.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `from` and `to` are local wall-clock times; `from > to` wraps midnight (`22:00`–`08:00`).
+/// `from == to` is refused as ambiguous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuietHours {
-    pub from: String,
-    pub to: String,
+    pub from: LocalTime,
+    pub to: LocalTime,
+}
+
+/// A local time of day to the minute, written `"HH:MM"` in JSON. It is parsed once, where it is
+/// read (the policy decoder, or JSON deserialisation), and the planner only compares seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalTime(u32);
+
+impl LocalTime {
+    /// `hour:minute`; `None` outside 00:00–23:59.
+    pub fn hm(hour: u32, minute: u32) -> Option<LocalTime> {
+        (hour < 24 && minute < 60).then_some(LocalTime(hour * 3600 + minute * 60))
+    }
+
+    /// `"HH:MM"`, two digits each.
+    pub fn parse(s: &str) -> Option<LocalTime> {
+        let (h, m) = s.split_once(':')?;
+        if h.len() != 2 || m.len() != 2 {
+            return None;
+        }
+        LocalTime::hm(h.parse().ok()?, m.parse().ok()?)
+    }
+
+    /// Seconds since midnight.
+    pub fn seconds(self) -> u32 {
+        self.0
+    }
+}
+
+impl From<chrono::NaiveTime> for LocalTime {
+    /// To the minute: quiet hours are written `HH:MM`.
+    fn from(t: chrono::NaiveTime) -> LocalTime {
+        use chrono::Timelike;
+        LocalTime(t.num_seconds_from_midnight() / 60 * 60)
+    }
+}
+
+impl std::fmt::Display for LocalTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02}:{:02}", self.0 / 3600, self.0 % 3600 / 60)
+    }
+}
+
+impl Serialize for LocalTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LocalTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LocalTime, D::Error> {
+        let s = String::deserialize(d)?;
+        LocalTime::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a local time \"HH:MM\"")))
+    }
 }
 
 /// At most `max` sends on the channel across all users in this plan. `per_secs` is the quota's
@@ -210,8 +264,6 @@ pub enum ConfigError {
     BadChannelName(String),
     #[error("the planner supports at most 32 channels")]
     TooManyChannels,
-    #[error("channel {channel:?}: quiet hours {value:?} is not a local time \"HH:MM\"")]
-    BadQuietHours { channel: String, value: String },
     #[error("channel {0:?}: quiet hours from and to are equal")]
     EmptyQuietHours(String),
     #[error("channel {0:?}: budget window must be positive")]
@@ -348,16 +400,6 @@ pub(crate) enum Limit {
     MinGap { gap: i64 },
 }
 
-pub(crate) fn parse_hhmm(s: &str) -> Option<u32> {
-    let (h, m) = s.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 {
-        return None;
-    }
-    let h: u32 = h.parse().ok()?;
-    let m: u32 = m.parse().ok()?;
-    (h < 24 && m < 60).then_some(h * 3600 + m * 60)
-}
-
 impl CapRule {
     /// A readable description: `push max 2 per 86400s`, `any min gap 14400s`,
     /// `email max 2 per 86400s, min gap 10800s`.
@@ -400,12 +442,7 @@ impl PlannerConfig {
             let q = match &ch.quiet_hours {
                 None => None,
                 Some(q) => {
-                    let bad = |value: &str| ConfigError::BadQuietHours {
-                        channel: ch.name.clone(),
-                        value: value.to_string(),
-                    };
-                    let from = parse_hhmm(&q.from).ok_or_else(|| bad(&q.from))?;
-                    let to = parse_hhmm(&q.to).ok_or_else(|| bad(&q.to))?;
+                    let (from, to) = (q.from.seconds(), q.to.seconds());
                     if from == to {
                         return Err(ConfigError::EmptyQuietHours(ch.name.clone()));
                     }

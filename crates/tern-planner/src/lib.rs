@@ -32,8 +32,8 @@ mod time;
 pub mod types;
 
 pub use config::{
-    Arm, Budget, Bypass, CapRule, ChannelConfig, ConfigError, Experiment, Objective, PlannerConfig,
-    QuietHours, ANY_CHANNEL,
+    Arm, Budget, Bypass, CapRule, ChannelConfig, ConfigError, Experiment, LocalTime, Objective,
+    PlannerConfig, QuietHours, ANY_CHANNEL,
 };
 pub use explain::explain;
 pub use plan::{value_of, PlanError, Planner, BUDGET_ROUNDS};

@@ -45,8 +45,8 @@ pub fn synthetic(
             .map(|name| ChannelConfig {
                 name: name.clone(),
                 quiet_hours: (name == "push" || name == "sms").then(|| QuietHours {
-                    from: "22:00".into(),
-                    to: "08:00".into(),
+                    from: LocalTime::hm(22, 0).expect("a time of day"),
+                    to: LocalTime::hm(8, 0).expect("a time of day"),
                 }),
                 budget: Some(Budget {
                     max: u64::MAX / 2,

@@ -56,7 +56,10 @@ fn channel_config() -> impl Strategy<Value = Vec<ChannelConfig>> {
                 .enumerate()
                 .map(|(i, (q, b))| ChannelConfig {
                     name: CHANNELS[i].into(),
-                    quiet_hours: q.map(|(from, to)| QuietHours { from, to }),
+                    quiet_hours: q.map(|(from, to)| QuietHours {
+                        from: LocalTime::parse(&from).unwrap(),
+                        to: LocalTime::parse(&to).unwrap(),
+                    }),
                     budget: b.map(|max| Budget {
                         max,
                         per_secs: 86400,

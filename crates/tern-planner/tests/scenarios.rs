@@ -39,8 +39,8 @@ fn base_config() -> PlannerConfig {
             ChannelConfig {
                 name: "push".into(),
                 quiet_hours: Some(QuietHours {
-                    from: "22:00".into(),
-                    to: "08:00".into(),
+                    from: LocalTime::parse("22:00").unwrap(),
+                    to: LocalTime::parse("08:00").unwrap(),
                 }),
                 budget: None,
             },
@@ -496,12 +496,20 @@ fn bad_user_input_is_reported_not_panicked_on() {
 
 #[test]
 fn bad_configurations_say_what_is_wrong() {
+    // A time of day is parsed where it is read: a JSON configuration with 25:00 is refused.
+    let err = serde_json::from_str::<QuietHours>(r#"{"from": "25:00", "to": "08:00"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("25:00"), "{err}");
     let mut c = base_config();
     c.channels[0].quiet_hours = Some(QuietHours {
-        from: "25:00".into(),
-        to: "08:00".into(),
+        from: LocalTime::parse("08:00").unwrap(),
+        to: LocalTime::parse("08:00").unwrap(),
     });
-    assert!(Planner::new(c).unwrap_err().to_string().contains("25:00"));
+    assert_eq!(
+        Planner::new(c).unwrap_err(),
+        ConfigError::EmptyQuietHours("push".into())
+    );
     let mut c = base_config();
     c.caps.push(CapRule {
         channel: Some("fax".into()),

@@ -18,9 +18,14 @@ pub enum ControlError {
     /// The request is malformed in a way only the daemon can tell.
     #[error("{0}")]
     Invalid(String),
-    /// The plan itself failed (e.g. the active policy cannot be planned with).
+    /// The active policy cannot be planned with (no such Replan, no default objective): the
+    /// operator must fix the policy; retrying changes nothing. FAILED_PRECONDITION.
     #[error("{0}")]
-    Failed(String),
+    Unplannable(String),
+    /// Something inside the daemon failed that no request can cause (the planner's thread
+    /// panicked, the planner refused what the daemon built). INTERNAL.
+    #[error("{0}")]
+    Internal(String),
 }
 
 pub(crate) fn store(err: StoreError) -> Status {
@@ -46,10 +51,44 @@ pub(crate) fn control(err: ControlError) -> Status {
         ControlError::Store(e) => store(e),
         ControlError::Precondition(m) => Status::failed_precondition(m),
         ControlError::Invalid(m) => Status::invalid_argument(m),
-        ControlError::Failed(m) => Status::internal(m),
+        ControlError::Unplannable(m) => Status::failed_precondition(m),
+        ControlError::Internal(m) => Status::internal(m),
     }
 }
 
 pub(crate) fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each failure of the daemon has its own status code: a policy the daemon cannot plan
+    /// with is the operator's to fix (FAILED_PRECONDITION), not an INTERNAL error, and only
+    /// what no request can cause is INTERNAL.
+    #[test]
+    fn every_control_error_has_its_own_code() {
+        let code = |e| control(e).code();
+        assert_eq!(
+            code(ControlError::Unplannable("no Replan named x".into())),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(ControlError::Internal("panicked".into())),
+            Code::Internal
+        );
+        assert_eq!(
+            code(ControlError::Invalid("bad".into())),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(ControlError::Precondition("system clock".into())),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(ControlError::Store(StoreError::Unavailable("gone".into()))),
+            Code::Unavailable
+        );
+    }
 }

@@ -73,7 +73,7 @@ pub use opportunities::{IngestReport, RowStatus};
 pub use planning::{
     OpenOpportunity, PastSend, PlanRecord, PlanningUser, ReplanLock, UserScheduleItem,
 };
-pub use plans::{Assignment, NewPlan, NewScheduleItem, PublishedPlan, Supersede};
+pub use plans::{Assignment, NewPlan, NewScheduleItem, PlanStats, PublishedPlan, Supersede};
 pub use policies::PolicyVersion;
 pub use reports::CalibrationBin;
 pub use training::{TrainingMessage, TrainingUser};

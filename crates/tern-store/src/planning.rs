@@ -62,7 +62,7 @@ pub struct PlanRecord {
     pub model_version: Option<String>,
     pub started_at: DateTime<Utc>,
     pub published_at: Option<DateTime<Utc>>,
-    pub stats: serde_json::Value,
+    pub stats: crate::PlanStats,
 }
 
 /// One schedule item of a user, for support tooling.
@@ -268,7 +268,8 @@ impl Store {
                     model_version: r.try_get("model_version")?,
                     started_at: r.try_get("started_at")?,
                     published_at: r.try_get("published_at")?,
-                    stats: r.try_get("stats")?,
+                    // Stats written by another version may lack a field: it reads as 0.
+                    stats: serde_json::from_value(r.try_get("stats")?).unwrap_or_default(),
                 })
             })
             .collect()
@@ -320,20 +321,20 @@ pub(crate) fn numbers(v: serde_json::Value) -> BTreeMap<String, f64> {
 }
 
 impl Store {
-    /// Claims the run of `replan` for the cron firing at `scheduled_for`. True for exactly one
-    /// caller per firing, across every replica.
-    pub async fn claim_replan_run(
+    /// Claims the cron job `job` (a Replan's name, `generator/NAME` or `train`) for its firing
+    /// at `scheduled_for`. True for exactly one caller per firing, across every replica.
+    pub async fn claim_cron_run(
         &self,
-        replan: &str,
+        job: &str,
         scheduled_for: DateTime<Utc>,
         holder: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let claimed = sqlx::query(
-            "INSERT INTO replan_runs (replan, scheduled_for, claimed_by, claimed_at) \
+            "INSERT INTO cron_runs (job, scheduled_for, claimed_by, claimed_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         )
-        .bind(replan)
+        .bind(job)
         .bind(scheduled_for)
         .bind(holder)
         .bind(now)
@@ -343,15 +344,15 @@ impl Store {
         Ok(claimed == 1)
     }
 
-    /// Records the plan a claimed run published.
-    pub async fn finish_replan_run(
+    /// Records the plan a claimed replan run published.
+    pub async fn finish_cron_run(
         &self,
-        replan: &str,
+        job: &str,
         scheduled_for: DateTime<Utc>,
         plan_id: i64,
     ) -> Result<()> {
-        sqlx::query("UPDATE replan_runs SET plan_id = $3 WHERE replan = $1 AND scheduled_for = $2")
-            .bind(replan)
+        sqlx::query("UPDATE cron_runs SET plan_id = $3 WHERE job = $1 AND scheduled_for = $2")
+            .bind(job)
             .bind(scheduled_for)
             .bind(plan_id)
             .execute(&self.pool)
@@ -359,11 +360,11 @@ impl Store {
         Ok(())
     }
 
-    /// The latest firing of `replan` that any replica claimed.
-    pub async fn last_replan_run(&self, replan: &str) -> Result<Option<DateTime<Utc>>> {
+    /// The latest firing of `job` that any replica claimed.
+    pub async fn last_cron_run(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
         Ok(
-            sqlx::query_scalar("SELECT max(scheduled_for) FROM replan_runs WHERE replan = $1")
-                .bind(replan)
+            sqlx::query_scalar("SELECT max(scheduled_for) FROM cron_runs WHERE job = $1")
+                .bind(job)
                 .fetch_one(&self.pool)
                 .await?,
         )

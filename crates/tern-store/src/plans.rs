@@ -16,7 +16,23 @@ pub struct NewPlan {
     pub started_at: DateTime<Utc>,
     pub horizon_end: DateTime<Utc>,
     /// Candidates, choices and suppressions, as the planner summarises them.
-    pub stats: serde_json::Value,
+    pub stats: PlanStats,
+}
+
+/// What one plan did, stored with it (`plans.stats`, JSON) and shown in `GetStatus`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PlanStats {
+    /// Users planned.
+    pub users: u64,
+    /// Candidates (opportunity × channel) considered.
+    pub candidates: u64,
+    /// Items chosen, per channel.
+    pub chosen: std::collections::BTreeMap<String, u64>,
+    /// Suppressions, per reason.
+    pub suppressed: std::collections::BTreeMap<String, u64>,
+    /// From taking the replan lock to publishing.
+    pub duration_seconds: f64,
 }
 
 /// One chosen candidate.
@@ -120,7 +136,7 @@ impl Store {
         .bind(plan.started_at)
         .bind(now)
         .bind(plan.horizon_end)
-        .bind(&plan.stats)
+        .bind(sqlx::types::Json(&plan.stats))
         .fetch_one(&mut *tx)
         .await?;
 

@@ -581,7 +581,7 @@ async fn serve_in(url: &str, database: &str, args: &ServeArgs) -> Result<String>
                     seed: 0,
                     started_at: now,
                     horizon_end: now + chrono::TimeDelta::hours(6),
-                    stats: serde_json::json!({}),
+                    stats: Default::default(),
                 },
                 &schedule,
                 &Supersede::Users(Vec::new()),

@@ -91,7 +91,7 @@ async fn logged_history(db: &TestDb) {
                 seed: 0,
                 started_at: t0(),
                 horizon_end: t0() + TimeDelta::hours(24),
-                stats: serde_json::json!({}),
+                stats: Default::default(),
             },
             &items,
             &Supersede::All,

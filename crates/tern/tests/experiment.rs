@@ -189,7 +189,7 @@ async fn seed_onboarding(store: &Store) {
         seed: 0,
         started_at: t0(),
         horizon_end: t0() + TimeDelta::days(1),
-        stats: serde_json::json!({}),
+        stats: Default::default(),
     };
     let item = NewScheduleItem {
         user_id: "h1".into(),

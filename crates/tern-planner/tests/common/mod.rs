@@ -26,7 +26,7 @@ fn local_second_of_day(tz: Tz, t: i64) -> i64 {
 }
 
 fn quiet_at(q: &QuietHours, sod: i64) -> bool {
-    let (f, t) = (hhmm(&q.from), hhmm(&q.to));
+    let (f, t) = (hhmm(&q.from.to_string()), hhmm(&q.to.to_string()));
     if f < t {
         f <= sod && sod < t
     } else {

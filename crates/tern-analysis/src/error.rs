@@ -15,6 +15,15 @@ pub enum Error {
     /// The planner refused the input.
     #[error(transparent)]
     Plan(#[from] tern_planner::PlanError),
+    /// The planner refused a configuration.
+    #[error(transparent)]
+    Config(#[from] tern_planner::ConfigError),
+    /// The model failed (training the direct method).
+    #[error(transparent)]
+    Model(#[from] tern_model::ModelError),
+    /// The simulated population refused a delivery.
+    #[error("{0}")]
+    Simulation(String),
 }
 
 impl From<tern_daemon::Error> for Error {

@@ -1,46 +1,11 @@
-//! `tern bench ope`: off-policy evaluation checked against the truth, on the simulator.
-//!
-//! For each seed, two identical simulated populations (the same seed makes the same users and
-//! the same opportunities). On the first, the logging policy (the example bundle, with 30%
-//! exploration so that its log supports other policies) decides each hour's opportunities and
-//! its sends are delivered: the log. On the second, the candidate (a stricter objective,
-//! exploration off) runs the same way: its realised value per decision is the truth. The log
-//! alone then gives the estimates, as `tern evaluate` computes them: the candidate replayed on
-//! each logged context, IPS, SNIPS and doubly robust with a burn model trained on the log as
-//! the direct method. Over many seeds, a 95% interval should cover the truth about 95% of the
-//! time.
-//!
-//! Both policies score candidates with the prior, so that the only difference between them is
-//! the policy (weights, threshold, exploration), and the model is only the estimator's direct
-//! method. Retention is left out: its label needs four weeks of simulated time.
+//! `tern bench ope`: the command line of [`tern_analysis::coverage`], the off-policy
+//! estimators' intervals checked against the truth on the simulator.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
-use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use anyhow::Result;
 use serde_json::json;
-use tern_core::{NewOpportunity, OutcomeKind};
-use tern_model::{Batch, FeatureSpec, InMemory, TrainConfig, HEADS};
-use tern_ope::Bootstrap;
-use tern_planner::{OpportunityInput, PastSend, Planner, UserInput};
-use tern_policy::Bundle;
-use tern_sim::{Config, Delivery, Profile, World};
-
-use tern_analysis::decisions::{self as evaluate, Decision, Sent, OBJECTIVES};
-use tern_daemon::predict::{for_each_candidate, ModelPredictor, Prior};
-use tern_daemon::translate::{assign_arms, planner_config};
-
-/// The candidate's objective: reachability weighs more, and the bar is higher.
-const CANDIDATE_OBJECTIVE: &str = "apiVersion: tern/v1
-kind: Objective
-metadata:
-  name: default
-spec:
-  weights: { conversion: 1.0, engagement: 0.3, retention: 2.0, reachability: 6.0 }
-  minValue: 0.06
-";
+use tern_analysis::coverage::{policies, run_seed, table, Row, Study};
 
 #[derive(Debug, clap::Args)]
 pub struct CoverageArgs {
@@ -67,351 +32,38 @@ pub struct CoverageArgs {
     json: bool,
 }
 
-/// One policy's run on one world: the decisions with what was done and what it earned.
-struct Run {
-    decisions: Vec<Decision>,
-}
-
-/// Decides `days` of opportunities hour by hour with `bundle` (exploration `exploration`),
-/// delivering each send at its time, and returns every decision with its rewards.
-fn run_policy(
-    world: &mut World,
-    bundle: &Bundle,
-    exploration: f64,
-    days: u32,
-    seed: u64,
-) -> Result<Run> {
-    let mut config = planner_config(bundle, None)?;
-    config.exploration = exploration;
-    let planner = Planner::new(config)?;
-    let start = world.config().start;
-    let profiles: BTreeMap<String, Profile> = world
-        .profiles()
-        .into_iter()
-        .map(|p| (p.user_id.clone(), p))
-        .collect();
-    let mut history: BTreeMap<String, Vec<PastSend>> = BTreeMap::new();
-    let mut decisions: Vec<Decision> = Vec::new();
-    let mut opportunities: Vec<NewOpportunity> = Vec::new();
-    // (send time, decision index)
-    let mut pending: Vec<(DateTime<Utc>, usize)> = Vec::new();
-    let hours = 24 * (i64::from(days) + 1);
-    for h in 1..=hours {
-        let t = start + TimeDelta::hours(h);
-        // Deliver what fell due in the hour that just ended, in time order.
-        pending.sort_by_key(|(at, i)| (*at, *i));
-        let due: Vec<(DateTime<Utc>, usize)> =
-            pending.iter().copied().filter(|(at, _)| *at < t).collect();
-        pending.retain(|(at, _)| *at >= t);
-        for (at, i) in due {
-            let d = &decisions[i];
-            let sent = d.logged.as_ref().expect("only sends are pending");
-            let outcomes = world.deliver(Delivery::of(&opportunities[i], &sent.channel, at))?;
-            let any = |f: fn(OutcomeKind) -> bool, window: TimeDelta| {
-                let hit = outcomes.iter().any(|o| f(o.kind) && o.at < at + window);
-                Some(f64::from(u8::from(hit)))
-            };
-            decisions[i].rewards = [
-                any(|k| k == OutcomeKind::Converted, TimeDelta::days(7)),
-                any(
-                    |k| matches!(k, OutcomeKind::Opened | OutcomeKind::Clicked),
-                    TimeDelta::hours(48),
-                ),
-                None,
-                any(OutcomeKind::loses_reachability, TimeDelta::days(7)),
-            ];
-        }
-        if t.timestamp() % 86_400 == 0 {
-            world.end_of_day((t - TimeDelta::hours(1)).date_naive())?;
-        }
-        if h > 24 * i64::from(days) {
-            continue;
-        }
-        // Decide the opportunities created in the hour that just ended.
-        let created = world.opportunities(t - TimeDelta::hours(1), t);
-        let mut by_user: BTreeMap<&str, Vec<&NewOpportunity>> = BTreeMap::new();
-        for o in &created {
-            by_user.entry(o.user_id.as_str()).or_default().push(o);
-        }
-        let mut users: Vec<UserInput> = by_user
-            .iter()
-            .map(|(user, opps)| {
-                let p = &profiles[*user];
-                let mut unreachable = Vec::new();
-                if !(p.push_enabled && p.device.is_some()) {
-                    unreachable.push("push".to_string());
-                }
-                if !p.email_verified {
-                    unreachable.push("email".to_string());
-                }
-                UserInput {
-                    user_id: user.to_string(),
-                    timezone: p.timezone.clone(),
-                    arm: None,
-                    send_time_profile: Vec::new(),
-                    opted_out_channels: Vec::new(),
-                    unreachable_channels: unreachable,
-                    opted_out_categories: Vec::new(),
-                    history: history.get(*user).cloned().unwrap_or_default(),
-                    opportunities: opps
-                        .iter()
-                        .enumerate()
-                        .map(|(k, o)| input(o, k as i64))
-                        .collect(),
-                    activity: Default::default(),
-                }
-            })
-            .collect();
-        assign_arms(bundle, &mut users);
-        let plan = planner.plan(&users, t, seed.wrapping_mul(1_000_003) ^ h as u64, &Prior)?;
-        let by_id: BTreeMap<(&str, i64), &NewOpportunity> = by_user
-            .iter()
-            .flat_map(|(u, opps)| {
-                opps.iter()
-                    .enumerate()
-                    .map(move |(k, o)| ((*u, k as i64), *o))
-            })
-            .collect();
-        for (user, up) in users.iter().zip(&plan.users) {
-            for o in &user.opportunities {
-                let choice = up.choices.iter().find(|c| c.opportunity == o.id);
-                let mut context = user.clone();
-                context.opportunities = vec![o.clone()];
-                let i = decisions.len();
-                let logged = choice.map(|c| Sent {
-                    channel: plan.channel_name(c.channel).to_string(),
-                    propensity: c.propensity,
-                });
-                if let (Some(c), Some(s)) = (choice, &logged) {
-                    pending.push((c.send_after, i));
-                    history
-                        .entry(user.user_id.clone())
-                        .or_default()
-                        .push(PastSend {
-                            channel: s.channel.clone(),
-                            category: o.category.clone(),
-                            priority: o.priority.clone(),
-                            sent_at: c.send_after,
-                            opened_at: None,
-                        });
-                }
-                decisions.push(Decision {
-                    user: context,
-                    decided_at: t,
-                    // Sending nothing earns nothing; a send's rewards come with its delivery.
-                    rewards: if logged.is_some() {
-                        [None; 4]
-                    } else {
-                        [Some(0.0), Some(0.0), None, Some(0.0)]
-                    },
-                    logged,
-                });
-                opportunities.push((*by_id[&(user.user_id.as_str(), o.id)]).clone());
-            }
-        }
-    }
-    if let Some((at, _)) = pending.first() {
-        return Err(anyhow!(
-            "a send at {at} was still pending when the run ended"
-        ));
-    }
-    Ok(Run { decisions })
-}
-
-/// The simulator's opportunity as the planner sees it; its id is its index among the user's
-/// opportunities of the hour.
-fn input(o: &NewOpportunity, id: i64) -> OpportunityInput {
-    OpportunityInput {
-        id,
-        category: o.category.clone(),
-        priority: o.priority.clone(),
-        channels: o.channels.clone(),
-        created_at: o.created_at,
-        expires_at: o.expires_at,
-        template: o.template.clone(),
-        scores: Vec::new(),
-        signals: o.signals.clone(),
-    }
-}
-
-/// Feature rows, labels and label masks of one part (training or validation).
-type Rows = (Vec<f32>, Vec<[f32; HEADS]>, Vec<[bool; HEADS]>);
-
-/// Trains the direct method on the log's sends: each send's features at its decision, its
-/// outcomes as labels (retention unobserved).
-fn train_direct_method(log: &[Decision], seed: u64) -> Result<tern_model::Model> {
-    let spec = FeatureSpec::default();
-    let channels = spec.declaration().channels.clone();
-    let width = spec.width();
-    let mut rows: [Rows; 2] = Default::default();
-    let mut history = Vec::new();
-    let mut row = vec![0.0f32; width];
-    for (i, d) in log.iter().enumerate() {
-        let Some(sent) = &d.logged else { continue };
-        let Some(at) = d.user.opportunities[0]
-            .channels
-            .iter()
-            .position(|c| *c == sent.channel)
-        else {
-            continue;
-        };
-        let mut k = 0;
-        let mut encoded = Ok(());
-        for_each_candidate(&channels, &d.user, d.decided_at, &mut history, |ctx| {
-            if k == at {
-                encoded = spec.encode(ctx, &mut row);
-            }
-            k += 1;
-        });
-        encoded?;
-        let mut labels = [0.0f32; HEADS];
-        let mut masks = [false; HEADS];
-        // `OBJECTIVES` are in the model's head order.
-        for (head, reward) in d.rewards.iter().enumerate() {
-            if let Some(r) = reward {
-                labels[head] = *r as f32;
-                masks[head] = true;
-            }
-        }
-        // Every fifth send validates (early stopping); the rest train.
-        let part = &mut rows[usize::from(i % 5 == 0)];
-        part.0.extend_from_slice(&row);
-        part.1.push(labels);
-        part.2.push(masks);
-    }
-    let [train, valid] = rows;
-    let batches = |(f, l, m): Rows| Batch::new(width, f, l, m).map(|b| InMemory(vec![b]));
-    let config = TrainConfig {
-        seed,
-        max_epochs: 15,
-        batch_size: 256,
-        ..TrainConfig::default()
-    };
-    Ok(tern_model::train(
-        &spec,
-        &config,
-        &mut batches(train)?,
-        &mut batches(valid)?,
-        None,
-    )?)
-}
-
-/// One seed's figures for one objective.
-#[derive(Debug, Clone, serde::Serialize)]
-struct Row {
-    seed: u64,
-    objective: &'static str,
-    truth: f64,
-    ips: [f64; 3],
-    snips: [f64; 3],
-    dr: [f64; 3],
-    ess: f64,
-    rows: usize,
-    unsupported: f64,
-}
-
-fn covers(e: &[f64; 3], truth: f64) -> bool {
-    e[1] <= truth && truth <= e[2]
-}
-
 pub fn run(args: CoverageArgs) -> Result<ExitCode> {
-    if !(0.0..1.0).contains(&args.exploration) || args.exploration == 0.0 {
-        return Err(anyhow!(
-            "--exploration must be in (0, 1), got {}: without exploration the log supports only the logging policy",
-            args.exploration
-        ));
-    }
-    let example = |objective| {
-        tern_policy::example::without_experiments(objective)
-            .map_err(|f| anyhow!("the example policies are not valid:\n{}", f.to_text()))
-    };
-    let logging = example(None)?;
-    let candidate = example(Some(CANDIDATE_OBJECTIVE))?;
-    let start = Utc
-        .with_ymd_and_hms(2026, 3, 2, 0, 0, 0)
-        .single()
-        .expect("valid");
-    let bootstrap = Bootstrap {
-        resamples: 1000,
+    let study = Study {
+        users: args.users,
+        days: args.days,
+        exploration: args.exploration,
         level: args.level,
-        seed: 0,
     };
+    let (logging, candidate) = policies()?;
     let mut all: Vec<Row> = Vec::new();
     // Per seed: the logging policy's send share, the candidate's, and how often the replayed
     // candidate repeats the logged action.
     let mut shares: Vec<[f64; 3]> = Vec::new();
     for seed in args.seed..args.seed + u64::from(args.seeds) {
         let started = std::time::Instant::now();
-        let config = Config::new(args.users, seed, start);
-        let mut log_world = World::new(config.clone());
-        let mut truth_world = World::new(config);
-        let log = run_policy(&mut log_world, &logging, args.exploration, args.days, seed)?;
-        let truth = run_policy(&mut truth_world, &candidate, 0.0, args.days, seed)?;
-        if truth.decisions.len() != log.decisions.len() {
-            return Err(anyhow!(
-                "seed {seed}: the two worlds saw {} and {} opportunities; they must be the same",
-                log.decisions.len(),
-                truth.decisions.len()
-            ));
-        }
-        let model = Arc::new(
-            train_direct_method(&log.decisions, seed).context("training the direct method")?,
-        );
-        let scorer = |_at: DateTime<Utc>| Box::new(Prior) as Box<dyn tern_planner::Predictor>;
-        let dm = |at: DateTime<Utc>| {
-            Box::new(ModelPredictor::probabilities(model.clone(), at))
-                as Box<dyn tern_planner::Predictor>
-        };
-        let replayed = evaluate::replay(&candidate, &log.decisions, &scorer, &dm)?;
-        for (k, (objective, estimate)) in evaluate::estimates(&log.decisions, &replayed, bootstrap)
-            .into_iter()
-            .enumerate()
-        {
-            let Ok(e) = estimate else { continue };
-            let realised: Vec<f64> = truth
-                .decisions
-                .iter()
-                .filter_map(|d| d.rewards[k])
-                .collect();
-            let t = realised.iter().sum::<f64>() / realised.len().max(1) as f64;
-            let three = |x: &tern_ope::Estimate| [x.value, x.low, x.high];
-            all.push(Row {
-                seed,
-                objective,
-                truth: t,
-                ips: three(&e.ips),
-                snips: three(&e.snips),
-                dr: three(&e.doubly_robust),
-                ess: e.effective_sample_size,
-                rows: e.rows,
-                unsupported: e.unsupported,
-            });
-        }
-        let sends = |d: &[Decision]| d.iter().filter(|d| d.logged.is_some()).count();
-        let agree = log
-            .decisions
-            .iter()
-            .zip(&replayed)
-            .filter(|(d, r)| {
-                d.logged.as_ref().map(|s| s.channel.as_str())
-                    == r.channel
-                        .map(|c| d.user.opportunities[0].channels[c].as_str())
-            })
-            .count();
+        let r = run_seed(&study, &logging, &candidate, seed)?;
+        let n = r.decisions.max(1) as f64;
         shares.push([
-            sends(&log.decisions) as f64 / log.decisions.len() as f64,
-            sends(&truth.decisions) as f64 / truth.decisions.len() as f64,
-            agree as f64 / log.decisions.len() as f64,
+            r.logged_sends as f64 / n,
+            r.candidate_sends as f64 / n,
+            r.agree as f64 / n,
         ]);
         if !args.json {
             eprintln!(
-                "seed {seed}: {} decisions; the logging policy sent {}, the candidate {}; replayed, the candidate repeats the logged action on {agree}; {:.0}s",
-                log.decisions.len(),
-                sends(&log.decisions),
-                sends(&truth.decisions),
+                "seed {seed}: {} decisions; the logging policy sent {}, the candidate {}; replayed, the candidate repeats the logged action on {}; {:.0}s",
+                r.decisions,
+                r.logged_sends,
+                r.candidate_sends,
+                r.agree,
                 started.elapsed().as_secs_f64()
             );
         }
+        all.extend(r.rows);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json!({ "rows": all }))?);
@@ -430,75 +82,4 @@ pub fn run(args: CoverageArgs) -> Result<ExitCode> {
     );
     print!("{}", table(&all, args.level));
     Ok(ExitCode::SUCCESS)
-}
-
-/// The Markdown summary: per objective, coverage of each estimator and mean interval widths,
-/// then every seed.
-fn table(rows: &[Row], level: f64) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "| objective | seeds | true value (mean) | IPS covers | SNIPS covers | DR covers | DR mean width | IPS mean width |"
-    );
-    let _ = writeln!(
-        out,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    );
-    for objective in OBJECTIVES {
-        let r: Vec<&Row> = rows.iter().filter(|r| r.objective == objective).collect();
-        if r.is_empty() {
-            continue;
-        }
-        let n = r.len() as f64;
-        let count = |f: &dyn Fn(&Row) -> bool| r.iter().filter(|x| f(x)).count();
-        let _ = writeln!(
-            out,
-            "| {objective} | {} | {:.4} | {}/{} | {}/{} | {}/{} | {:.4} | {:.4} |",
-            r.len(),
-            r.iter().map(|x| x.truth).sum::<f64>() / n,
-            count(&|x| covers(&x.ips, x.truth)),
-            r.len(),
-            count(&|x| covers(&x.snips, x.truth)),
-            r.len(),
-            count(&|x| covers(&x.dr, x.truth)),
-            r.len(),
-            r.iter().map(|x| x.dr[2] - x.dr[1]).sum::<f64>() / n,
-            r.iter().map(|x| x.ips[2] - x.ips[1]).sum::<f64>() / n,
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n{:.0}% intervals. Per seed and objective: truth, then IPS, SNIPS and DR as value [low, high], the effective sample size.\n",
-        100.0 * level
-    );
-    let _ = writeln!(
-        out,
-        "| seed | objective | truth | IPS | SNIPS | DR | ESS / rows |"
-    );
-    let _ = writeln!(out, "| ---: | --- | ---: | --- | --- | --- | ---: |");
-    let f = |e: &[f64; 3], truth: f64| {
-        format!(
-            "{:.4} [{:.4}, {:.4}]{}",
-            e[0],
-            e[1],
-            e[2],
-            if covers(e, truth) { "" } else { " ✗" }
-        )
-    };
-    for r in rows {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {:.4} | {} | {} | {} | {:.0} / {} |",
-            r.seed,
-            r.objective,
-            r.truth,
-            f(&r.ips, r.truth),
-            f(&r.snips, r.truth),
-            f(&r.dr, r.truth),
-            r.ess,
-            r.rows
-        );
-    }
-    out
 }

@@ -8,6 +8,7 @@
 //! model are read per replan, so a reloaded policy or a newly promoted model applies to the next
 //! plan without a restart.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,7 +25,7 @@ use crate::cron::{jobs, Cron, Job};
 use crate::features;
 use crate::predict::{ModelPredictor, Prior};
 use crate::train::TrainSettings;
-use crate::translate::{assign_arms, planner_config, OUTSIDE};
+use crate::translate::{assign_arms, effective, planner_config};
 use crate::Error;
 
 /// How far back a replan reads history: the longest cap window and the fatigue features' reach.
@@ -275,7 +276,22 @@ impl Daemon {
         let mut inputs: Vec<UserInput> = input.into_iter().map(|u| user_input(u, now)).collect();
         // Every experiment each planned user is in, not only the one that decides their
         // treatment: a user in two layers counts in both reports.
-        let assignments: Vec<Assignment> = assign_arms(&bundle, &mut inputs)
+        let assigned = assign_arms(&bundle, &mut inputs);
+        // The (experiment, arm) that decides each user's treatment, carried as such to the
+        // schedule items rather than read back from the planner's arm label.
+        let treatment: HashMap<String, (String, String)> = assigned
+            .iter()
+            .zip(&inputs)
+            .filter_map(|(a, u)| {
+                effective(a).map(|(e, arm)| {
+                    (
+                        u.user_id.clone(),
+                        (e.metadata.name.clone(), arm.name.clone()),
+                    )
+                })
+            })
+            .collect();
+        let assignments: Vec<Assignment> = assigned
             .into_iter()
             .zip(&inputs)
             .flat_map(|(assigned, u)| {
@@ -299,7 +315,7 @@ impl Daemon {
         .await
         .map_err(|e| ControlError::Internal(format!("the planner failed: {e}")))?;
         let plan = plan.map_err(|e| ControlError::Internal(format!("the planner refused: {e}")))?;
-        let items = schedule_items(&plan);
+        let items = schedule_items(&plan, &treatment);
         let supersede = if users.is_empty() {
             Supersede::All
         } else {
@@ -546,14 +562,16 @@ fn user_input(u: PlanningUser, now: DateTime<Utc>) -> UserInput {
     }
 }
 
-/// The plan's choices as schedule items, each with the arm it was planned under.
-fn schedule_items(plan: &Plan) -> Vec<NewScheduleItem> {
+/// The plan's choices as schedule items, each with the (experiment, arm) it was planned under.
+fn schedule_items(
+    plan: &Plan,
+    treatment: &HashMap<String, (String, String)>,
+) -> Vec<NewScheduleItem> {
     let mut items = Vec::new();
     for u in &plan.users {
-        let (experiment, arm) = match u.arm.split_once('/') {
-            Some((e, a)) => (Some(e.to_string()), Some(a.to_string())),
-            None if u.arm == OUTSIDE => (None, None),
-            None => (None, Some(u.arm.clone())),
+        let (experiment, arm) = match treatment.get(&u.user_id) {
+            Some((e, a)) => (Some(e.clone()), Some(a.clone())),
+            None => (None, None),
         };
         let counterfactuals = u
             .suppressions

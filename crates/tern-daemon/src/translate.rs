@@ -156,7 +156,9 @@ pub fn effective_arm<'b>(
     effective(&bundle.assignments(user_id))
 }
 
-fn effective<'b>(
+/// The assignment, among a user's, that decides how the user is treated (see
+/// [`effective_arm`]).
+pub fn effective<'b>(
     assignments: &[(&'b tern_policy::Experiment, &'b tern_policy::Arm)],
 ) -> Option<(&'b tern_policy::Experiment, &'b tern_policy::Arm)> {
     assignments

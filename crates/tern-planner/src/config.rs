@@ -1,7 +1,8 @@
 //! The planner's configuration: what the policy bundle says, as plain serde data.
 //!
-//! The policy crate converts its YAML documents into a [`PlannerConfig`]; tests and benchmarks
-//! build one directly. [`crate::Planner::new`] validates it and turns names into indices once,
+//! `tern_daemon::translate` builds a [`PlannerConfig`] from a policy bundle (the planner knows
+//! no YAML); tests and benchmarks build one directly or read it as JSON. Cap rules, horizons and
+//! exploration are validated by `tern_core::limits`, the same code `tern policy check` runs. [`crate::Planner::new`] validates it and turns names into indices once,
 //! so that the hot path compares integers, never strings.
 
 use std::collections::BTreeMap;

@@ -11,8 +11,11 @@
 //! - `bundle.rs`: reads a directory, decodes every file, checks across documents (duplicate
 //!   names, references, the `default` objective, experiment layers), and builds a [`Bundle`]
 //!   whose version is the SHA-256 of its canonical JSON.
-//! - `model.rs`: the typed model the planner and server read, and each document's canonical
-//!   JSON.
+//! - `model.rs`: the typed model, which `tern-daemon` translates for the planner and the server
+//!   reads, and each document's canonical JSON.
+//! - `shape.rs`: every CEL expression checked against the bundle's `kind: Schema` (unknown
+//!   fields, operand and result types).
+//! - [`example`]: the repository's `policies/`, built in.
 //! - `finding.rs`: [`Finding`] and [`Findings`], printed as text, GitHub annotations or JSON.
 //! - `diff.rs`: a semantic diff between two bundles, document by document, field by field.
 //! - `schema.rs`: the JSON Schema of the language, for editors.

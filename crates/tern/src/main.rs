@@ -1,30 +1,23 @@
 //! `tern`: the daemon and its command-line tool.
 //!
+//! The daemon and the analyses are libraries (`tern-daemon`, `tern-analysis`); this crate is
+//! the command line around them.
+//!
 //! # Layout
 //! - `main.rs` (this file): the command line (clap), logging, and the one place where errors
 //!   become a single `error: ...` line and an exit code.
 //! - `db.rs`: `DATABASE_URL`, or a private throwaway PostgreSQL when it is unset.
-//! - `migrate.rs`: `tern migrate` and `tern migrate --status`.
-//! - `policy.rs`: `tern policy check|diff|schema` (no database).
-//! - `activate.rs`: following a policy directory and recording activations (`tern policy watch`,
-//!   and the daemon).
-//! - `plan.rs`: `tern plan`, and the translation of a policy bundle into planner configuration.
-//! - `features.rs`: history, activity and time into the model's inputs, one way for training
-//!   and scoring alike.
-//! - `train.rs`: `tern train`: history from PostgreSQL to a registered model.
-//! - `registry.rs`: `tern model list|show|promote|rollback|export`.
-//! - `predict.rs`: the model behind the planner's `Predictor` trait.
-//! - `serve.rs`: `tern serve`, the daemon: the gRPC API, the policy watcher, graceful shutdown.
-//! - `daemon.rs`: replans and status behind the API (`tern_server::Control`).
-//! - `cron.rs`: replans on the policies' cron schedules, each firing on exactly one replica.
 //! - `config.rs`: `--config FILE`, settings from a TOML file.
-//! - `bench.rs`: `tern bench ingest|plan`, the benchmarks behind docs/benchmarks.md.
-//! - `experiment.rs`: `tern experiment report`: an experiment's arms compared, with intervals,
-//!   CUPED, the sample-ratio check and guardrails.
-//! - `coverage.rs`: `tern bench ope`, the estimators' intervals checked against the truth on the
-//!   simulator.
-//! - `evaluate.rs`: `tern evaluate` and `tern policy simulate`: a candidate bundle replayed on
-//!   logged decisions, its value estimated off-policy.
+//! - `output.rs`: stdout that survives a closed pipe.
+//! - Thin command files, flags mapped onto the libraries: `migrate.rs`, `policy.rs` (`tern
+//!   policy check|diff|schema|simulate`), `activate.rs` (`tern policy watch`), `plan.rs` (`tern
+//!   plan`), `train.rs` (`tern train`), `registry.rs` (`tern model ...`), `serve.rs` (`tern
+//!   serve`: flags onto `tern_daemon::ServiceConfig`, then SIGTERM), `experiment.rs` (`tern
+//!   experiment report`), `evaluate.rs` (`tern evaluate`, `tern policy simulate` and their
+//!   renderings), `coverage.rs` (`tern bench ope`), `bench.rs` (`tern bench ingest|plan|...`,
+//!   the benchmarks behind docs/benchmarks.md).
+//! - `demo.rs` and `report.rs`: `tern demo`, the simulated population driven through the gRPC
+//!   API of an in-process service, and its HTML page.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's convention).
 

@@ -16,8 +16,10 @@
 //!   experiment report`), `evaluate.rs` (`tern evaluate`, `tern policy simulate` and their
 //!   renderings), `coverage.rs` (`tern bench ope`), `bench.rs` (`tern bench ingest|plan|...`,
 //!   the benchmarks behind docs/benchmarks.md).
-//! - `demo.rs` and `report.rs`: `tern demo`, the simulated population driven through the gRPC
-//!   API of an in-process service, and its HTML page.
+//! - `demo/` and `report/`: `tern demo`, the simulated population driven through the gRPC API
+//!   of an in-process service (`driver.rs`), beside the no-planner baseline (`fcfs.rs`) and
+//!   checked by its own cap checker (`caps.rs`); and its HTML page (`page.rs`, with the SVG
+//!   charting kit in `svg.rs`).
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's convention).
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tern_policy::{Bundle, EventView, Firing, Generator, Trigger, UserView};
 use tern_store::Store;
 
-use tern_daemon::generators::user_view;
+use tern_daemon::generators::{unknown_user, user_view};
 
 use crate::Error;
 
@@ -153,12 +153,7 @@ pub async fn replay_generators(
                     let user = match users.get(user_id) {
                         Some(u) => u,
                         None => {
-                            unknown = UserView {
-                                id: user_id.clone(),
-                                timezone: "UTC".into(),
-                                attributes: serde_json::json!({}),
-                                ..UserView::default()
-                            };
+                            unknown = unknown_user(user_id);
                             &unknown
                         }
                     };

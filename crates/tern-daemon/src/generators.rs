@@ -135,6 +135,17 @@ impl Tally {
     }
 }
 
+/// The `user` variable for a user tern does not know yet: only the id, in UTC, no attributes,
+/// so that a generator without a condition (a password reset) still reaches them.
+pub fn unknown_user(user_id: &str) -> UserView {
+    UserView {
+        id: user_id.to_string(),
+        timezone: "UTC".into(),
+        attributes: serde_json::json!({}),
+        ..UserView::default()
+    }
+}
+
 /// The `user` variable for a stored user.
 pub fn user_view(u: GeneratorUser) -> UserView {
     UserView {
@@ -211,12 +222,7 @@ pub async fn submit_events(
                 let user = match users.get(user_id) {
                     Some(u) => u,
                     None => {
-                        unknown = UserView {
-                            id: user_id.clone(),
-                            timezone: "UTC".into(),
-                            attributes: serde_json::json!({}),
-                            ..UserView::default()
-                        };
+                        unknown = unknown_user(user_id);
                         &unknown
                     }
                 };

@@ -205,3 +205,37 @@ async fn demo_arguments_are_checked_before_anything_starts() {
         text(&out.stderr)
     );
 }
+
+/// The same seed and arguments give the same run: two small demos write the same JSON, apart
+/// from the seconds they took.
+#[tokio::test]
+async fn the_same_seed_gives_the_same_run() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("tern-demo-repro-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str| -> Value {
+        let path = dir.join(name);
+        ok(&tern(
+            &[
+                "demo",
+                "--users",
+                "300",
+                "--days",
+                "3",
+                "--quiet",
+                "--json",
+                path.to_str().unwrap(),
+            ],
+            Some(&db.url),
+        ));
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        for arm in v.as_array_mut().unwrap() {
+            arm.as_object_mut().unwrap().remove("seconds");
+        }
+        v
+    };
+    let (a, b) = (run("a.json"), run("b.json"));
+    assert!(a[0]["messages"].as_u64().is_some_and(|m| m > 0), "{a}");
+    assert_eq!(a, b);
+    let _ = std::fs::remove_dir_all(&dir);
+}

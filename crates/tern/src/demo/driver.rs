@@ -477,7 +477,7 @@ pub(super) async fn deliver_due(
     let mut sent = Vec::new();
     for channel in ["push", "email", "in_app"] {
         loop {
-            let items = c
+            let mut items = c
                 .schedule
                 .pull(pb::PullRequest {
                     holder: format!("sim-{channel}"),
@@ -495,6 +495,10 @@ pub(super) async fn deliver_due(
             if items.is_empty() {
                 break;
             }
+            // A pull's order among items due at once is the database's; the population must not
+            // depend on it (the same seed gives the same run), so items are acked and delivered
+            // in one canonical order.
+            items.sort_by(|a, b| (&a.user_id, &a.dedupe_key).cmp(&(&b.user_id, &b.dedupe_key)));
             let acks = c
                 .schedule
                 .ack(pb::AckRequest {
@@ -513,8 +517,11 @@ pub(super) async fn deliver_due(
                 let Some(message) = ids.get(&item.item_id) else {
                     continue;
                 };
-                let outcomes = world.deliver(Delivery {
-                    message_id: message.to_string(),
+                // The population knows a message by the opportunity's key, which the seed
+                // fixes, not by tern's message id, which depends on insertion order; outcomes
+                // are reported under tern's id.
+                let mut outcomes = world.deliver(Delivery {
+                    message_id: item.dedupe_key.clone(),
                     user_id: item.user_id.clone(),
                     channel: item.channel.clone(),
                     category: item.category.clone(),
@@ -523,6 +530,9 @@ pub(super) async fn deliver_due(
                     order_value: item.signals.get("order_value").copied(),
                     at: now,
                 })?;
+                for o in &mut outcomes {
+                    o.message_id = message.to_string();
+                }
                 sent.push(Delivered {
                     channel: item.channel.clone(),
                     user_id: item.user_id.clone(),

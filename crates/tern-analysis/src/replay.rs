@@ -185,24 +185,15 @@ pub async fn replay_generators(
     for (_, a, b) in &changed {
         for (is_new, g) in [(false, *a), (true, *b)] {
             let Some(g) = g else { continue };
-            let Trigger::Schedule { cron, timezone, .. } = &g.trigger else {
+            if !matches!(g.trigger, Trigger::Schedule { .. }) {
                 continue;
-            };
-            let firings: Vec<DateTime<Utc>> = match timezone {
-                Some(tz) => cron
-                    .schedule
-                    .after(&from.with_timezone(tz))
-                    .map(|t| t.with_timezone(&Utc))
-                    .take_while(|t| *t < until)
-                    .take(10_000)
-                    .collect(),
-                None => cron
-                    .schedule
-                    .after(&from)
-                    .take_while(|t| *t < until)
-                    .take(10_000)
-                    .collect(),
-            };
+            }
+            // The daemon's own schedule reading, so that the replay fires when the daemon would.
+            let job = tern_daemon::cron::Job::Generator(g);
+            let firings: Vec<DateTime<Utc>> = tern_daemon::cron::firings(&job, from)
+                .take_while(|t| *t < until)
+                .take(10_000)
+                .collect();
             let tally = tallies
                 .entry((g.metadata.name.as_str(), is_new))
                 .or_default();

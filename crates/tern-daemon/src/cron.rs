@@ -197,7 +197,8 @@ pub fn next_firing(job: &Job<'_>, after: DateTime<Utc>) -> Option<DateTime<Utc>>
     firings(job, after).next()
 }
 
-fn firings<'a>(
+/// Every firing of `job` after `after`, in UTC, read in the job's zone.
+pub fn firings<'a>(
     job: &'a Job<'_>,
     after: DateTime<Utc>,
 ) -> Box<dyn Iterator<Item = DateTime<Utc>> + 'a> {

@@ -221,3 +221,30 @@ pub fn holder() -> String {
         .unwrap_or_else(|_| "unknown-host".into());
     format!("{host}/{}", std::process::id())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// Scheduled training never catches up: a night missed while tern was down waits for the
+    /// next, as docs/policies.md says (Train jobs have no startingDeadline).
+    #[test]
+    fn a_training_firing_missed_while_down_is_skipped_and_the_next_one_runs() {
+        let nightly = CronSchedule::parse("0 0 2 * * *").unwrap();
+        let job = Job::Train(&nightly);
+        // Last trained on the 1st at 02:00; down until the 3rd at 09:00.
+        let mut cron = Cron::new(t("2026-03-03T09:00:00Z"));
+        let since = cron.since("train", Some(t("2026-03-01T02:00:00Z")));
+        assert_eq!(cron.due(&job, since, t("2026-03-03T09:00:00Z")), None);
+        // The next night runs.
+        let since = cron.since("train", None);
+        assert_eq!(
+            cron.due(&job, since, t("2026-03-04T02:00:05Z")),
+            Some(t("2026-03-04T02:00:00Z"))
+        );
+    }
+}

@@ -91,6 +91,22 @@ pub fn check_horizon(secs: u64) -> Result<(), String> {
     }
 }
 
+/// The largest share of would-be sends a policy may withhold at random: past it, the
+/// exploration would cost more than the policy it is meant to improve.
+pub const MAX_WITHHOLD: f64 = 0.5;
+
+/// Validates a withhold share: the fraction of would-be sends withheld at random so that the
+/// model sees what happens without a send, in `[0, MAX_WITHHOLD]`.
+pub fn check_withhold(share: f64) -> Result<(), String> {
+    if (0.0..=MAX_WITHHOLD).contains(&share) {
+        Ok(())
+    } else {
+        Err(format!(
+            "withhold must be between 0 and {MAX_WITHHOLD}, found {share}"
+        ))
+    }
+}
+
 /// Validates an exploration share: a fraction of users in `[0, 1)` is planned at random, and
 /// at 1 no plan would follow the model at all.
 pub fn check_exploration(share: f64) -> Result<(), String> {

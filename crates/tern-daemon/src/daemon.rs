@@ -304,10 +304,11 @@ impl Daemon {
             .collect();
         let model = self.active_model().await?;
         let model_version = model.as_ref().map(|(v, _)| v.clone());
+        let (mode, modes) = crate::translate::value_modes(&bundle, &treatment);
         let seed = now.timestamp_micros() as u64;
         let plan = tokio::task::spawn_blocking(move || {
             let predictor: Box<dyn Predictor> = match model {
-                Some((_, m)) => Box::new(ModelPredictor::new(m, now)),
+                Some((_, m)) => Box::new(ModelPredictor::new(m, now).with_modes(mode, modes)),
                 None => Box::new(Prior),
             };
             planner.plan(&inputs, now, seed, predictor.as_ref())
@@ -522,6 +523,18 @@ impl Control for Daemon {
     }
 }
 
+/// What the planner would read for `users` (every user with an open opportunity when `None`)
+/// at `now`: for tools that score candidates outside a plan, such as the demo's comparison of
+/// predicted and true uplift.
+pub async fn planning_inputs(
+    store: &Store,
+    now: DateTime<Utc>,
+    users: Option<&[String]>,
+) -> Result<Vec<UserInput>, Error> {
+    let input = store.planning_input(now, HISTORY, users).await?;
+    Ok(input.into_iter().map(|u| user_input(u, now)).collect())
+}
+
 /// A user as the store returns them, as the planner (and its predictor) reads them.
 fn user_input(u: PlanningUser, now: DateTime<Utc>) -> UserInput {
     UserInput {
@@ -576,7 +589,7 @@ fn schedule_items(
         let counterfactuals = u
             .suppressions
             .iter()
-            .filter(|s| s.reason == Reason::Holdout)
+            .filter(|s| matches!(s.reason, Reason::Holdout | Reason::Withheld))
             .filter_map(|s| s.counterfactual.as_deref());
         let choices = u.choices.iter().map(|c| (c, false));
         for (c, counterfactual) in choices.chain(counterfactuals.map(|c| (c, true))) {

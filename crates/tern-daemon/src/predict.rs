@@ -1,11 +1,23 @@
 //! The model behind the planner's [`Predictor`] trait: candidates become feature rows (built by
 //! [`crate::features`], as in training) and are scored in batches of a few thousand rows.
+//!
+//! # Value modes
+//! What the planner weighs depends on the objective's `value` ([`ValueMode`]):
+//! - `outcome`: each head's probability for the send, with retention taken relative to the
+//!   average send of the training data.
+//! - `incremental`: each head's probability for the send minus its probability for the same
+//!   opportunity, at the same moment, not sent ([`NO_SEND`]), both from the one network that
+//!   learned from sends and from withheld would-be sends. Not sending is worth exactly zero.
+//!   A model that saw no withheld send has learned nothing about "no send"; it is scored as in
+//!   `outcome` mode rather than trusted with a difference it cannot know.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tern_model::{Head, Model, HEADS};
+use tern_model::{Head, Model, HEADS, NO_SEND};
 use tern_planner::{candidates, Predictor, Scores, UserInput};
+use tern_policy::ValueMode;
 
 use crate::features::{self, Candidate, Past};
 
@@ -23,6 +35,10 @@ pub struct ModelPredictor {
     retention_base_rate: f64,
     /// Per head: whether training saw any label for it.
     trusted: [bool; HEADS],
+    /// The value mode of users not listed in `modes`.
+    mode: ValueMode,
+    /// Users whose objective (their experiment arm's) values sends otherwise.
+    modes: HashMap<String, ValueMode>,
 }
 
 impl ModelPredictor {
@@ -41,7 +57,32 @@ impl ModelPredictor {
             now,
             retention_base_rate,
             trusted,
+            mode: ValueMode::Outcome,
+            modes: HashMap::new(),
         }
+    }
+
+    /// Values sends in `mode`, or per user where `modes` names one (users in an experiment arm
+    /// whose objective says otherwise). `incremental` needs a model that learned from withheld
+    /// sends; with any other it stays `outcome` (see the module docs).
+    pub fn with_modes(mut self, mode: ValueMode, modes: HashMap<String, ValueMode>) -> Self {
+        if self.can_tell_effects() {
+            self.mode = mode;
+            self.modes = modes;
+        }
+        self
+    }
+
+    /// Whether the model learned from withheld sends, and so can score "no send".
+    pub fn can_tell_effects(&self) -> bool {
+        self.model
+            .training
+            .as_ref()
+            .is_some_and(|t| t.untreated_rows > 0)
+    }
+
+    fn mode_of(&self, user: &str) -> ValueMode {
+        self.modes.get(user).copied().unwrap_or(self.mode)
     }
 }
 
@@ -65,14 +106,31 @@ impl Predictor for ModelPredictor {
     fn predict_many(&self, users: &[&UserInput], out: &mut Vec<Scores>) {
         let spec = self.model.spec();
         let channels = &spec.declaration().channels;
+        let incremental: Vec<bool> = users
+            .iter()
+            .map(|u| self.mode_of(&u.user_id) == ValueMode::Incremental)
+            .collect();
         let total: usize = users.iter().map(|u| candidates(u)).sum();
-        let mut rows = spec.matrix(total);
+        let untreated: usize = users
+            .iter()
+            .zip(&incremental)
+            .filter(|(_, i)| **i)
+            .map(|(u, _)| u.opportunities.len())
+            .sum();
+        let mut rows = spec.matrix(total + untreated);
         let mut history = Vec::new();
         let mut encoded = true;
-        for user in users {
-            for_each_candidate(channels, user, self.now, &mut history, |ctx| {
-                encoded &= rows.push(spec, ctx).is_ok();
-            });
+        for (user, incremental) in users.iter().zip(&incremental) {
+            for_each_action(
+                channels,
+                user,
+                self.now,
+                *incremental,
+                &mut history,
+                |ctx| {
+                    encoded &= rows.push(spec, ctx).is_ok();
+                },
+            );
         }
         let mut p = vec![[0.0f32; HEADS]; rows.rows()];
         if !encoded || self.model.predict(&rows, &mut p).is_err() {
@@ -83,27 +141,32 @@ impl Predictor for ModelPredictor {
         }
         // A head that saw no label in training has learned nothing: the prior speaks for it.
         let mut rows = p.iter();
-        for user in users {
+        for (user, incremental) in users.iter().zip(&incremental) {
             for o in &user.opportunities {
                 let prior = Prior::scores(&o.signals);
-                for _ in &o.channels {
-                    let p = rows.next().expect("one prediction per candidate");
-                    let head = |h: Head, fallback: f64, shift: f64| {
+                let sends: Vec<&[f32; HEADS]> = rows.by_ref().take(o.channels.len()).collect();
+                // What the same opportunity, not sent, would have come to.
+                let baseline: [f64; HEADS] = if *incremental {
+                    let none = rows.next().expect("one no-send row per opportunity");
+                    none.map(f64::from)
+                } else {
+                    let mut b = [0.0; HEADS];
+                    b[Head::Retention.index()] = self.retention_base_rate;
+                    b
+                };
+                for p in sends {
+                    let head = |h: Head, fallback: f64| {
                         if self.trusted[h.index()] {
-                            f64::from(p[h.index()]) - shift
+                            f64::from(p[h.index()]) - baseline[h.index()]
                         } else {
                             fallback
                         }
                     };
                     out.push(Scores {
-                        conversion: head(Head::Conversion, prior.conversion, 0.0),
-                        engagement: head(Head::Engagement, prior.engagement, 0.0),
-                        retention: head(Head::Retention, prior.retention, self.retention_base_rate),
-                        reachability_loss: head(
-                            Head::ReachabilityLoss,
-                            prior.reachability_loss,
-                            0.0,
-                        ),
+                        conversion: head(Head::Conversion, prior.conversion),
+                        engagement: head(Head::Engagement, prior.engagement),
+                        retention: head(Head::Retention, prior.retention),
+                        reachability_loss: head(Head::ReachabilityLoss, prior.reachability_loss),
                     });
                 }
             }
@@ -120,6 +183,19 @@ pub fn for_each_candidate<'h>(
     user: &UserInput,
     now: DateTime<Utc>,
     history: &mut Vec<tern_model::ChannelHistory<'h>>,
+    f: impl FnMut(&tern_model::CandidateContext<'_>),
+) {
+    for_each_action(channels, user, now, false, history, f)
+}
+
+/// [`for_each_candidate`], and with `untreated`, after each opportunity's channels the same
+/// opportunity not sent ([`NO_SEND`]).
+pub fn for_each_action<'h>(
+    channels: &'h [String],
+    user: &UserInput,
+    now: DateTime<Utc>,
+    untreated: bool,
+    history: &mut Vec<tern_model::ChannelHistory<'h>>,
     mut f: impl FnMut(&tern_model::CandidateContext<'_>),
 ) {
     let tz = features::zone(Some(&user.timezone));
@@ -135,7 +211,12 @@ pub fn for_each_candidate<'h>(
     features::channel_history(channels, &past, now, history);
     let context = features::user_context(&user.activity, tz, now);
     for o in &user.opportunities {
-        for channel in &o.channels {
+        let actions = o
+            .channels
+            .iter()
+            .map(String::as_str)
+            .chain(untreated.then_some(NO_SEND));
+        for channel in actions {
             let ctx = features::context(
                 &Candidate {
                     channel,

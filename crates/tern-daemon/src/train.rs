@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tern_core::{OutcomeKind, SplitMix64};
 use tern_model::{
     Batch, Batches, Dataset, FeatureSpec, Head, Model, ModelError, Part, TrainConfig,
-    TrainingWindow, HEADS,
+    TrainingWindow, HEADS, NO_SEND,
 };
 use tern_store::{NewModel, Store, TrainingUser};
 
@@ -99,12 +99,13 @@ pub async fn train_and_register(
     let started = std::time::Instant::now();
     let spilled = spill(store, &spec, &window, &settings.labels, &settings.work_dir).await?;
     let read = format!(
-        "read {} messages of {} users in {:.1}s: {} training rows, {} validation rows ({} without any observable label left out)",
+        "read {} messages of {} users in {:.1}s: {} training rows, {} validation rows, {} of them withheld sends ({} without any observable label left out)",
         spilled.messages,
         spilled.users,
         started.elapsed().as_secs_f64(),
         spilled.train.rows,
         spilled.valid.rows,
+        spilled.untreated,
         spilled.unlabelled
     );
     match settings.progress {
@@ -165,7 +166,11 @@ pub async fn train_and_register(
                 metrics: serde_json::json!({
                     "validation": metrics,
                     "labels": settings.labels,
-                    "rows": { "train": spilled.train.rows, "valid": spilled.valid.rows },
+                    "rows": {
+                        "train": spilled.train.rows,
+                        "valid": spilled.valid.rows,
+                        "withheld": spilled.untreated,
+                    },
                     "best_epoch": summary.best_epoch + 1,
                     "epochs": summary.epochs.len(),
                 }),
@@ -233,6 +238,8 @@ struct Spilled {
     messages: u64,
     /// Rows left out because none of their labels was observable yet.
     unlabelled: u64,
+    /// Rows of would-be messages withheld (the action "no send").
+    untreated: u64,
     train: Spill,
     valid: Spill,
 }
@@ -252,6 +259,7 @@ async fn spill(
         users: 0,
         messages: 0,
         unlabelled: 0,
+        untreated: 0,
         train: Spill::create(dir, spec.width())?,
         valid: Spill::create(dir, spec.width())?,
     };
@@ -365,28 +373,89 @@ fn rows_of_user<'s>(
             out.unlabelled += 1;
             continue;
         }
-        features::channel_history(&spec.declaration().channels, &past[..i], t, history);
-        let activity = features::activity_as_of(user.first_seen_at, &user.active_days, t);
-        let ctx = features::context(
-            &Candidate {
-                channel: &m.channel,
-                category: &m.category,
-                template: &m.template,
-                signals: &m.signals,
-                created_at: m.opportunity_created_at,
-                expires_at: m.opportunity_expires_at,
-            },
-            features::user_context(&activity, tz, t),
-            history,
-            tz,
-            t,
-        );
-        spec.encode(&ctx, row)?;
+        encode(spec, user, tz, m, &m.channel, &past[..i], history, row)?;
         match part {
             Part::Train => out.train.push(row, &y, &mask)?,
             Part::Valid => out.valid.push(row, &y, &mask)?,
         }
     }
+
+    // The would-be messages withheld: the action "no send", at the moment the message would
+    // have gone out. Nothing was sent, so nothing was opened, converted or lost; those labels
+    // are 0 once their window has passed, as a sent message's would be, and retention is what
+    // the user did. These rows are what lets the model tell the effect of a send.
+    for m in &user.withheld {
+        let Some(part) = window.part(m.sent_at) else {
+            continue;
+        };
+        let t = m.sent_at;
+        let mut y = [0.0f32; HEADS];
+        let mut mask = [false; HEADS];
+        for (head, span) in [
+            (
+                Head::Engagement,
+                TimeDelta::hours(i64::from(labels.engagement_hours)),
+            ),
+            (
+                Head::Conversion,
+                TimeDelta::days(i64::from(labels.conversion_days)),
+            ),
+            (
+                Head::ReachabilityLoss,
+                TimeDelta::days(i64::from(labels.reachability_days)),
+            ),
+        ] {
+            mask[head.index()] = t + span <= as_of;
+        }
+        let (retained, observable) = retained(&user.active_days, t, horizon, as_of);
+        y[Head::Retention.index()] = retained;
+        mask[Head::Retention.index()] = observable;
+        if !mask.iter().any(|m| *m) {
+            out.unlabelled += 1;
+            continue;
+        }
+        let before = user.messages.partition_point(|p| p.sent_at < t);
+        encode(spec, user, tz, m, NO_SEND, &past[..before], history, row)?;
+        out.untreated += 1;
+        match part {
+            Part::Train => out.train.push(row, &y, &mask)?,
+            Part::Valid => out.valid.push(row, &y, &mask)?,
+        }
+    }
+    Ok(())
+}
+
+/// Encodes message `m` of `user` as the action `channel` (or [`NO_SEND`]) at its send time, with
+/// `past` (the sends before it) as its fatigue history.
+#[allow(clippy::too_many_arguments)]
+fn encode<'s>(
+    spec: &'s FeatureSpec,
+    user: &TrainingUser,
+    tz: chrono_tz::Tz,
+    m: &tern_store::TrainingMessage,
+    channel: &str,
+    past: &[Past<'_>],
+    history: &mut Vec<tern_model::ChannelHistory<'s>>,
+    row: &mut [f32],
+) -> Result<()> {
+    let t = m.sent_at;
+    features::channel_history(&spec.declaration().channels, past, t, history);
+    let activity = features::activity_as_of(user.first_seen_at, &user.active_days, t);
+    let ctx = features::context(
+        &Candidate {
+            channel,
+            category: &m.category,
+            template: &m.template,
+            signals: &m.signals,
+            created_at: m.opportunity_created_at,
+            expires_at: m.opportunity_expires_at,
+        },
+        features::user_context(&activity, tz, t),
+        history,
+        tz,
+        t,
+    );
+    spec.encode(&ctx, row)?;
     Ok(())
 }
 

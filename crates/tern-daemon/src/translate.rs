@@ -25,18 +25,25 @@ use crate::Error;
 /// [`DEFAULT_HORIZON_SECS`] with no exploration: `tern policy check` accepts such a bundle, so
 /// the planner must run it.
 pub fn planner_config(bundle: &Bundle, replan: Option<&str>) -> Result<PlannerConfig, Error> {
-    let (horizon_secs, exploration) = match replan {
+    let of = |r: &tern_policy::Replan| {
+        (
+            r.horizon.num_seconds().max(1) as u64,
+            r.exploration,
+            r.withhold,
+        )
+    };
+    let (horizon_secs, exploration, withhold) = match replan {
         Some(name) => bundle
             .replans
             .iter()
             .find(|r| r.metadata.name == name)
-            .map(|r| (r.horizon.num_seconds().max(1) as u64, r.exploration))
+            .map(of)
             .ok_or_else(|| Error::Policy(format!("the bundle has no Replan named {name:?}")))?,
         None => bundle
             .replans
             .first()
-            .map(|r| (r.horizon.num_seconds().max(1) as u64, r.exploration))
-            .unwrap_or((DEFAULT_HORIZON_SECS, 0.0)),
+            .map(of)
+            .unwrap_or((DEFAULT_HORIZON_SECS, 0.0, 0.0)),
     };
 
     // A cap set's rules and the classes it exempts travel together: an arm with its own set
@@ -130,10 +137,42 @@ pub fn planner_config(bundle: &Bundle, replan: Option<&str>) -> Result<PlannerCo
             .collect(),
         experiment,
         exploration,
+        withhold,
         multi_channel: false,
         horizon_secs,
         send_window_secs: 3600,
     })
+}
+
+/// How the plan values sends: the default objective's [`ValueMode`], and the users whose
+/// experiment arm (`treatment`: user → (experiment, arm)) names an objective that values them
+/// otherwise.
+pub fn value_modes(
+    bundle: &Bundle,
+    treatment: &std::collections::HashMap<String, (String, String)>,
+) -> (
+    tern_policy::ValueMode,
+    std::collections::HashMap<String, tern_policy::ValueMode>,
+) {
+    let default = bundle
+        .default_objective()
+        .map(|o| o.value)
+        .unwrap_or_default();
+    let overrides = treatment
+        .iter()
+        .filter_map(|(user, (experiment, arm))| {
+            let arm = bundle
+                .experiments
+                .iter()
+                .find(|e| e.metadata.name == *experiment)?
+                .arms
+                .iter()
+                .find(|a| a.name == *arm)?;
+            let mode = bundle.objective(arm.objective.as_deref()?)?.value;
+            (mode != default).then(|| (user.clone(), mode))
+        })
+        .collect();
+    (default, overrides)
 }
 
 /// The horizon of an on-demand plan under a bundle with no Replan document: one day.

@@ -25,6 +25,11 @@ use crate::error::ModelError;
 /// so that models trained under the old code are refused rather than fed different numbers.
 pub const ENCODING_REVISION: u32 = 1;
 
+/// The channel of a candidate that is not sent: the action "no send", which the model scores
+/// beside each channel so that the effect of a send is the difference. No channel can have this
+/// name (channel names are never empty).
+pub const NO_SEND: &str = "";
+
 /// Hours past which "time since" features saturate (90 days). A user last messaged half a year
 /// ago is, for fatigue, the same as one never messaged.
 const HOURS_CAP: f64 = 24.0 * 90.0;
@@ -186,11 +191,15 @@ impl Block {
         match self {
             Block::ChannelOneHot(channels) => {
                 out.fill(0.0);
-                let i = channels
-                    .iter()
-                    .position(|c| c == ctx.channel)
-                    .unwrap_or(channels.len());
-                out[i] = 1.0;
+                // No send: no channel column is set. The same row with a channel's column set
+                // is the send on that channel, which is what lets one network compare the two.
+                if ctx.channel != NO_SEND {
+                    let i = channels
+                        .iter()
+                        .position(|c| c == ctx.channel)
+                        .unwrap_or(channels.len());
+                    out[i] = 1.0;
+                }
             }
             Block::CategoryHash(n) => {
                 out.fill(0.0);

@@ -52,6 +52,7 @@ pub use eval::{
 };
 pub use features::{
     CandidateContext, ChannelHistory, Column, FeatureMatrix, FeatureSpec, SpecDecl, UserContext,
+    NO_SEND,
 };
 pub use model::{Engine, Model};
 pub use network::Architecture;

@@ -88,6 +88,11 @@ pub struct TrainingSummary {
     /// artifacts written before it existed, where it reads as unknown (all zero).
     #[serde(default)]
     pub train_labels: [u64; HEADS],
+    /// Training rows of the action "no send" (no channel column set): what the model knows of
+    /// outcomes without a send. Without them it cannot tell the effect of a send, and
+    /// predictors do not ask it to. Absent (0) from artifacts written before it existed.
+    #[serde(default)]
+    pub untreated_rows: u64,
     /// The logistic-regression baseline trained on the same minibatches.
     pub logistic: Logistic,
 }

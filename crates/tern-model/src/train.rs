@@ -59,6 +59,14 @@ pub fn train(
     let mut epochs = Vec::new();
     let mut best: Option<(f64, usize, Vec<Vec<f32>>)> = None;
     let mut base_counts = [(0u64, 0u64); HEADS];
+    let mut untreated_rows = 0u64;
+    let channel_columns: Vec<usize> = spec
+        .columns()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.name.starts_with("channel="))
+        .map(|(i, _)| i)
+        .collect();
     let mut since_best = 0;
 
     for epoch in 0..config.max_epochs {
@@ -75,6 +83,14 @@ pub fn train(
                             base_counts[h].1 += u64::from(l[h] >= 0.5);
                         }
                     }
+                }
+                if !channel_columns.is_empty() {
+                    untreated_rows += (0..batch.rows())
+                        .filter(|&r| {
+                            let row = batch.row(r);
+                            channel_columns.iter().all(|&c| row[c] == 0.0)
+                        })
+                        .count() as u64;
                 }
                 if batch_index == 0 {
                     logistic.start_at(&rates(&base_counts));
@@ -158,6 +174,7 @@ pub fn train(
         best_valid_loss,
         train_base_rates: base_rates,
         train_labels: base_counts.map(|(n, _)| n),
+        untreated_rows,
         logistic,
     });
     Ok(model)

@@ -41,6 +41,12 @@ pub struct PlannerConfig {
     /// The share ε of decisions drawn uniformly among the allowed candidates, in [0, 1).
     #[serde(default)]
     pub exploration: f64,
+    /// The share of would-be sends withheld at random, in [0, 0.5]: each opportunity draws once
+    /// (by its id, so the same across plans), and a withheld one is logged as a counterfactual
+    /// with [`crate::Reason::Withheld`] and that probability. Classes that bypass anything are
+    /// never withheld.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub withhold: f64,
     /// Whether one opportunity may be sent on several channels. Off by default: a user should not
     /// get the same message by push and by email.
     #[serde(default)]
@@ -283,6 +289,8 @@ pub enum ConfigError {
     NoDefaultObjective,
     #[error("experiment {experiment:?}: {message}")]
     BadExperiment { experiment: String, message: String },
+    #[error("withhold must be in [0, 0.5], got {0}")]
+    BadWithhold(f64),
     #[error("exploration must be in [0, 1), got {0}")]
     BadExploration(f64),
     #[error("horizon must be between 1 second and 366 days")]
@@ -305,6 +313,7 @@ pub(crate) struct Compiled {
     /// Arm shares, same order as `arms`.
     pub shares: Vec<f64>,
     pub exploration: f64,
+    pub withhold: f64,
     pub multi_channel: bool,
     pub horizon: i64,
     pub window: i64,
@@ -464,6 +473,9 @@ impl PlannerConfig {
         if limits::check_exploration(self.exploration).is_err() {
             return Err(ConfigError::BadExploration(self.exploration));
         }
+        if limits::check_withhold(self.withhold).is_err() {
+            return Err(ConfigError::BadWithhold(self.withhold));
+        }
         if limits::check_horizon(self.horizon_secs).is_err() {
             return Err(ConfigError::BadHorizon);
         }
@@ -571,6 +583,7 @@ impl PlannerConfig {
             salt,
             shares,
             exploration: self.exploration,
+            withhold: self.withhold,
             multi_channel: self.multi_channel,
             horizon: self.horizon_secs as i64,
             window: self.send_window_secs as i64,
@@ -622,4 +635,8 @@ fn compile_rules(rules: &[CapRule], channels: &[String]) -> Result<Vec<CompiledR
         return Err(ConfigError::TooManyCapRules);
     }
     Ok(compiled)
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }

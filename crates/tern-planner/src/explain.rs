@@ -188,6 +188,7 @@ pub fn explain(planner: &Planner, plan: &Plan, user: &UserInput) -> Option<Strin
                 plan.channel_name(chosen_channel)
             ),
             Reason::Holdout => unreachable_holdout(),
+            Reason::Withheld => "withheld at random (the Replan's `withhold` share), so that the model learns what a send changes".into(),
         };
         let _ = writeln!(s, "  not sending opportunity {}{on}: {why}", x.opportunity);
     }

@@ -664,14 +664,23 @@ impl Planner {
         m
     }
 
+    /// The channel this opportunity was already chosen on, or withheld on: a withheld send is
+    /// the decision not to send that opportunity at all, so its other channels do not go either.
     fn duplicate_of(&self, up: &UserPlan, opp: i64) -> Option<u16> {
+        let withheld = || {
+            up.suppressions
+                .iter()
+                .find(|s| s.opportunity == opp && s.reason == Reason::Withheld)
+                .and_then(|s| s.channel)
+        };
         if self.c.multi_channel {
-            return None;
+            return withheld();
         }
         up.choices
             .iter()
             .find(|c| c.opportunity == opp)
             .map(|c| c.channel)
+            .or_else(withheld)
     }
 
     /// One deterministic decision: choose `cand` if it can be placed (propensity 1), or record why
@@ -735,16 +744,12 @@ impl Planner {
         up: &mut UserPlan,
     ) {
         let _ = arm;
-        let mut m = cand.mask;
-        while m != 0 {
-            let r = m.trailing_zeros() as usize;
-            m &= m - 1;
-            let p = &mut points[r];
-            let at = p.partition_point(|&x| x <= a);
-            p.insert(at, a);
-        }
-        up.choices.push(Choice {
-            opportunity: user.opportunities[cand.opp as usize].id,
+        let opportunity = user.opportunities[cand.opp as usize].id;
+        // Classes that bypass anything must go out; everything else may be withheld at random,
+        // by one draw per opportunity, so that every plan makes the same draw.
+        let may_withhold = self.c.withhold > 0.0 && !(cand.exempt || cand.urgent || cand.unpriced);
+        let choice = |propensity: f64| Choice {
+            opportunity,
             channel: cand.ch,
             send_after: ts(a),
             send_before: ts(b),
@@ -755,8 +760,45 @@ impl Planner {
             exempt: cand.exempt,
             unpriced: cand.unpriced,
             scores: cand.scores,
-        });
+        };
+        if may_withhold && withheld(&user.user_id, opportunity, self.c.withhold) {
+            // Not sent, so it takes no cap slot.
+            up.suppressions.push(Suppression {
+                opportunity,
+                channel: Some(cand.ch),
+                reason: Reason::Withheld,
+                value: Some(cand.value),
+                counterfactual: Some(Box::new(choice(self.c.withhold))),
+            });
+            return;
+        }
+        let propensity = if may_withhold {
+            propensity * (1.0 - self.c.withhold)
+        } else {
+            propensity
+        };
+        let mut m = cand.mask;
+        while m != 0 {
+            let r = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let p = &mut points[r];
+            let at = p.partition_point(|&x| x <= a);
+            p.insert(at, a);
+        }
+        up.choices.push(choice(propensity));
     }
+}
+
+/// Whether the policy withholds opportunity `id` of `user` at random, with probability `share`:
+/// a fixed hash of the two, so that every plan (and every replica) draws the same.
+pub fn withheld(user: &str, id: i64, share: f64) -> bool {
+    let mut key = Vec::with_capacity(user.len() + 18);
+    key.extend_from_slice(b"withhold\0");
+    key.extend_from_slice(user.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&id.to_le_bytes());
+    let draw = tern_core::SplitMix64::new(tern_core::fnv1a64(&key)).next_f64();
+    draw < share
 }
 
 /// The best allowed send window for a candidate: the first piece in preference order that is

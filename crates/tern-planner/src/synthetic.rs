@@ -135,6 +135,7 @@ pub fn synthetic(
             ],
         }),
         exploration: 0.05,
+        withhold: 0.0,
         multi_channel: false,
         horizon_secs: 86400,
         send_window_secs: 3600,

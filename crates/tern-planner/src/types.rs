@@ -227,6 +227,10 @@ pub enum Reason {
     Duplicate { chosen_channel: u16 },
     /// The user is in a holdout arm; `counterfactual` says what would have been sent.
     Holdout,
+    /// Withheld at random (the policy's `withhold` share) so that the model sees what happens
+    /// without a send; `counterfactual` says what would have been sent, with the probability
+    /// of withholding it as its propensity.
+    Withheld,
 }
 
 impl Reason {
@@ -247,6 +251,7 @@ impl Reason {
             Reason::Budget { .. } => "budget",
             Reason::Duplicate { .. } => "duplicate",
             Reason::Holdout => "holdout",
+            Reason::Withheld => "withheld",
         }
     }
 }

@@ -214,6 +214,7 @@ fn config() -> impl Strategy<Value = PlannerConfig> {
                         ],
                     }),
                     exploration,
+                    withhold: 0.0,
                     multi_channel: multi,
                     horizon_secs: horizon,
                     send_window_secs: window,

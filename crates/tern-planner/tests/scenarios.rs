@@ -65,6 +65,7 @@ fn base_config() -> PlannerConfig {
         )]),
         experiment: None,
         exploration: 0.0,
+        withhold: 0.0,
         multi_channel: false,
         horizon_secs: 2 * 86400,
         send_window_secs: 3600,
@@ -887,4 +888,100 @@ fn a_bypassing_class_is_due_at_once_for_a_whole_send_window() {
         plan.users[0].choices[0].send_after,
         ts("2026-06-01T19:00:00Z")
     );
+}
+
+/// The policy's `withhold` share: each opportunity the plan would send is withheld with that
+/// probability, by one draw per opportunity (so every later plan draws the same), and logged as
+/// a counterfactual with that probability; what is sent carries `1 − withhold` in its
+/// propensity. It takes no cap slot, and a class that bypasses anything is never withheld.
+#[test]
+fn withheld_sends_are_drawn_once_per_opportunity_and_logged_with_their_probability() {
+    let mut config = base_config();
+    config.withhold = 0.2;
+    config.caps = vec![CapRule {
+        channel: Some("any".into()),
+        max: Some(2),
+        window_secs: Some(86400),
+        ..CapRule::default()
+    }];
+    config.priorities.insert(
+        "transactional".into(),
+        Bypass {
+            caps: true,
+            ..Bypass::default()
+        },
+    );
+    let now = "2026-06-01T10:00:00Z";
+    let n_users = 10_000;
+    let users: Vec<UserInput> = (0..n_users)
+        .map(|i| {
+            let mut reset = opp(9, &["email"], 0.5, now, "2026-06-01T11:00:00Z");
+            reset.priority = "transactional".into();
+            user(
+                &format!("u{i:05}"),
+                "UTC",
+                vec![
+                    opp(1, &["email", "push"], 0.2, now, "2026-06-02T00:00:00Z"),
+                    opp(2, &["email"], 0.1, now, "2026-06-02T00:00:00Z"),
+                    reset,
+                ],
+            )
+        })
+        .collect();
+    let plan = run(&config, &users, now);
+    let mut withheld = BTreeMap::new();
+    for u in &plan.users {
+        let reset = u.choices.iter().find(|c| c.opportunity == 9).unwrap();
+        assert_eq!(reset.propensity, 1.0, "a bypassing class is never withheld");
+        let held: Vec<&Suppression> = u
+            .suppressions
+            .iter()
+            .filter(|s| s.reason == Reason::Withheld)
+            .collect();
+        for s in &held {
+            let c = s
+                .counterfactual
+                .as_deref()
+                .expect("what would have been sent");
+            assert_eq!(c.propensity, 0.2);
+            withheld.insert((u.user_id.clone(), s.opportunity), ());
+        }
+        // The cap allows two a day and the reset counts: a withheld first choice leaves its
+        // slot to the second.
+        let sent: Vec<&Choice> = u.choices.iter().filter(|c| c.opportunity != 9).collect();
+        assert!(!sent.is_empty() || !held.is_empty());
+        for c in &sent {
+            assert!((c.propensity - 0.8).abs() < 1e-12, "{}", c.propensity);
+        }
+        if held.iter().any(|s| s.opportunity == 1) {
+            assert!(
+                sent.iter().any(|c| c.opportunity == 2) || held.iter().any(|s| s.opportunity == 2),
+                "a withheld send takes no cap slot"
+            );
+        }
+    }
+    // About a fifth of the first choices are withheld (five standard deviations).
+    let first = withheld.keys().filter(|(_, o)| *o == 1).count() as f64;
+    let n = n_users as f64;
+    assert!(
+        (first - 0.2 * n).abs() < 5.0 * (n * 0.2 * 0.8f64).sqrt(),
+        "withheld {first} of {n}"
+    );
+    // A later plan draws the same for every opportunity.
+    let again = run(&config, &users, "2026-06-01T12:00:00Z");
+    let again: BTreeMap<(String, i64), ()> = again
+        .users
+        .iter()
+        .flat_map(|u| {
+            u.suppressions
+                .iter()
+                .filter(|s| s.reason == Reason::Withheld)
+                .map(|s| ((u.user_id.clone(), s.opportunity), ()))
+        })
+        .collect();
+    let first_plan: BTreeMap<(String, i64), ()> =
+        withheld.into_iter().filter(|((_, o), _)| *o == 1).collect();
+    let again: BTreeMap<(String, i64), ()> =
+        again.into_iter().filter(|((_, o), _)| *o == 1).collect();
+    assert_eq!(first_plan, again);
 }

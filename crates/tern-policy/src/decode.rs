@@ -44,7 +44,7 @@ pub(crate) const BUDGET: &[&str] = &["max", "per"];
 pub(crate) const CATEGORY: &[&str] = &[];
 pub(crate) const CAPS: &[&str] = &["rules", "exempt"];
 pub(crate) const CAP_RULE: &[&str] = &["channel", "category", "max", "per", "minGap"];
-pub(crate) const OBJECTIVE: &[&str] = &["weights", "minValue", "horizon"];
+pub(crate) const OBJECTIVE: &[&str] = &["weights", "minValue", "horizon", "value"];
 pub(crate) const WEIGHTS: &[&str] = &["conversion", "engagement", "retention", "reachability"];
 pub(crate) const GENERATOR: &[&str] = &[
     "on",
@@ -70,6 +70,7 @@ pub(crate) const REPLAN: &[&str] = &[
     "timezone",
     "horizon",
     "exploration",
+    "withhold",
     "startingDeadline",
 ];
 pub(crate) const PRIORITY: &[&str] = &["bypass"];
@@ -1142,12 +1143,30 @@ impl<'a> Decoder<'a> {
             None => Some(TimeDelta::days(DEFAULT_HORIZON_DAYS)),
             Some(n) => self.duration(n, "horizon"),
         };
+        let value = match f.get("value") {
+            None => Some(ValueMode::default()),
+            Some(n) => self
+                .string(n, "value")
+                .and_then(|s| match ValueMode::parse(&s) {
+                    Some(v) => Some(v),
+                    None => {
+                        let message = format!("unknown value mode {}", quote_short(&s));
+                        let hint = match did_you_mean(&s, ValueMode::ALL) {
+                            Some(m) => format!("did you mean `{m}`?"),
+                            None => format!("expected one of: {}", ValueMode::ALL.join(", ")),
+                        };
+                        self.error_hint(n.pos, message, hint);
+                        None
+                    }
+                }),
+        };
         Some(Objective {
             metadata,
             source,
             weights: weights?,
             min_value: min_value?,
             horizon: horizon?,
+            value: value?,
         })
     }
 
@@ -1760,6 +1779,23 @@ impl<'a> Decoder<'a> {
                 }
             }),
         };
+        let withhold = match f.get("withhold") {
+            None => Some(0.0),
+            Some(n) => {
+                self.share(n, "withhold", true)
+                    .and_then(|v| match limits::check_withhold(v) {
+                        Ok(()) => Some(v),
+                        Err(e) => {
+                            self.error_hint(
+                                n.pos,
+                                e,
+                                "a small share is enough to learn from; 0.05 is typical",
+                            );
+                            None
+                        }
+                    })
+            }
+        };
         if let (Some(cron), Some(horizon), Some(n)) = (&cron, horizon, horizon_node) {
             if let Some(gap) = longest_gap(&cron.schedule) {
                 if gap > horizon {
@@ -1786,6 +1822,7 @@ impl<'a> Decoder<'a> {
             timezone: timezone?,
             horizon: horizon?,
             exploration: exploration?,
+            withhold: withhold?,
             starting_deadline: starting_deadline?,
         })
     }

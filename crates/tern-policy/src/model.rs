@@ -431,6 +431,43 @@ pub struct Objective {
     pub min_value: f64,
     /// The horizon over which retention is measured.
     pub horizon: TimeDelta,
+    /// What a send is worth: its predicted outcomes, or its effect against not sending.
+    pub value: ValueMode,
+}
+
+/// How an objective values a send (`spec.value`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum ValueMode {
+    /// `Σ w · p(outcome | send)`, with retention taken relative to the average send: what the
+    /// message is associated with. Rewards sending to users who would have converted or stayed
+    /// anyway.
+    #[default]
+    Outcome,
+    /// `Σ w · (p(outcome | send) − p(outcome | no send))`: the effect of the send, learned from
+    /// logged decisions that include withheld ones. Not sending is worth exactly zero.
+    Incremental,
+}
+
+impl ValueMode {
+    pub const ALL: [&'static str; 2] = ["outcome", "incremental"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueMode::Outcome => "outcome",
+            ValueMode::Incremental => "incremental",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ValueMode> {
+        match s {
+            "outcome" => Some(ValueMode::Outcome),
+            "incremental" => Some(ValueMode::Incremental),
+            _ => None,
+        }
+    }
 }
 
 /// Weights over the predicted outcomes.
@@ -557,6 +594,10 @@ pub struct Replan {
     pub horizon: TimeDelta,
     /// The share of decisions drawn at random from the allowed set, in [0, 1).
     pub exploration: f64,
+    /// The share of would-be sends withheld at random (per opportunity, so the same one across
+    /// replans), in [0, 0.5]: what happens without a send, for the model to learn the effect of
+    /// sending from. 0 when unset.
+    pub withhold: f64,
     /// How late a firing missed while tern was down may still run; never when unset.
     pub starting_deadline: Option<TimeDelta>,
 }
@@ -708,6 +749,11 @@ impl Objective {
         );
         s.insert("minValue".into(), json!(self.min_value));
         s.insert("horizon".into(), json!(format_duration(self.horizon)));
+        // Written only when set, so that the versions of bundles written before the field
+        // existed do not change.
+        if self.value != ValueMode::default() {
+            s.insert("value".into(), json!(self.value.as_str()));
+        }
         document("Objective", &self.metadata, s)
     }
 }
@@ -799,6 +845,11 @@ impl Replan {
         put(&mut s, "timezone", self.timezone.map(|tz| json!(tz.name())));
         s.insert("horizon".into(), json!(format_duration(self.horizon)));
         s.insert("exploration".into(), json!(self.exploration));
+        // Written only when set, so that the versions of bundles written before the field
+        // existed do not change.
+        if self.withhold != 0.0 {
+            s.insert("withhold".into(), json!(self.withhold));
+        }
         put(
             &mut s,
             "startingDeadline",

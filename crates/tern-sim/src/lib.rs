@@ -24,6 +24,8 @@
 //!   ([`World::end_of_day`] → [`DayReport`]) and sums up a run ([`Summary`]).
 //! - [`receipts`]: the log of deliveries and [`max_in_window`], to check caps from the receiving
 //!   side.
+//! - `truth`: [`World::uplift`], the true expected effect of a send against none, to score
+//!   models' uplift estimates against and for the `oracle` policy to decide by.
 //! - `rng`: keyed random streams, so that results do not depend on the order of calls.
 //!
 //! # Driving it
@@ -37,6 +39,7 @@ mod opportunities;
 pub mod population;
 pub mod receipts;
 mod rng;
+mod truth;
 mod world;
 
 #[cfg(test)]
@@ -46,4 +49,5 @@ pub use config::{Config, Engagement, Fatigue, Hazard, Rates};
 pub use opportunities::SOURCE;
 pub use population::{Category, Channel, Profile};
 pub use receipts::{max_in_window, Receipt};
+pub use truth::Uplift;
 pub use world::{DayReport, Delivery, Outcome, SimError, Summary, World};

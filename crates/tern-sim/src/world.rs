@@ -13,10 +13,10 @@ use crate::receipts::{max_in_window, Receipt};
 use crate::rng::{exponential, hash_str, sigmoid, stream, Purpose};
 
 /// The price of a marketing conversion whose delivery carried no `order_value`.
-const DEFAULT_ORDER_VALUE: f64 = 30.0;
+pub(crate) const DEFAULT_ORDER_VALUE: f64 = 30.0;
 
 /// Engagement is bounded so that no history makes a user certain to come back or to leave.
-const ENGAGEMENT_LIMIT: f64 = 4.0;
+pub(crate) const ENGAGEMENT_LIMIT: f64 = 4.0;
 
 /// A message the driver sent, as the simulator needs to know it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,12 +174,12 @@ impl Tally {
 /// system could observe; the truth (interests, active hours, fatigue, engagement) stays inside.
 #[derive(Debug, Clone)]
 pub struct World {
-    config: Config,
-    start: DateTime<Utc>,
-    users: Vec<User>,
-    by_id: BTreeMap<String, usize>,
+    pub(crate) config: Config,
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) users: Vec<User>,
+    pub(crate) by_id: BTreeMap<String, usize>,
     /// The day deliveries are accepted for, and the next one `end_of_day` closes.
-    open_day: NaiveDate,
+    pub(crate) open_day: NaiveDate,
     receipts: Vec<Receipt>,
     today: Tally,
     total: Tally,
@@ -368,29 +368,16 @@ impl World {
             }
         }
 
-        let f = &config.fatigue;
-        let weight = match channel {
-            Channel::Push => f.push,
-            Channel::Email => f.email,
-            Channel::InApp => f.in_app,
-        } * (1.0 + f.irrelevance * (1.0 - interest))
-            * if night && channel == Channel::Push {
-                f.night_push
-            } else {
-                1.0
-            };
-        user.fatigue += weight;
+        user.fatigue += fatigue_weight(config, channel, interest, night);
 
         if channel != Channel::InApp {
-            let h = &config.hazard;
-            let p = h.base
-                + h.per_fatigue * user.fatigue * user.sensitivity
-                + h.per_irrelevance * (1.0 - interest)
-                + if night && channel == Channel::Push {
-                    h.night_push
-                } else {
-                    0.0
-                };
+            let p = loss_probability(
+                config,
+                user.fatigue * user.sensitivity,
+                channel,
+                interest,
+                night,
+            );
             if rng.next_f64() < p {
                 let (kind, lost_at) = if channel == Channel::Push {
                     self.today.push_disables += 1;
@@ -553,10 +540,50 @@ impl World {
     }
 }
 
+/// What one message adds to its user's fatigue: by channel, more when irrelevant, and a push
+/// in the quiet night counts double.
+pub(crate) fn fatigue_weight(config: &Config, channel: Channel, interest: f64, night: bool) -> f64 {
+    let f = &config.fatigue;
+    let base = match channel {
+        Channel::Push => f.push,
+        Channel::Email => f.email,
+        Channel::InApp => f.in_app,
+    };
+    let night = if night && channel == Channel::Push {
+        f.night_push
+    } else {
+        1.0
+    };
+    base * (1.0 + f.irrelevance * (1.0 - interest)) * night
+}
+
+/// The chance that a push or email costs the channel, given the user's fatigue (times
+/// sensitivity) with this message counted. In-app messages never do.
+pub(crate) fn loss_probability(
+    config: &Config,
+    felt_fatigue: f64,
+    channel: Channel,
+    interest: f64,
+    night: bool,
+) -> f64 {
+    if channel == Channel::InApp {
+        return 0.0;
+    }
+    let h = &config.hazard;
+    h.base
+        + h.per_fatigue * felt_fatigue
+        + h.per_irrelevance * (1.0 - interest)
+        + if night && channel == Channel::Push {
+            h.night_push
+        } else {
+            0.0
+        }
+}
+
 /// The chance of opening: interest and responsiveness set a base per channel; push loses most
 /// of it away from the user's active hours (email waits in the inbox, in-app is seen when the
 /// user opens the app anyway); fatigue damps it all.
-fn open_probability(
+pub(crate) fn open_probability(
     config: &Config,
     user: &User,
     channel: Channel,
@@ -581,14 +608,14 @@ fn open_probability(
         * (-config.fatigue.open_damping * fatigue).exp()
 }
 
-fn click_given_open(user: &User, category: Category) -> f64 {
+pub(crate) fn click_given_open(user: &User, category: Category) -> f64 {
     let interest = user.interest[category.index()];
     sigmoid(-0.8 + 2.0 * (interest - 0.5) + 0.5 * user.responsiveness)
 }
 
 /// Marketing converts most (that is what it is for), less so at a higher price; account
 /// messages have nothing to convert to.
-fn convert_given_click(interest: f64, category: Category, price: f64) -> f64 {
+pub(crate) fn convert_given_click(interest: f64, category: Category, price: f64) -> f64 {
     match category {
         Category::Marketing => {
             sigmoid(-1.2 + 3.0 * (interest - 0.5) - 0.5 * (price / DEFAULT_ORDER_VALUE).ln())

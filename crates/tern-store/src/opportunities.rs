@@ -113,28 +113,33 @@ pub(crate) fn payload_map(v: serde_json::Value) -> BTreeMap<String, String> {
     }
 }
 
-/// The batch insert, with `$guard` deciding what happens to keys that exist already: see
-/// `insert_batch`.
+/// The batch insert, with `$filter` and `$conflict` deciding what happens to keys that exist
+/// already: see `insert_batch`. Rows are inserted in the batch's order (`ORDER BY x.n`), so ids
+/// follow the input whatever join the anti-join becomes: the same submissions number the same
+/// opportunities the same way.
 macro_rules! insert_batch {
-    ($guard:literal) => {
+    ($filter:literal, $conflict:literal) => {
         concat!(
             "INSERT INTO opportunities (user_id, dedupe_key, source, template, category, priority, \
                channels, signals, payload, created_at, expires_at) \
              SELECT u, d, s, t, c, p, string_to_array(ch, ','), sg, pl, ca, ea \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                          $7::text[], $8::jsonb[], $9::jsonb[], $10::timestamptz[], \
-                         $11::timestamptz[]) \
-                  AS x(u, d, s, t, c, p, ch, sg, pl, ca, ea) ",
-            $guard,
+                         $11::timestamptz[]) WITH ORDINALITY \
+                  AS x(u, d, s, t, c, p, ch, sg, pl, ca, ea, n) ",
+            $filter,
+            " ORDER BY x.n ",
+            $conflict,
             " RETURNING user_id, dedupe_key, opportunity_id"
         )
     };
 }
 
 const INSERT_NEW_KEYS: &str = insert_batch!(
-    "WHERE NOT EXISTS (SELECT 1 FROM opportunities o WHERE o.user_id = x.u AND o.dedupe_key = x.d)"
+    "WHERE NOT EXISTS (SELECT 1 FROM opportunities o WHERE o.user_id = x.u AND o.dedupe_key = x.d)",
+    ""
 );
-const INSERT_ON_CONFLICT: &str = insert_batch!("ON CONFLICT (user_id, dedupe_key) DO NOTHING");
+const INSERT_ON_CONFLICT: &str = insert_batch!("", "ON CONFLICT (user_id, dedupe_key) DO NOTHING");
 
 /// PostgreSQL's unique_violation.
 const UNIQUE_VIOLATION: &str = "23505";

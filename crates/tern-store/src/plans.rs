@@ -173,6 +173,8 @@ impl Store {
             superseded += query.execute(&mut *tx).await?.rows_affected();
         }
 
+        // Inserted in this order (`ORDER BY x.n`), so that item ids follow the plan, not the
+        // join strategy the existing-item checks happen to get.
         let mut sorted: Vec<&NewScheduleItem> = items.iter().collect();
         sorted.sort_by(|a, b| (&a.user_id, a.opportunity_id).cmp(&(&b.user_id, b.opportunity_id)));
         let users: Vec<&str> = sorted.iter().map(|i| i.user_id.as_str()).collect();
@@ -203,14 +205,16 @@ impl Store {
              SELECT x.u, $1, x.o, x.c, x.a, x.b, x.v, x.p, x.e, x.r, x.s, x.t, $12 \
              FROM unnest($2::text[], $3::bigint[], $4::text[], $5::timestamptz[], \
                          $6::timestamptz[], $7::float8[], $8::float8[], $9::text[], $10::text[], \
-                         $11::jsonb[], $13::text[]) AS x(u, o, c, a, b, v, p, e, r, s, t) \
+                         $11::jsonb[], $13::text[]) WITH ORDINALITY \
+                  AS x(u, o, c, a, b, v, p, e, r, s, t, n) \
              WHERE EXISTS (SELECT 1 FROM opportunities op \
                            WHERE op.user_id = x.u AND op.opportunity_id = x.o \
                              AND op.state = 'open' AND op.expires_at > $12) \
                AND NOT EXISTS (SELECT 1 FROM schedule_items s \
                                WHERE s.user_id = x.u AND s.opportunity_id = x.o \
                                  AND s.state IN ('pending', 'leased', 'sent', \
-                                                 'counterfactual', 'withheld'))",
+                                                 'counterfactual', 'withheld')) \
+             ORDER BY x.n",
         )
         .bind(plan_id)
         .bind(&users)

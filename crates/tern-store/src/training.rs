@@ -29,6 +29,11 @@ pub struct TrainingUser {
     pub active_days: Vec<NaiveDate>,
     /// Messages sent inside the requested period, by send time.
     pub messages: Vec<TrainingMessage>,
+    /// Would-be messages inside the period that were withheld rather than sent (a holdout's, or
+    /// withheld at random by the planner's exploration), by their would-be send time: what
+    /// happened to the user without the send. Their `sent_at` is when the item's send window
+    /// opened, `message_id` the schedule item's id, and they have no outcomes.
+    pub withheld: Vec<TrainingMessage>,
 }
 
 /// A sent message with what is known about it: its opportunity and its outcomes.
@@ -47,6 +52,9 @@ pub struct TrainingMessage {
     pub signals: BTreeMap<String, f64>,
     /// Every outcome reported for the message, by time.
     pub outcomes: Vec<(OutcomeKind, DateTime<Utc>)>,
+    /// The probability with which the logging policy took this action: sent it, or (for a
+    /// withheld one) withheld it. `None` for messages imported from elsewhere.
+    pub propensity: Option<f64>,
 }
 
 type Rows<'a> = Peekable<BoxStream<'a, std::result::Result<PgRow, sqlx::Error>>>;
@@ -99,9 +107,9 @@ impl Store {
     }
 
     /// Streams, user by user in `user_id` order, every message sent in `[from, until)` with its
-    /// opportunity and outcomes, together with the user's activity days in
-    /// `[activity_from, activity_until]`. Users with activity but no message in the period are
-    /// skipped. Only one user's history is held at a time.
+    /// opportunity and outcomes, and every would-be message withheld in it, together with the
+    /// user's activity days in `[activity_from, activity_until]`. Users with activity but no
+    /// message in the period are skipped. Only one user's history is held at a time.
     pub fn training_history(
         &self,
         from: DateTime<Utc>,
@@ -111,7 +119,7 @@ impl Store {
     ) -> impl Stream<Item = Result<TrainingUser>> + Send + '_ {
         let messages = sqlx::query(
             "SELECT m.user_id, m.message_id, m.channel, m.category, m.priority, m.template, \
-                    m.sent_at, \
+                    m.sent_at, m.propensity, false AS withheld, \
                     o.created_at AS opp_created_at, o.expires_at AS opp_expires_at, o.signals, \
                     u.timezone, u.created_at AS user_created_at, x.kinds, x.times \
              FROM messages m \
@@ -123,7 +131,16 @@ impl Store {
                FROM outcomes oc WHERE oc.user_id = m.user_id AND oc.message_id = m.message_id \
              ) x ON true \
              WHERE m.sent_at >= $1 AND m.sent_at < $2 \
-             ORDER BY m.user_id, m.sent_at, m.message_id",
+             UNION ALL \
+             SELECT s.user_id, s.item_id, s.channel, o.category, o.priority, o.template, \
+                    s.send_after, s.propensity, true, \
+                    o.created_at, o.expires_at, o.signals, \
+                    u.timezone, u.created_at, NULL, NULL \
+             FROM schedule_items s \
+             JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+             LEFT JOIN users u ON u.user_id = s.user_id \
+             WHERE s.state = 'withheld' AND s.send_after >= $1 AND s.send_after < $2 \
+             ORDER BY 1, 7, 9, 2",
         )
         .bind(from)
         .bind(until)
@@ -156,9 +173,11 @@ impl Merge<'_> {
             timezone: first.try_get("timezone")?,
             first_seen_at: first.try_get("user_created_at")?,
             active_days: Vec::new(),
-            messages: vec![message(&first)?],
+            messages: Vec::new(),
+            withheld: Vec::new(),
             user_id,
         };
+        user.add(&first)?;
         loop {
             let same = match Pin::new(&mut self.messages).peek().await {
                 Some(Ok(row)) => row.try_get::<&str, _>("user_id")? == user.user_id,
@@ -170,7 +189,7 @@ impl Merge<'_> {
             }
             let row = self.messages.next().await.transpose()?;
             if let Some(row) = row {
-                user.messages.push(message(&row)?);
+                user.add(&row)?;
             }
         }
         // Skip activity of users without messages, up to this user.
@@ -202,6 +221,19 @@ impl Merge<'_> {
     }
 }
 
+impl TrainingUser {
+    /// Files a row of the history scan as a message or a withheld one.
+    fn add(&mut self, row: &PgRow) -> Result<()> {
+        let m = message(row)?;
+        if row.try_get::<bool, _>("withheld")? {
+            self.withheld.push(m);
+        } else {
+            self.messages.push(m);
+        }
+        Ok(())
+    }
+}
+
 fn message(row: &PgRow) -> Result<TrainingMessage> {
     let signals: serde_json::Value = row.try_get("signals")?;
     let signals = crate::planning::numbers(signals);
@@ -224,5 +256,6 @@ fn message(row: &PgRow) -> Result<TrainingMessage> {
         opportunity_expires_at: row.try_get("opp_expires_at")?,
         signals,
         outcomes,
+        propensity: row.try_get("propensity")?,
     })
 }

@@ -87,8 +87,8 @@ impl Store {
 
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO users (user_id, timezone, locale, attributes, opted_out_categories, updated_at) \
-             SELECT u, z, l, a, coalesce(string_to_array(NULLIF(c, ''), ','), '{}'), $6 \
+            "INSERT INTO users (user_id, timezone, locale, attributes, opted_out_categories, created_at, updated_at) \
+             SELECT u, z, l, a, coalesce(string_to_array(NULLIF(c, ''), ','), '{}'), $6, $6 \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[]) AS x(u, z, l, a, c) \
              ON CONFLICT (user_id) DO UPDATE SET timezone = excluded.timezone, locale = excluded.locale, \
                attributes = excluded.attributes, \

@@ -102,9 +102,18 @@ impl Scoring {
         }
     }
 
-    fn scorer(&self) -> Box<PredictorAt<'_>> {
+    /// What `bundle` would plan with: the model valued in the bundle's default objective's
+    /// mode (`value: incremental` scores each send against not sending it).
+    fn scorer(&self, bundle: &Bundle) -> Box<PredictorAt<'_>> {
+        let mode = bundle
+            .default_objective()
+            .map(|o| o.value)
+            .unwrap_or_default();
         Box::new(move |at| match &self.model {
-            Some((_, m)) => Box::new(ModelPredictor::new(m.clone(), at)) as Box<dyn Predictor>,
+            Some((_, m)) => {
+                Box::new(ModelPredictor::new(m.clone(), at).with_modes(mode, Default::default()))
+                    as Box<dyn Predictor>
+            }
             None => Box::new(Prior),
         })
     }
@@ -131,7 +140,7 @@ pub async fn run(url: Option<&str>, args: EvaluateArgs) -> Result<ExitCode> {
             bail!("no decisions were logged between {from} and {until}: nothing to estimate from");
         }
         let scoring = Scoring::active(&db.store).await?;
-        let (scorer, dm) = (scoring.scorer(), scoring.direct_method());
+        let (scorer, dm) = (scoring.scorer(&bundle), scoring.direct_method());
         let replayed = tokio::task::block_in_place(|| replay(&bundle, &decisions, &scorer, &dm))?;
         let estimates = estimates(&decisions, &replayed, bootstrap);
         let summary = Summary::of(&decisions, &replayed);
@@ -341,11 +350,15 @@ pub async fn simulate(url: Option<&str>, args: SimulateArgs) -> Result<ExitCode>
             tern_analysis::replay::replay_generators(&db.store, &current, &new, from, until)
                 .await?;
         let scoring = Scoring::active(&db.store).await?;
-        let (scorer, dm) = (scoring.scorer(), scoring.direct_method());
+        let (scorer_a, scorer_b, dm) = (
+            scoring.scorer(&current),
+            scoring.scorer(&new),
+            scoring.direct_method(),
+        );
         let (a, b) = tokio::task::block_in_place(|| {
             Ok::<_, anyhow::Error>((
-                replay(&current, &decisions, &scorer, &dm)?,
-                replay(&new, &decisions, &scorer, &dm)?,
+                replay(&current, &decisions, &scorer_a, &dm)?,
+                replay(&new, &decisions, &scorer_b, &dm)?,
             ))
         })?;
         let (markdown, json) = simulation_markdown(

@@ -61,7 +61,14 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
                 .with_context(|| format!("cannot read the model {}", path.display()))?;
             let model = Model::from_bytes(&bytes)
                 .with_context(|| format!("{} is not a tern model", path.display()))?;
-            Box::new(ModelPredictor::new(std::sync::Arc::new(model), now))
+            let mode = bundle
+                .default_objective()
+                .map(|o| o.value)
+                .unwrap_or_default();
+            Box::new(
+                ModelPredictor::new(std::sync::Arc::new(model), now)
+                    .with_modes(mode, Default::default()),
+            )
         }
         None => Box::new(InlineScores),
     };

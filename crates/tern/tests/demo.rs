@@ -107,6 +107,23 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
     // No cap was exceeded, by the simulator's own log of what each user received.
     assert_eq!(run["cap_violations"], serde_json::json!([]), "{run}");
 
+    // The example withholds 5% of would-be sends at random; the model learned from them what
+    // happens without a send, and its uplift was scored against the simulator's truth in both
+    // value modes.
+    assert!(suppressed.contains_key("withheld"), "{suppressed:?}");
+    let uplift = run["uplift"].as_array().unwrap();
+    let modes: Vec<&str> = uplift.iter().map(|u| u["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["outcome", "incremental"], "{uplift:?}");
+    for u in uplift {
+        assert!(n(&u["candidates"]) > 100, "{u}");
+        for part in ["retention", "value"] {
+            for score in ["spearman", "uplift_auc"] {
+                let x = u[part][score].as_f64().unwrap();
+                assert!((-1.0..=1.0).contains(&x), "{u}");
+            }
+        }
+    }
+
     // Every password reset that could reach its user (holdout users included) was sent, at
     // once: none expired unsent. Only users with no verified email could not get theirs.
     let t = &run["transactional"];
@@ -237,5 +254,61 @@ async fn the_same_seed_gives_the_same_run() {
     let (a, b) = (run("a.json"), run("b.json"));
     assert!(a[0]["messages"].as_u64().is_some_and(|m| m > 0), "{a}");
     assert_eq!(a, b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The floor and the ceiling: `none` sends only what must go out, and `oracle`, which reads the
+/// simulator's truth, sends under the same caps and quiet hours as every other arm.
+#[tokio::test]
+async fn the_floor_sends_only_what_must_go_and_the_ceiling_keeps_the_caps() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("tern-demo-bounds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bounds.json");
+    ok(&tern(
+        &[
+            "demo",
+            "--users",
+            "400",
+            "--days",
+            "3",
+            "--quiet",
+            "--arms",
+            "none,fcfs,oracle",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        Some(&db.url),
+    ));
+    let results: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let arm = |name: &str| {
+        results
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["arm"] == name)
+            .unwrap_or_else(|| panic!("no {name} arm in {results}"))
+            .clone()
+    };
+    let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"));
+    let (none, fcfs, oracle) = (arm("none"), arm("fcfs"), arm("oracle"));
+    // The floor: password resets only, every one that could reach its user.
+    assert_eq!(
+        n(&none["messages"]),
+        n(&none["transactional"]["sent"]),
+        "{none}"
+    );
+    assert!(n(&none["transactional"]["sent"]) > 0, "{none}");
+    assert_eq!(n(&none["transactional"]["expired_unsent"]), 0, "{none}");
+    // The ceiling sends by value, so less than first-come-first-served, and within the caps.
+    assert!(n(&oracle["messages"]) > n(&none["messages"]), "{oracle}");
+    assert!(
+        n(&oracle["messages"]) < n(&fcfs["messages"]),
+        "{oracle} {fcfs}"
+    );
+    for r in [&none, &fcfs, &oracle] {
+        assert_eq!(r["cap_violations"], serde_json::json!([]), "{r}");
+        assert_eq!(n(&r["transactional"]["expired_unsent"]), 0, "{r}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

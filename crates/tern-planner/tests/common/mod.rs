@@ -152,15 +152,53 @@ pub fn check(
 
         // Every candidate is accounted for exactly once.
         let mut accounted: BTreeSet<(i64, Option<&str>)> = BTreeSet::new();
+        // A holdout's counterfactuals are the whole plan the user would have had; a withheld
+        // send's is one send that never happened and holds no cap slot.
         let planned: Vec<&Choice> = up
             .choices
             .iter()
             .chain(
                 up.suppressions
                     .iter()
+                    .filter(|s| s.reason == Reason::Holdout)
                     .filter_map(|s| s.counterfactual.as_deref()),
             )
             .collect();
+        for s in up
+            .suppressions
+            .iter()
+            .filter(|s| s.reason == Reason::Withheld)
+        {
+            let Some(c) = s.counterfactual.as_deref() else {
+                return Err(format!(
+                    "{}: a withheld send without its counterfactual",
+                    up.user_id
+                ));
+            };
+            if c.propensity != config.withhold {
+                return Err(format!(
+                    "{}: withheld opp {} logged with propensity {}, not {}",
+                    up.user_id, s.opportunity, c.propensity, config.withhold
+                ));
+            }
+            if up.choices.iter().any(|x| x.opportunity == s.opportunity) {
+                return Err(format!(
+                    "{}: opp {} withheld and sent",
+                    up.user_id, s.opportunity
+                ));
+            }
+            let times = up
+                .suppressions
+                .iter()
+                .filter(|x| x.opportunity == s.opportunity && x.reason == Reason::Withheld)
+                .count();
+            if times > 1 {
+                return Err(format!(
+                    "{}: opp {} withheld on {times} channels",
+                    up.user_id, s.opportunity
+                ));
+            }
+        }
         for c in &up.choices {
             accounted.insert((c.opportunity, Some(plan.channel_name(c.channel))));
         }
@@ -213,7 +251,15 @@ pub fn check(
             if c.exempt != exempt {
                 return Err(format!("{who}: exempt flag is wrong"));
             }
-            if eps == 0.0 && c.propensity != 1.0 {
+            // Withholding scales what may be withheld (anything of a class that bypasses
+            // nothing) by 1 − withhold.
+            let withholdable = !bypass.any() && !exempt;
+            let unexplored = if withholdable {
+                1.0 - config.withhold
+            } else {
+                1.0
+            };
+            if eps == 0.0 && (c.propensity - unexplored).abs() > 1e-12 {
                 return Err(format!(
                     "{who}: propensity {} without exploration",
                     c.propensity

@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// How the demo's daemon labels outcomes for training.
+pub(super) const LABELS: tern_daemon::train::Labels = tern_daemon::train::Labels {
+    // The run is weeks long: a week's retention label is observable within it.
+    retention_days: 7,
+    // Opens come within hours; a short label window lets the first model train (and be
+    // validated) within days rather than after a week.
+    engagement_hours: 12,
+    conversion_days: 7,
+    reachability_days: 7,
+};
+
 /// The channels a simulated user can be reached on, as the profile says.
 pub(super) fn reachable_channels(p: &Profile) -> Vec<String> {
     let mut r = vec!["in_app".to_string()];
@@ -176,7 +187,7 @@ pub(super) async fn simulate(
     let start = args.start;
     let mut world = World::new(Config::new(args.users as usize, seed, start));
     let profiles = world.profiles();
-    let daemon = if arm == Arm::Fcfs {
+    let daemon = if !arm.through_tern() {
         None
     } else {
         let config = tern_daemon::ServiceConfig {
@@ -192,15 +203,7 @@ pub(super) async fn simulate(
                     days: 28,
                     valid_fraction: 0.25,
                     config: tern_model::TrainConfig::default(),
-                    labels: tern_daemon::train::Labels {
-                        // The run is weeks long: a week's retention label is observable
-                        // within it.
-                        retention_days: 7,
-                        // Opens come within hours; a short label window lets the first model
-                        // train (and be validated) within days rather than after a week.
-                        engagement_hours: 12,
-                        ..tern_daemon::train::Labels::default()
-                    },
+                    labels: LABELS,
                     work_dir: std::env::temp_dir(),
                     progress: None,
                 },
@@ -233,7 +236,12 @@ pub(super) async fn simulate(
             args.days
         );
     }
-    let mut fcfs = Fcfs::new(bundle, &profiles);
+    let mode = match arm {
+        Arm::None => Mode::Nothing,
+        Arm::Oracle => Mode::Oracle(oracle::Oracle::of(bundle)?),
+        _ => Mode::Fcfs,
+    };
+    let mut fcfs = Fcfs::new(mode, bundle, &profiles);
     let mut tx = TxLog::new(&profiles);
     let mut waiting: Vec<Outcome> = Vec::new();
     let mut days = Vec::new();
@@ -324,7 +332,7 @@ pub(super) async fn simulate(
             volume_by_hour.entry(d.channel).or_default()[now.hour() as usize] += 1;
             waiting.extend(d.outcomes);
         }
-        if arm == Arm::Fcfs {
+        if !arm.through_tern() {
             fcfs.learn(&waiting, now);
         }
         tx.learn(&waiting, now);
@@ -423,11 +431,20 @@ pub(super) async fn simulate(
         suppressed: BTreeMap::new(),
         cap_violations: cap_violations(bundle, world.receipts()),
         transactional: tx.finish(end),
+        uplift: Vec::new(),
         volume_by_hour,
         calibration: Vec::new(),
         seconds: 0.0,
     };
     if let Some(d) = daemon {
+        result.uplift = uplift::score(
+            store,
+            &world,
+            bundle,
+            end,
+            TimeDelta::days(i64::from(LABELS.retention_days)),
+        )
+        .await?;
         store.expire(end).await?;
         result.opportunity_states = store.opportunity_states().await?;
         result.outcomes_stored = store.outcome_counts().await?;

@@ -1,5 +1,7 @@
-//! The `fcfs` baseline: no planner; every opportunity is sent when it arrives, on its first
-//! reachable channel outside quiet hours, until a cap says no, with the policy's own caps.
+//! The arms that run beside tern rather than through it, with the policy's own caps and quiet
+//! hours: `fcfs` (no planner: every opportunity is sent when it arrives, on its first reachable
+//! channel outside quiet hours, until a cap says no), `none` (only what must go out) and
+//! `oracle` (by the simulator's true effect of each send; see [`super::oracle`]).
 
 use super::*;
 
@@ -14,8 +16,20 @@ pub(super) struct Sent {
     pub(super) at: DateTime<Utc>,
 }
 
-/// The first-come-first-served sender: no model, no planner.
+/// How a sender beside tern decides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Mode {
+    /// First come, first served.
+    Fcfs,
+    /// Only the classes that bypass anything (transactional); the rest is never sent.
+    Nothing,
+    /// By the true effect of each send (see [`super::oracle`]).
+    Oracle(super::oracle::Oracle),
+}
+
+/// A sender without tern: no model, no planner; the policy's caps and quiet hours.
 pub(super) struct Fcfs<'b> {
+    pub(super) mode: Mode,
     pub(super) bundle: &'b Bundle,
     pub(super) timezones: BTreeMap<String, chrono_tz::Tz>,
     /// Reachable channels per user, as the profile says and outcomes revise.
@@ -26,8 +40,9 @@ pub(super) struct Fcfs<'b> {
 }
 
 impl<'b> Fcfs<'b> {
-    pub(super) fn new(bundle: &'b Bundle, profiles: &[Profile]) -> Fcfs<'b> {
+    pub(super) fn new(mode: Mode, bundle: &'b Bundle, profiles: &[Profile]) -> Fcfs<'b> {
         Fcfs {
+            mode,
             bundle,
             timezones: profiles
                 .iter()
@@ -81,22 +96,27 @@ impl<'b> Fcfs<'b> {
                 .then(a.dedupe_key.cmp(&b.dedupe_key))
         });
         let mut out = Vec::new();
+        let mut considered = Vec::new();
         for o in queue {
             if o.expires_at <= now {
                 continue;
             }
             let class = Priority::parse(&o.priority);
-            if urgent_only && !class.is_some_and(|p| self.bundle.urgent(p)) {
-                self.queue.push(o);
-                continue;
+            let urgent = class.is_some_and(|p| self.bundle.urgent(p));
+            match self.mode {
+                _ if urgent => {}
+                _ if urgent_only => {
+                    self.queue.push(o);
+                    continue;
+                }
+                Mode::Fcfs => {}
+                Mode::Nothing => continue,
+                Mode::Oracle(_) => {
+                    considered.push(o);
+                    continue;
+                }
             }
-            let exempt = class.is_some_and(|p| {
-                self.bundle
-                    .default_caps()
-                    .is_some_and(|c| !self.bundle.caps_hold(c, p))
-                    || self.bundle.bypasses(p, Bypass::Caps)
-            });
-            let loud = class.is_some_and(|p| self.bundle.bypasses(p, Bypass::QuietHours));
+            let (exempt, loud) = self.exempt_and_loud(&o.priority);
             let tz = self
                 .timezones
                 .get(&o.user_id)
@@ -130,7 +150,23 @@ impl<'b> Fcfs<'b> {
                 outcomes,
             });
         }
+        if let Mode::Oracle(oracle) = self.mode {
+            out.extend(oracle.deliver(self, world, considered, now)?);
+        }
         Ok(out)
+    }
+
+    /// The classes a cap set does not hold back, and those that bypass caps or quiet hours.
+    pub(super) fn exempt_and_loud(&self, priority: &str) -> (bool, bool) {
+        let class = Priority::parse(priority);
+        let exempt = class.is_some_and(|p| {
+            self.bundle
+                .default_caps()
+                .is_some_and(|c| !self.bundle.caps_hold(c, p))
+                || self.bundle.bypasses(p, Bypass::Caps)
+        });
+        let loud = class.is_some_and(|p| self.bundle.bypasses(p, Bypass::QuietHours));
+        (exempt, loud)
     }
 }
 

@@ -12,11 +12,18 @@
 //!
 //! The arms:
 //! - `tern`: the policies as written, with the model it trains each night.
+//! - `tern-incremental`: the same, with the default objective valuing each send by its predicted
+//!   effect against not sending (`value: incremental`).
 //! - `greedy-click`: the same loop, but the objective is the predicted short-term open or click
 //!   alone, with no floor: the usual "engagement-optimised" sender.
 //! - `fcfs`: no planner: every opportunity is sent when it arrives, on its first reachable
 //!   channel outside quiet hours, until a cap says no — what most messaging products do. It
 //!   runs beside tern rather than through it, with the same caps.
+//! - `none`: the floor: only what must go out (the classes that bypass everything, such as
+//!   password resets), beside tern.
+//! - `oracle`: the ceiling: beside tern, it reads the simulator's hidden truth and sends by the
+//!   true effect of each send against not sending, under the same caps and quiet hours
+//!   (`oracle.rs` says how it decides).
 //!
 //! Experiment documents apply only to a lone `tern` arm: with more than one arm they are left out
 //! of every arm, so that each user gets the arm's policy (an experiment's holdout would blur the
@@ -49,6 +56,8 @@ use crate::report::{ArmReport, CalibrationBin, DayRow, Report, Transactional};
 mod caps;
 mod driver;
 mod fcfs;
+mod oracle;
+mod uplift;
 
 pub use caps::cap_violations;
 use driver::*;
@@ -77,30 +86,52 @@ const BATCH: usize = 5_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arm {
-    Tern,
-    GreedyClick,
+    /// The floor: only what must go out.
+    None,
     Fcfs,
+    GreedyClick,
+    Tern,
+    /// tern with the default objective valuing each send by its effect (`value: incremental`).
+    TernIncremental,
+    /// The ceiling: by the simulator's true effect of each send.
+    Oracle,
 }
 
 impl Arm {
     fn name(self) -> &'static str {
         match self {
             Arm::Tern => "tern",
+            Arm::TernIncremental => "tern-incremental",
             Arm::GreedyClick => "greedy-click",
             Arm::Fcfs => "fcfs",
+            Arm::None => "none",
+            Arm::Oracle => "oracle",
         }
     }
 
     fn description(self) -> &'static str {
         match self {
             Arm::Tern => "tern's planner with the multi-objective model it trains each night",
+            Arm::TernIncremental => {
+                "tern valuing each send by its predicted effect against not sending (value: incremental)"
+            }
             Arm::GreedyClick => {
                 "tern's loop, but the objective is the predicted open or click alone, with no floor"
             }
             Arm::Fcfs => {
                 "every opportunity sent when it arrives on its first reachable channel outside quiet hours, until a cap says no"
             }
+            Arm::None => "only what must go out (transactional): the floor",
+            Arm::Oracle => {
+                "by the simulator's true effect of each send against none, under the same caps and quiet hours: the ceiling"
+            }
         }
+    }
+
+    /// Whether the arm runs through tern (a daemon, its planner and model), rather than beside
+    /// it.
+    fn through_tern(self) -> bool {
+        matches!(self, Arm::Tern | Arm::TernIncremental | Arm::GreedyClick)
     }
 }
 
@@ -119,7 +150,8 @@ pub struct DemoArgs {
     /// The arms to run on the same population, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tern")]
     arms: Vec<Arm>,
-    /// Run every arm (tern, greedy-click, fcfs) and compare them.
+    /// Run every arm (none, fcfs, greedy-click, tern, tern-incremental, oracle) and compare
+    /// them.
     #[arg(long, conflicts_with = "arms")]
     compare: bool,
     /// Repeat on this many seeds (seed, seed+1, ...) and report the mean and spread.
@@ -179,6 +211,9 @@ pub struct RunResult {
     /// What became of the transactional messages (password resets): the loop check fails if
     /// one a user could have received expired unsent.
     pub transactional: Transactional,
+    /// The final model's predicted uplift against the simulator's truth, per value mode it can
+    /// serve (tern arms only).
+    pub uplift: Vec<uplift::UpliftScore>,
     #[serde(skip)]
     pub volume_by_hour: BTreeMap<String, [u64; 24]>,
     #[serde(skip)]
@@ -192,7 +227,14 @@ pub async fn run(url: Option<&str>, args: DemoArgs) -> Result<ExitCode> {
         "--start must be a UTC midnight, e.g. 2026-03-02T00:00:00Z"
     );
     let arms: Vec<Arm> = if args.compare {
-        vec![Arm::Tern, Arm::GreedyClick, Arm::Fcfs]
+        vec![
+            Arm::None,
+            Arm::Fcfs,
+            Arm::GreedyClick,
+            Arm::Tern,
+            Arm::TernIncremental,
+            Arm::Oracle,
+        ]
     } else {
         let mut a = args.arms.clone();
         a.dedup();
@@ -388,12 +430,21 @@ fn write_policies(
 ) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     for (name, text) in source {
-        let kept: Vec<&str> = tern_policy::example::split_documents(text)
+        let kept: Vec<String> = tern_policy::example::split_documents(text)
             .into_iter()
             .filter(|doc| {
                 let kind = tern_policy::example::kind_of(doc);
                 !(kind == Some("Experiment") && (!keep_experiments || arm != Arm::Tern))
                     && !(kind == Some("Objective") && arm == Arm::GreedyClick)
+            })
+            .map(|doc| {
+                if arm == Arm::TernIncremental
+                    && tern_policy::example::kind_of(doc) == Some("Objective")
+                {
+                    incremental(doc)
+                } else {
+                    doc.to_string()
+                }
             })
             .collect();
         if !kept.is_empty() {
@@ -404,6 +455,20 @@ fn write_policies(
         std::fs::write(dir.join("zz-greedy-objective.yaml"), GREEDY_OBJECTIVE)?;
     }
     Ok(())
+}
+
+/// The default objective of `doc` valuing sends incrementally; other documents as they are.
+fn incremental(doc: &str) -> String {
+    let is_default = doc
+        .lines()
+        .any(|l| l.trim() == "name: default" || l.contains("name: default }"));
+    let has_value = doc
+        .lines()
+        .any(|l| l.starts_with("  value:") || l.starts_with("  value :"));
+    if !is_default || has_value {
+        return doc.to_string();
+    }
+    doc.replacen("\nspec:\n", "\nspec:\n  value: incremental\n", 1)
 }
 
 fn read_dir_files(dir: &Path) -> Result<Vec<(String, String)>> {
@@ -506,6 +571,8 @@ fn print_summary(results: &[RunResult]) {
             runs.len()
         );
     }
+    print_paired(results);
+    print_uplift(results);
     println!();
     println!(
         "| arm | seed | transactional submitted | sent | unreachable | expired unsent | latency p50 | latency p99 | from request p50 | from request p99 |"
@@ -538,6 +605,120 @@ fn print_summary(results: &[RunResult]) {
                 r.cap_violations[0]
             );
         }
+    }
+}
+
+/// Two-sided 95% quantiles of Student's t for 1 to 30 degrees of freedom.
+const T95: [f64; 30] = [
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+    2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+    2.052, 2.048, 2.045, 2.042,
+];
+
+/// The mean of `xs` with its 95% t-interval half-width (0 for a single value).
+pub(crate) fn mean_interval(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len();
+    let mean = xs.iter().sum::<f64>() / n.max(1) as f64;
+    if n < 2 {
+        return (mean, 0.0);
+    }
+    let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+    let t = T95.get(n - 2).copied().unwrap_or(1.96);
+    (mean, t * sd / (n as f64).sqrt())
+}
+
+/// Each arm against the floor (`none`) and against `tern`, paired by seed: the mean difference
+/// over seeds with its 95% t-interval. The seeds share the population, so the paired difference
+/// removes most of what varies between them.
+fn print_paired(results: &[RunResult]) {
+    let mut arms: Vec<Arm> = results.iter().map(|r| r.arm).collect();
+    arms.sort();
+    arms.dedup();
+    let seeds: Vec<u64> = {
+        let mut s: Vec<u64> = results.iter().map(|r| r.seed).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    };
+    if seeds.len() < 2 {
+        return;
+    }
+    let run = |arm: Arm, seed: u64| results.iter().find(|r| r.arm == arm && r.seed == seed);
+    let metrics: [(&str, fn(&RunResult) -> f64, usize); 4] = [
+        ("retention (points)", |r| 100.0 * r.retention, 2),
+        ("messages per user", |r| r.messages as f64 / r.users as f64, 2),
+        ("unsubscribes per 1,000 users", |r| {
+            1000.0 * r.unsubscribes as f64 / r.users as f64
+        }, 1),
+        ("conversions per user", |r| r.conversions as f64 / r.users as f64, 3),
+    ];
+    for base in [Arm::None, Arm::Tern] {
+        if !arms.contains(&base) {
+            continue;
+        }
+        println!();
+        println!(
+            "Paired by seed against {} (mean difference, 95% interval, {} seeds):",
+            base.name(),
+            seeds.len()
+        );
+        println!();
+        let header: Vec<&str> = metrics.iter().map(|m| m.0).collect();
+        println!("| arm − {} | {} |", base.name(), header.join(" | "));
+        println!("| --- |{}", " --- |".repeat(metrics.len()));
+        for &arm in arms.iter().filter(|a| **a != base) {
+            let cells: Vec<String> = metrics
+                .iter()
+                .map(|(_, f, digits)| {
+                    let d: Vec<f64> = seeds
+                        .iter()
+                        .filter_map(|&s| Some(f(run(arm, s)?) - f(run(base, s)?)))
+                        .collect();
+                    let (m, h) = mean_interval(&d);
+                    format!("{m:+.digits$} ± {h:.digits$}", digits = *digits)
+                })
+                .collect();
+            println!("| {} | {} |", arm.name(), cells.join(" | "));
+        }
+    }
+}
+
+/// The final models' uplift against the simulator's truth, per arm and value mode.
+fn print_uplift(results: &[RunResult]) {
+    let mut rows: BTreeMap<(String, String), Vec<&uplift::UpliftScore>> = BTreeMap::new();
+    for r in results {
+        for u in &r.uplift {
+            rows.entry((r.arm.name().to_string(), u.mode.clone()))
+                .or_default()
+                .push(u);
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("Predicted against true uplift of the candidates open at the end (mean ± 95% interval over seeds):");
+    println!();
+    println!("| arm | scored as | retention: rank correlation | retention: uplift AUC | value: rank correlation | value: uplift AUC | candidates |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for ((arm, mode), scores) in rows {
+        let cell = |f: &dyn Fn(&uplift::UpliftScore) -> f64| {
+            let xs: Vec<f64> = scores.iter().map(|u| f(u)).collect();
+            let (m, h) = mean_interval(&xs);
+            if xs.len() > 1 {
+                format!("{m:.3} ± {h:.3}")
+            } else {
+                format!("{m:.3}")
+            }
+        };
+        println!(
+            "| {arm} | {mode} | {} | {} | {} | {} | {} |",
+            cell(&|u| u.retention.spearman),
+            cell(&|u| u.retention.uplift_auc),
+            cell(&|u| u.value.spearman),
+            cell(&|u| u.value.uplift_auc),
+            scores.iter().map(|u| u.candidates).sum::<u64>() / scores.len() as u64
+        );
     }
 }
 

@@ -199,6 +199,48 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
         .find(|o| o["objective"] == "engagement")
         .unwrap();
     assert!(n(&engagement["rows"]) > 1_000, "{engagement}");
+
+    // The incremental mode, estimated off-policy on the same history: the example with its
+    // default objective valuing sends by their effect, against the example as it is.
+    let incremental = dir.join("incremental");
+    std::fs::create_dir_all(&incremental).unwrap();
+    for entry in std::fs::read_dir(policies).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap().replacen(
+                "name: default\nspec:\n",
+                "name: default\nspec:\n  value: incremental\n",
+                1,
+            );
+            std::fs::write(incremental.join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    let simulated = ok(&tern(
+        &[
+            "policy",
+            "simulate",
+            "--against",
+            policies,
+            incremental.to_str().unwrap(),
+            "--until",
+            until,
+            "--days",
+            "5",
+            "--format",
+            "json",
+        ],
+        Some(&kept_url),
+    ));
+    let simulated: Value = serde_json::from_str(&simulated).unwrap();
+    assert_ne!(
+        simulated["current"]["version"], simulated["new"]["version"],
+        "{simulated}"
+    );
+    assert!(n(&simulated["decisions"]) > 1_000, "{simulated}");
+    assert!(
+        simulated.to_string().contains("\"change\""),
+        "an estimated change per objective: {simulated}"
+    );
     db.store.drop_database(&kept).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -646,11 +646,21 @@ fn print_paired(results: &[RunResult]) {
     let run = |arm: Arm, seed: u64| results.iter().find(|r| r.arm == arm && r.seed == seed);
     let metrics: [(&str, fn(&RunResult) -> f64, usize); 4] = [
         ("retention (points)", |r| 100.0 * r.retention, 2),
-        ("messages per user", |r| r.messages as f64 / r.users as f64, 2),
-        ("unsubscribes per 1,000 users", |r| {
-            1000.0 * r.unsubscribes as f64 / r.users as f64
-        }, 1),
-        ("conversions per user", |r| r.conversions as f64 / r.users as f64, 3),
+        (
+            "messages per user",
+            |r| r.messages as f64 / r.users as f64,
+            2,
+        ),
+        (
+            "unsubscribes per 1,000 users",
+            |r| 1000.0 * r.unsubscribes as f64 / r.users as f64,
+            1,
+        ),
+        (
+            "conversions per user",
+            |r| r.conversions as f64 / r.users as f64,
+            3,
+        ),
     ];
     for base in [Arm::None, Arm::Tern] {
         if !arms.contains(&base) {

@@ -627,6 +627,9 @@ pub(crate) fn mean_interval(xs: &[f64]) -> (f64, f64) {
     (mean, t * sd / (n as f64).sqrt())
 }
 
+/// A figure of a run: its name, how to read it off the run, and its decimals.
+type Metric = (&'static str, fn(&RunResult) -> f64, usize);
+
 /// Each arm against the floor (`none`) and against `tern`, paired by seed: the mean difference
 /// over seeds with its 95% t-interval. The seeds share the population, so the paired difference
 /// removes most of what varies between them.
@@ -644,7 +647,7 @@ fn print_paired(results: &[RunResult]) {
         return;
     }
     let run = |arm: Arm, seed: u64| results.iter().find(|r| r.arm == arm && r.seed == seed);
-    let metrics: [(&str, fn(&RunResult) -> f64, usize); 4] = [
+    let metrics: [Metric; 4] = [
         ("retention (points)", |r| 100.0 * r.retention, 2),
         (
             "messages per user",

@@ -6,8 +6,11 @@
 //! - `outcome`: each head's probability for the send, with retention taken relative to the
 //!   average send of the training data.
 //! - `incremental`: each head's probability for the send minus its probability for the same
-//!   opportunity, at the same moment, not sent ([`NO_SEND`]), both from the one network that
-//!   learned from sends and from withheld would-be sends. Not sending is worth exactly zero.
+//!   opportunity, at the same moment, not sent. The outcomes only a message can have (an open,
+//!   a conversion through it, a lost channel) have probability 0 without it, by definition;
+//!   retention, which happens either way, is scored for the same opportunity not sent
+//!   ([`NO_SEND`]) by the one network that learned from sends and from withheld would-be sends.
+//!   Not sending is worth exactly zero.
 //!   A model that saw no withheld send has learned nothing about "no send"; it is scored as in
 //!   `outcome` mode rather than trusted with a difference it cannot know.
 
@@ -145,10 +148,16 @@ impl Predictor for ModelPredictor {
             for o in &user.opportunities {
                 let prior = Prior::scores(&o.signals);
                 let sends: Vec<&[f32; HEADS]> = rows.by_ref().take(o.channels.len()).collect();
-                // What the same opportunity, not sent, would have come to.
+                // What the same opportunity, not sent, would have come to. An open, a
+                // conversion through the message and a lost channel cannot happen without the
+                // message: their probability without a send is 0 by definition, not an estimate
+                // to learn from the few withheld rows. Retention happens either way, and is the
+                // effect the network learned.
                 let baseline: [f64; HEADS] = if *incremental {
                     let none = rows.next().expect("one no-send row per opportunity");
-                    none.map(f64::from)
+                    let mut b = [0.0; HEADS];
+                    b[Head::Retention.index()] = f64::from(none[Head::Retention.index()]);
+                    b
                 } else {
                     let mut b = [0.0; HEADS];
                     b[Head::Retention.index()] = self.retention_base_rate;

@@ -207,11 +207,15 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
     for entry in std::fs::read_dir(policies).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let text = std::fs::read_to_string(&path).unwrap().replacen(
-                "name: default\nspec:\n",
-                "name: default\nspec:\n  value: incremental\n",
-                1,
-            );
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            if path.file_name().is_some_and(|n| n == "objectives.yaml") {
+                text = text.replacen(
+                    "name: default\nspec:\n",
+                    "name: default\nspec:\n  value: incremental\n",
+                    1,
+                );
+                assert!(text.contains("value: incremental"), "{text}");
+            }
             std::fs::write(incremental.join(path.file_name().unwrap()), text).unwrap();
         }
     }

@@ -266,7 +266,14 @@ pub(super) async fn simulate(
         }
         if step % 24 == 0 {
             let day = (now - TimeDelta::days(1)).date_naive();
-            // Outcomes up to midnight belong to the closing day.
+            // Outcomes up to midnight belong to the closing day. The senders and the ledger learn
+            // from them before they leave the waiting list: an unsubscribe that falls due at
+            // midnight must still take the channel away, or the ledger counts a password reset
+            // to that user as reachable and expired.
+            if !arm.through_tern() {
+                fcfs.learn(&waiting, now);
+            }
+            tx.learn(&waiting, now);
             reported += report_due(&mut clients, &mut waiting, now).await?;
             let r = world.end_of_day(day)?;
             if let Some(c) = &mut clients {

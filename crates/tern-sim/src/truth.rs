@@ -27,7 +27,7 @@
 use chrono::{NaiveDate, TimeDelta};
 use serde::{Deserialize, Serialize};
 
-use crate::population::{is_night, Category, Channel, Reach};
+use crate::population::{is_night, Channel, Reach};
 use crate::rng::sigmoid;
 use crate::world::{
     click_given_open, convert_given_click, fatigue_weight, loss_probability, open_probability,
@@ -58,27 +58,9 @@ impl World {
     /// The time must fall on the open day or later; a later day is judged from the user's state
     /// now, as if nothing else reached them in between. Pure: it changes nothing.
     pub fn uplift(&self, delivery: &Delivery, horizon: TimeDelta) -> Result<Uplift, SimError> {
-        let index = *self
-            .by_id
-            .get(&delivery.user_id)
-            .ok_or_else(|| SimError::UnknownUser(delivery.user_id.clone()))?;
-        let channel: Channel = delivery
-            .channel
-            .parse()
-            .map_err(|()| SimError::UnknownChannel(delivery.channel.clone()))?;
-        let category: Category = delivery
-            .category
-            .parse()
-            .map_err(|()| SimError::UnknownCategory(delivery.category.clone()))?;
+        let (index, channel, category) = self.resolve(delivery)?;
         let at = delivery.at;
         let day = at.date_naive();
-        if day < self.open_day {
-            return Err(SimError::DayClosed {
-                at,
-                day,
-                open: self.open_day,
-            });
-        }
         let config = &self.config;
         let user = &self.users[index];
         let e = &config.engagement;
@@ -206,7 +188,7 @@ mod tests {
     use chrono::{DateTime, TimeZone, Utc};
 
     use super::*;
-    use crate::{Config, World};
+    use crate::{Category, Config, World};
 
     fn email(world: &World, user: &str, at: DateTime<Utc>, category: Category) -> Delivery {
         Delivery {

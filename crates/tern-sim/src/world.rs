@@ -263,27 +263,9 @@ impl World {
     /// nothing, and neither does an in-app message on a day the user does not open the app;
     /// both are still logged, since they were sent.
     pub fn deliver(&mut self, delivery: Delivery) -> Result<Vec<Outcome>, SimError> {
-        let index = *self
-            .by_id
-            .get(&delivery.user_id)
-            .ok_or_else(|| SimError::UnknownUser(delivery.user_id.clone()))?;
-        let channel: Channel = delivery
-            .channel
-            .parse()
-            .map_err(|()| SimError::UnknownChannel(delivery.channel.clone()))?;
-        let category: Category = delivery
-            .category
-            .parse()
-            .map_err(|()| SimError::UnknownCategory(delivery.category.clone()))?;
+        let (index, channel, category) = self.resolve(&delivery)?;
         let at = delivery.at;
         let day = at.date_naive();
-        if day < self.open_day {
-            return Err(SimError::DayClosed {
-                at,
-                day,
-                open: self.open_day,
-            });
-        }
         if day > self.open_day {
             return Err(SimError::DayNotOpen {
                 at,
@@ -400,6 +382,36 @@ impl World {
         }
         out.sort_by_key(|o| o.at);
         Ok(out)
+    }
+
+    /// The user's index, the channel and the category of `delivery`, which must not fall on a
+    /// closed day.
+    pub(crate) fn resolve(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<(usize, Channel, Category), SimError> {
+        let index = *self
+            .by_id
+            .get(&delivery.user_id)
+            .ok_or_else(|| SimError::UnknownUser(delivery.user_id.clone()))?;
+        let channel: Channel = delivery
+            .channel
+            .parse()
+            .map_err(|()| SimError::UnknownChannel(delivery.channel.clone()))?;
+        let category: Category = delivery
+            .category
+            .parse()
+            .map_err(|()| SimError::UnknownCategory(delivery.category.clone()))?;
+        let at = delivery.at;
+        let day = at.date_naive();
+        if day < self.open_day {
+            return Err(SimError::DayClosed {
+                at,
+                day,
+                open: self.open_day,
+            });
+        }
+        Ok((index, channel, category))
     }
 
     /// Closes `day`: settles each user's engagement (what the day's opens earned, what fatigue

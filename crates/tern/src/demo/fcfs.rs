@@ -116,27 +116,11 @@ impl<'b> Fcfs<'b> {
                     continue;
                 }
             }
-            let (exempt, loud) = self.exempt_and_loud(&o.priority);
-            let tz = self
-                .timezones
-                .get(&o.user_id)
-                .copied()
-                .unwrap_or(chrono_tz::UTC);
-            let reachable = self.reachable.get(&o.user_id).cloned().unwrap_or_default();
-            let history = self.sent.entry(o.user_id.clone()).or_default();
-            let channel = o.channels.iter().find(|c| {
-                reachable.contains(c)
-                    && (loud || !quiet(self.bundle, c, tz, now))
-                    && (exempt
-                        || self
-                            .bundle
-                            .default_caps()
-                            .is_none_or(|caps| allows(caps, history, c, &o.category, now)))
-            });
-            let Some(channel) = channel.cloned() else {
+            let (exempt, _) = self.exempt_and_loud(&o.priority);
+            let Some(channel) = self.allowed(&o, now).into_iter().next() else {
                 continue;
             };
-            history.push(Sent {
+            self.sent.entry(o.user_id.clone()).or_default().push(Sent {
                 channel: channel.clone(),
                 category: o.category.clone(),
                 exempt,
@@ -154,6 +138,33 @@ impl<'b> Fcfs<'b> {
             out.extend(oracle.deliver(self, world, considered, now)?);
         }
         Ok(out)
+    }
+
+    /// The opportunity's channels that may be used now, in its order of preference: reachable
+    /// as far as a sender knows, outside quiet hours (unless its class bypasses them), within
+    /// the caps (unless exempt).
+    pub(super) fn allowed(&self, o: &NewOpportunity, now: DateTime<Utc>) -> Vec<String> {
+        let (exempt, loud) = self.exempt_and_loud(&o.priority);
+        let tz = self
+            .timezones
+            .get(&o.user_id)
+            .copied()
+            .unwrap_or(chrono_tz::UTC);
+        let reachable = self.reachable.get(&o.user_id);
+        let history = self.sent.get(&o.user_id).map_or(&[][..], Vec::as_slice);
+        o.channels
+            .iter()
+            .filter(|c| {
+                reachable.is_some_and(|r| r.contains(c))
+                    && (loud || !quiet(self.bundle, c, tz, now))
+                    && (exempt
+                        || self
+                            .bundle
+                            .default_caps()
+                            .is_none_or(|caps| allows(caps, history, c, &o.category, now)))
+            })
+            .cloned()
+            .collect()
     }
 
     /// The classes a cap set does not hold back, and those that bypass caps or quiet hours.

@@ -71,7 +71,7 @@ impl Oracle {
             loop {
                 let mut best: Option<(f64, usize, String)> = None;
                 for (i, o) in open.iter().enumerate() {
-                    for channel in self.allowed(sender, o, now) {
+                    for channel in sender.allowed(o, now) {
                         let v = self
                             .value(&world.uplift(&Delivery::of(o, &channel, now), self.horizon)?);
                         if v <= self.floor || best.as_ref().is_some_and(|(b, _, _)| *b >= v) {
@@ -105,32 +105,6 @@ impl Oracle {
             sender.queue.extend(open);
         }
         Ok(out)
-    }
-
-    /// The opportunity's channels a sender may use now: reachable as far as it knows, outside
-    /// quiet hours (unless its class bypasses them), within the caps (unless exempt).
-    fn allowed(&self, sender: &Fcfs<'_>, o: &NewOpportunity, now: DateTime<Utc>) -> Vec<String> {
-        let (exempt, loud) = sender.exempt_and_loud(&o.priority);
-        let tz = sender
-            .timezones
-            .get(&o.user_id)
-            .copied()
-            .unwrap_or(chrono_tz::UTC);
-        let reachable = sender.reachable.get(&o.user_id);
-        let history = sender.sent.get(&o.user_id).map_or(&[][..], Vec::as_slice);
-        o.channels
-            .iter()
-            .filter(|c| {
-                reachable.is_some_and(|r| r.contains(c))
-                    && (loud || !quiet(sender.bundle, c, tz, now))
-                    && (exempt
-                        || sender
-                            .bundle
-                            .default_caps()
-                            .is_none_or(|caps| allows(caps, history, c, &o.category, now)))
-            })
-            .cloned()
-            .collect()
     }
 
     /// Whether some later hour of the opportunity's life, on any of its channels reachable and

@@ -56,12 +56,15 @@ pub fn explain(planner: &Planner, plan: &Plan, user: &UserInput) -> Option<Strin
             )
         })
         .collect();
+    // A holdout's counterfactuals are the plan it would have had; a withheld send never
+    // happened and holds no cap slot, so its suppression line is all there is to say.
     let planned: Vec<&Choice> = up
         .choices
         .iter()
         .chain(
             up.suppressions
                 .iter()
+                .filter(|x| x.reason == Reason::Holdout)
                 .filter_map(|x| x.counterfactual.as_deref()),
         )
         .collect();
@@ -183,10 +186,18 @@ pub fn explain(planner: &Planner, plan: &Plan, user: &UserInput) -> Option<Strin
             Reason::Budget { price } => {
                 format!("the channel's budget price is {price:.4}; its margin is too low")
             }
-            Reason::Duplicate { chosen_channel } => format!(
-                "the same opportunity is already chosen on {}",
-                plan.channel_name(chosen_channel)
-            ),
+            Reason::Duplicate { chosen_channel } => {
+                let withheld = up.suppressions.iter().any(|w| {
+                    w.opportunity == x.opportunity
+                        && w.reason == Reason::Withheld
+                        && w.channel == Some(chosen_channel)
+                });
+                format!(
+                    "the same opportunity is already {} on {}",
+                    if withheld { "withheld" } else { "chosen" },
+                    plan.channel_name(chosen_channel)
+                )
+            }
             Reason::Holdout => unreachable_holdout(),
             Reason::Withheld => "withheld at random (the Replan's `withhold` share), so that the model learns what a send changes".into(),
         };

@@ -960,6 +960,28 @@ fn withheld_sends_are_drawn_once_per_opportunity_and_logged_with_their_probabili
             );
         }
     }
+    // `--explain` says why, and shows no send (nor cap slot) for what was withheld.
+    let held = plan
+        .users
+        .iter()
+        .position(|u| {
+            u.suppressions
+                .iter()
+                .any(|s| s.reason == Reason::Withheld && s.opportunity == 1)
+        })
+        .expect("some user had opportunity 1 withheld");
+    let planner = Planner::new(config.clone()).unwrap();
+    let text = explain(&planner, &plan, &users[held]).unwrap();
+    let line = |needle: &str| {
+        text.lines()
+            .any(|l| l.starts_with("  not sending opportunity 1 on ") && l.contains(needle))
+    };
+    assert!(line(": withheld at random"), "{text}");
+    assert!(
+        line(": the same opportunity is already withheld on "),
+        "{text}"
+    );
+    assert!(!text.contains("send opportunity 1 ("), "{text}");
     // About a fifth of the first choices are withheld (five standard deviations).
     let first = withheld.keys().filter(|(_, o)| *o == 1).count() as f64;
     let n = n_users as f64;

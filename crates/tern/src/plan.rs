@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context, Result};
 use chrono::{DateTime, Utc};
 use tern_daemon::predict::ModelPredictor;
-use tern_daemon::translate::{assign_arms, planner_config};
+use tern_daemon::translate::{assign_arms, effective, planner_config, value_modes};
 use tern_model::Model;
 use tern_planner::{explain, jsonl, InlineScores, Planner, Predictor};
 use tern_policy::Bundle;
@@ -53,7 +53,21 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
         File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
     let mut users = jsonl::read_users(BufReader::new(input))
         .with_context(|| format!("{} is not valid planner input", args.input.display()))?;
-    assign_arms(&bundle, &mut users);
+    let assigned = assign_arms(&bundle, &mut users);
+    // Each user's objective values sends in its own mode, as in the daemon.
+    let treatment: std::collections::HashMap<String, (String, String)> = assigned
+        .iter()
+        .zip(&users)
+        .filter_map(|(a, u)| {
+            effective(a).map(|(e, arm)| {
+                (
+                    u.user_id.clone(),
+                    (e.metadata.name.clone(), arm.name.clone()),
+                )
+            })
+        })
+        .collect();
+    let (mode, modes) = value_modes(&bundle, &treatment);
     let now = args.now.unwrap_or_else(Utc::now);
     let predictor: Box<dyn Predictor> = match &args.model {
         Some(path) => {
@@ -61,14 +75,7 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
                 .with_context(|| format!("cannot read the model {}", path.display()))?;
             let model = Model::from_bytes(&bytes)
                 .with_context(|| format!("{} is not a tern model", path.display()))?;
-            let mode = bundle
-                .default_objective()
-                .map(|o| o.value)
-                .unwrap_or_default();
-            Box::new(
-                ModelPredictor::new(std::sync::Arc::new(model), now)
-                    .with_modes(mode, Default::default()),
-            )
+            Box::new(ModelPredictor::new(std::sync::Arc::new(model), now).with_modes(mode, modes))
         }
         None => Box::new(InlineScores),
     };

@@ -192,15 +192,21 @@ impl Labels {
     /// The shortest label window: before it has passed since a send, no label of that send is
     /// observable.
     pub fn shortest(&self) -> TimeDelta {
-        [
-            TimeDelta::hours(i64::from(self.engagement_hours)),
-            TimeDelta::days(i64::from(self.conversion_days)),
-            TimeDelta::days(i64::from(self.reachability_days)),
-            TimeDelta::days(i64::from(self.retention_days)),
-        ]
-        .into_iter()
-        .min()
-        .unwrap_or_default()
+        Head::ALL
+            .into_iter()
+            .map(|h| self.window(h))
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// How long after a send its label for `head` is settled.
+    pub fn window(&self, head: Head) -> TimeDelta {
+        match head {
+            Head::Engagement => TimeDelta::hours(i64::from(self.engagement_hours)),
+            Head::Conversion => TimeDelta::days(i64::from(self.conversion_days)),
+            Head::ReachabilityLoss => TimeDelta::days(i64::from(self.reachability_days)),
+            Head::Retention => TimeDelta::days(i64::from(self.retention_days)),
+        }
     }
 }
 
@@ -332,43 +338,7 @@ fn rows_of_user<'s>(
             continue;
         };
         let t = m.sent_at;
-        let within = |kinds: fn(OutcomeKind) -> bool, window: TimeDelta| -> (f32, bool) {
-            let hit = known[i]
-                .iter()
-                .any(|(k, at)| kinds(*k) && *at >= t && *at < t + window);
-            (f32::from(u8::from(hit)), t + window <= as_of)
-        };
-        let mut y = [0.0f32; HEADS];
-        let mut mask = [false; HEADS];
-        let mut set = |head: Head, (label, observable): (f32, bool)| {
-            y[head.index()] = label;
-            mask[head.index()] = observable;
-        };
-        set(
-            Head::Engagement,
-            within(
-                |k| matches!(k, OutcomeKind::Opened | OutcomeKind::Clicked),
-                TimeDelta::hours(i64::from(labels.engagement_hours)),
-            ),
-        );
-        set(
-            Head::Conversion,
-            within(
-                |k| k == OutcomeKind::Converted,
-                TimeDelta::days(i64::from(labels.conversion_days)),
-            ),
-        );
-        set(
-            Head::ReachabilityLoss,
-            within(
-                OutcomeKind::loses_reachability,
-                TimeDelta::days(i64::from(labels.reachability_days)),
-            ),
-        );
-        set(
-            Head::Retention,
-            retained(&user.active_days, t, horizon, as_of),
-        );
+        let (y, mask) = label(labels, &known[i], &user.active_days, t, horizon, as_of);
         if !mask.iter().any(|m| *m) {
             out.unlabelled += 1;
             continue;
@@ -381,35 +351,15 @@ fn rows_of_user<'s>(
     }
 
     // The would-be messages withheld: the action "no send", at the moment the message would
-    // have gone out. Nothing was sent, so nothing was opened, converted or lost; those labels
-    // are 0 once their window has passed, as a sent message's would be, and retention is what
-    // the user did. These rows are what lets the model tell the effect of a send.
+    // have gone out, labelled like a send without outcomes: nothing was opened, converted or
+    // lost (0 once each window has passed, as for a sent message), and retention is what the
+    // user did. These rows are what lets the model tell the effect of a send.
     for m in &user.withheld {
         let Some(part) = window.part(m.sent_at) else {
             continue;
         };
         let t = m.sent_at;
-        let mut y = [0.0f32; HEADS];
-        let mut mask = [false; HEADS];
-        for (head, span) in [
-            (
-                Head::Engagement,
-                TimeDelta::hours(i64::from(labels.engagement_hours)),
-            ),
-            (
-                Head::Conversion,
-                TimeDelta::days(i64::from(labels.conversion_days)),
-            ),
-            (
-                Head::ReachabilityLoss,
-                TimeDelta::days(i64::from(labels.reachability_days)),
-            ),
-        ] {
-            mask[head.index()] = t + span <= as_of;
-        }
-        let (retained, observable) = retained(&user.active_days, t, horizon, as_of);
-        y[Head::Retention.index()] = retained;
-        mask[Head::Retention.index()] = observable;
+        let (y, mask) = label(labels, &[], &user.active_days, t, horizon, as_of);
         if !mask.iter().any(|m| *m) {
             out.unlabelled += 1;
             continue;
@@ -457,6 +407,37 @@ fn encode<'s>(
     );
     spec.encode(&ctx, row)?;
     Ok(())
+}
+
+/// The labels of an action at `t` with these `outcomes` (none for a withheld send), each with
+/// whether it is observable by `as_of`.
+fn label(
+    labels: &Labels,
+    outcomes: &[(OutcomeKind, DateTime<Utc>)],
+    active_days: &[NaiveDate],
+    t: DateTime<Utc>,
+    horizon: TimeDelta,
+    as_of: DateTime<Utc>,
+) -> ([f32; HEADS], [bool; HEADS]) {
+    let mut y = [0.0f32; HEADS];
+    let mut mask = [false; HEADS];
+    for head in [Head::Engagement, Head::Conversion, Head::ReachabilityLoss] {
+        let window = labels.window(head);
+        let kinds = |k: OutcomeKind| match head {
+            Head::Engagement => matches!(k, OutcomeKind::Opened | OutcomeKind::Clicked),
+            Head::Conversion => k == OutcomeKind::Converted,
+            _ => k.loses_reachability(),
+        };
+        let hit = outcomes
+            .iter()
+            .any(|(k, at)| kinds(*k) && *at >= t && *at < t + window);
+        y[head.index()] = f32::from(u8::from(hit));
+        mask[head.index()] = t + window <= as_of;
+    }
+    let (retained, observable) = retained(active_days, t, horizon, as_of);
+    y[Head::Retention.index()] = retained;
+    mask[Head::Retention.index()] = observable;
+    (y, mask)
 }
 
 /// Retention of a message sent at `t`: was the user active on some day of the last week (or the

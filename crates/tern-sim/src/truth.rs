@@ -69,25 +69,42 @@ impl World {
         let open = (self.open_day - start_day).num_days();
         let send = (day - start_day).num_days();
 
-        // The baseline trajectory of L from the open day to the end of the horizon, and the
-        // chance of being active each day.
+        // L after each night from the open day to the end of the horizon: `(day, L)` with the
+        // day it sets the chance of activity for. The send's day gains `send_gain` (the day's
+        // touches so far included) and its weight adds fatigue from `at` on, decaying; without
+        // the message, the same with the day's touches alone and no weight.
         let end: NaiveDate = (at + horizon).date_naive();
         let last = (end - start_day).num_days();
         let held = user.fatigue_at(at, half_life);
         let excess = |f: f64| (f * user.sensitivity - e.comfort).max(0.0);
         let gain = |touches: f64| e.daily_gain * (1.0 - (-touches).exp());
-        let step = |l: f64, gain: f64, fatigue: f64| {
-            (l * (1.0 - e.reversion) + gain - e.overload * excess(fatigue))
-                .clamp(-ENGAGEMENT_LIMIT, ENGAGEMENT_LIMIT)
-        };
         let touches_before = if send == open { user.touches } else { 0.0 };
-        let mut baseline = Vec::new();
-        let mut l = user.engagement;
-        for k in open..last {
-            let g = if k == open { gain(user.touches) } else { 0.0 };
-            l = step(l, g, held);
-            baseline.push((k + 1, l));
-        }
+        let rollout = |send_gain: f64, weight: f64| -> Vec<(i64, f64)> {
+            let mut l = user.engagement;
+            (open..last)
+                .map(|k| {
+                    let midnight = self.start + TimeDelta::days(k + 1);
+                    let extra = if k >= send {
+                        weight
+                            * 0.5f64
+                                .powf((midnight - at).num_seconds() as f64 / 86_400.0 / half_life)
+                    } else {
+                        0.0
+                    };
+                    let g = if k == send {
+                        send_gain
+                    } else if k == open {
+                        gain(user.touches)
+                    } else {
+                        0.0
+                    };
+                    l = (l * (1.0 - e.reversion) + g - e.overload * excess(held + extra))
+                        .clamp(-ENGAGEMENT_LIMIT, ENGAGEMENT_LIMIT);
+                    (k + 1, l)
+                })
+                .collect()
+        };
+        let baseline = rollout(gain(touches_before), 0.0);
 
         // Whether the message reaches the user at all.
         let reach = match channel {
@@ -135,25 +152,7 @@ impl World {
         } else {
             gain(touches_before)
         };
-        let mut treated = Vec::with_capacity(baseline.len());
-        let mut l = user.engagement;
-        for k in open..last {
-            let midnight = self.start + TimeDelta::days(k + 1);
-            let extra = if k >= send {
-                weight * 0.5f64.powf((midnight - at).num_seconds() as f64 / 86_400.0 / half_life)
-            } else {
-                0.0
-            };
-            let g = if k == send {
-                send_gain
-            } else if k == open {
-                gain(user.touches)
-            } else {
-                0.0
-            };
-            l = step(l, g, held + extra);
-            treated.push((k + 1, l));
-        }
+        let treated = rollout(send_gain, weight);
 
         // Active days within the horizon, and the chance of any in its last week.
         let span = horizon.min(TimeDelta::days(7));

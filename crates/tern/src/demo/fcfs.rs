@@ -116,23 +116,9 @@ impl<'b> Fcfs<'b> {
                     continue;
                 }
             }
-            let (exempt, _) = self.exempt_and_loud(&o.priority);
-            let Some(channel) = self.allowed(&o, now).into_iter().next() else {
-                continue;
-            };
-            self.sent.entry(o.user_id.clone()).or_default().push(Sent {
-                channel: channel.clone(),
-                category: o.category.clone(),
-                exempt,
-                at: now,
-            });
-            let outcomes = world.deliver(Delivery::of(&o, &channel, now))?;
-            out.push(Delivered {
-                channel,
-                user_id: o.user_id.clone(),
-                priority: o.priority.clone(),
-                outcomes,
-            });
+            if let Some(channel) = self.allowed(&o, now).into_iter().next() {
+                out.push(self.send(world, &o, channel, now)?);
+            }
         }
         if let Mode::Oracle(oracle) = self.mode {
             out.extend(oracle.deliver(self, world, considered, now)?);
@@ -140,10 +126,45 @@ impl<'b> Fcfs<'b> {
         Ok(out)
     }
 
+    /// Sends `o` on `channel` now: counted in the user's history for the caps, delivered.
+    pub(super) fn send(
+        &mut self,
+        world: &mut World,
+        o: &NewOpportunity,
+        channel: String,
+        now: DateTime<Utc>,
+    ) -> Result<Delivered> {
+        let (exempt, _) = self.exempt_and_loud(&o.priority);
+        self.sent.entry(o.user_id.clone()).or_default().push(Sent {
+            channel: channel.clone(),
+            category: o.category.clone(),
+            exempt,
+            at: now,
+        });
+        let outcomes = world.deliver(Delivery::of(o, &channel, now))?;
+        Ok(Delivered {
+            channel,
+            user_id: o.user_id.clone(),
+            priority: o.priority.clone(),
+            outcomes,
+        })
+    }
+
     /// The opportunity's channels that may be used now, in its order of preference: reachable
     /// as far as a sender knows, outside quiet hours (unless its class bypasses them), within
     /// the caps (unless exempt).
     pub(super) fn allowed(&self, o: &NewOpportunity, now: DateTime<Utc>) -> Vec<String> {
+        self.open_channels(o, now, true)
+    }
+
+    /// The opportunity's channels reachable as far as a sender knows and outside quiet hours at
+    /// `at` (unless its class bypasses them), and with `caps`, within the caps (unless exempt).
+    pub(super) fn open_channels(
+        &self,
+        o: &NewOpportunity,
+        at: DateTime<Utc>,
+        caps: bool,
+    ) -> Vec<String> {
         let (exempt, loud) = self.exempt_and_loud(&o.priority);
         let tz = self
             .timezones
@@ -156,12 +177,13 @@ impl<'b> Fcfs<'b> {
             .iter()
             .filter(|c| {
                 reachable.is_some_and(|r| r.contains(c))
-                    && (loud || !quiet(self.bundle, c, tz, now))
-                    && (exempt
+                    && (loud || !quiet(self.bundle, c, tz, at))
+                    && (!caps
+                        || exempt
                         || self
                             .bundle
                             .default_caps()
-                            .is_none_or(|caps| allows(caps, history, c, &o.category, now)))
+                            .is_none_or(|set| allows(set, history, c, &o.category, at)))
             })
             .cloned()
             .collect()

@@ -542,14 +542,7 @@ fn print_summary(results: &[RunResult]) {
     for arm in arms {
         let runs: Vec<&RunResult> = results.iter().filter(|r| r.arm == arm).collect();
         let stat = |f: &dyn Fn(&RunResult) -> f64| {
-            let xs: Vec<f64> = runs.iter().map(|r| f(r)).collect();
-            let mean = xs.iter().sum::<f64>() / xs.len() as f64;
-            let sd = if xs.len() > 1 {
-                (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
-            } else {
-                0.0
-            };
-            (mean, sd)
+            mean_sd(&runs.iter().map(|r| f(r)).collect::<Vec<f64>>())
         };
         let show = |(m, s): (f64, f64), digits: usize| {
             if seeds > 1 {
@@ -617,14 +610,24 @@ const T95: [f64; 30] = [
 
 /// The mean of `xs` with its 95% t-interval half-width (0 for a single value).
 pub(crate) fn mean_interval(xs: &[f64]) -> (f64, f64) {
+    let (mean, sd) = mean_sd(xs);
+    let n = xs.len();
+    if n < 2 {
+        return (mean, 0.0);
+    }
+    let t = T95.get(n - 2).copied().unwrap_or(1.96);
+    (mean, t * sd / (n as f64).sqrt())
+}
+
+/// The mean of `xs` and its sample standard deviation (0 for a single value).
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
     let n = xs.len();
     let mean = xs.iter().sum::<f64>() / n.max(1) as f64;
     if n < 2 {
         return (mean, 0.0);
     }
     let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
-    let t = T95.get(n - 2).copied().unwrap_or(1.96);
-    (mean, t * sd / (n as f64).sqrt())
+    (mean, sd)
 }
 
 /// A figure of a run: its name, how to read it off the run, and its decimals.

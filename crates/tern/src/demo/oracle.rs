@@ -67,40 +67,35 @@ impl Oracle {
             by_user.entry(o.user_id.clone()).or_default().push(o);
         }
         let mut out = Vec::new();
-        for (user, mut open) in by_user {
+        for (_, mut open) in by_user {
             loop {
+                // Each opportunity at its best channel now; the first best on ties.
                 let mut best: Option<(f64, usize, String)> = None;
                 for (i, o) in open.iter().enumerate() {
+                    let mut here: Option<(f64, String)> = None;
                     for channel in sender.allowed(o, now) {
                         let v = self
                             .value(&world.uplift(&Delivery::of(o, &channel, now), self.horizon)?);
-                        if v <= self.floor || best.as_ref().is_some_and(|(b, _, _)| *b >= v) {
-                            continue;
+                        if here.as_ref().is_none_or(|(h, _)| v > *h) {
+                            here = Some((v, channel));
                         }
-                        if self.later_is_better(sender, world, o, now, v)? {
-                            continue;
-                        }
-                        best = Some((v, i, channel));
                     }
+                    let Some((v, channel)) = here else {
+                        continue;
+                    };
+                    if v <= self.floor || best.as_ref().is_some_and(|(b, _, _)| *b >= v) {
+                        continue;
+                    }
+                    if self.later_is_better(sender, world, o, now, v)? {
+                        continue;
+                    }
+                    best = Some((v, i, channel));
                 }
                 let Some((_, i, channel)) = best else {
                     break;
                 };
                 let o = open.swap_remove(i);
-                let (exempt, _) = sender.exempt_and_loud(&o.priority);
-                sender.sent.entry(user.clone()).or_default().push(Sent {
-                    channel: channel.clone(),
-                    category: o.category.clone(),
-                    exempt,
-                    at: now,
-                });
-                let outcomes = world.deliver(Delivery::of(&o, &channel, now))?;
-                out.push(Delivered {
-                    channel,
-                    user_id: o.user_id.clone(),
-                    priority: o.priority.clone(),
-                    outcomes,
-                });
+                out.push(sender.send(world, &o, channel, now)?);
             }
             sender.queue.extend(open);
         }
@@ -117,23 +112,11 @@ impl Oracle {
         now: DateTime<Utc>,
         now_value: f64,
     ) -> Result<bool> {
-        let (_, loud) = sender.exempt_and_loud(&o.priority);
-        let tz = sender
-            .timezones
-            .get(&o.user_id)
-            .copied()
-            .unwrap_or(chrono_tz::UTC);
-        let Some(reachable) = sender.reachable.get(&o.user_id) else {
-            return Ok(false);
-        };
         let end = o.expires_at.min(now + TimeDelta::hours(LOOKAHEAD_HOURS));
         let mut at = now + TimeDelta::hours(1);
         while at < end {
-            for c in o.channels.iter().filter(|c| reachable.contains(c)) {
-                if !loud && quiet(sender.bundle, c, tz, at) {
-                    continue;
-                }
-                let v = self.value(&world.uplift(&Delivery::of(o, c, at), self.horizon)?);
+            for c in sender.open_channels(o, at, false) {
+                let v = self.value(&world.uplift(&Delivery::of(o, &c, at), self.horizon)?);
                 if v > now_value {
                     return Ok(true);
                 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use tern_core::OutcomeKind;
 use tern_store::{
-    ActivityWindows, Assignment, ExperimentUser, NewMessage, NewOutcome, NewScheduleItem, Supersede,
+    ActivityWindows, Assignment, ExperimentUser, NewMessage, NewOutcome, NewScheduleItem,
+    Supersede, Withholding,
 };
 use tern_tests::TestDb;
 
@@ -154,18 +155,18 @@ async fn each_assigned_user_is_counted_over_their_own_window() {
     let later = NewScheduleItem {
         send_after: t0() + TimeDelta::hours(5),
         send_before: t0() + TimeDelta::hours(6),
-        counterfactual: true,
+        counterfactual: Some(Withholding::Holdout),
         ..item("h1", ids[7], "push")
     };
     s.publish_plan(
         &plan(),
         &[
             NewScheduleItem {
-                counterfactual: true,
+                counterfactual: Some(Withholding::Holdout),
                 ..item("h1", ids[5], "push")
             },
             NewScheduleItem {
-                counterfactual: true,
+                counterfactual: Some(Withholding::Holdout),
                 ..item("h1", ids[6], "email")
             },
             later,

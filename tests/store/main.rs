@@ -80,7 +80,7 @@ pub fn item(user: &str, opportunity: OpportunityId, channel: &str) -> NewSchedul
         experiment: Some("exp".into()),
         arm: Some("control".into()),
         scores: json!({"conversion": 0.1}),
-        counterfactual: false,
+        counterfactual: None,
     }
 }
 

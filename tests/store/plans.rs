@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use chrono::TimeDelta;
 use tern_core::AckStatus;
-use tern_store::{Ack, LeaseRequest, NewScheduleItem, Supersede};
+use tern_store::{Ack, LeaseRequest, NewScheduleItem, Supersede, Withholding};
 use tern_tests::TestDb;
 
 use crate::{count, ingest_all, item, opportunity, plan, t0};
@@ -202,9 +202,9 @@ async fn holdout_counterfactuals_are_never_leased_and_become_withheld_when_due()
     let ids = ingest_all(&db.store, &batch).await;
     // What the policy would send the holdout user: one item due now, one in three hours.
     let mut due = item("held", ids[0], "push");
-    due.counterfactual = true;
+    due.counterfactual = Some(Withholding::Holdout);
     let mut later = item("held", ids[1], "push");
-    later.counterfactual = true;
+    later.counterfactual = Some(Withholding::Holdout);
     later.send_after = t0() + TimeDelta::hours(3);
     later.send_before = t0() + TimeDelta::hours(4);
     let first = db

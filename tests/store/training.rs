@@ -125,3 +125,99 @@ async fn training_history_merges_messages_outcomes_and_activity_per_user() {
     assert_eq!(d.messages.len(), 1);
     assert!(d.messages[0].outcomes.is_empty());
 }
+
+/// A would-be send says why it was not sent, and training and off-policy evaluation read the
+/// probability of "no send" from that: certain for a holdout user's, the item's propensity (the
+/// `withhold` share) for one withheld at random.
+#[tokio::test]
+async fn withheld_sends_carry_the_probability_of_not_sending() {
+    use crate::{item, plan};
+    use tern_store::{Supersede, Withholding};
+
+    let db = TestDb::new().await;
+    let s = &db.store;
+    let ids = ingest_all(
+        s,
+        &[
+            opportunity("w", "k1"),
+            opportunity("w", "k2"),
+            opportunity("w", "k3"),
+        ],
+    )
+    .await;
+    let mut holdout = item("w", ids[0], "push");
+    holdout.counterfactual = Some(Withholding::Holdout);
+    holdout.propensity = 0.8;
+    let mut explored = item("w", ids[1], "email");
+    explored.counterfactual = Some(Withholding::Exploration);
+    explored.propensity = 0.05;
+    let real = item("w", ids[2], "push");
+    s.publish_plan(&plan(), &[holdout, explored, real], &Supersede::All, t0())
+        .await
+        .unwrap();
+    let why: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT withheld_by FROM schedule_items ORDER BY opportunity_id")
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        why,
+        [
+            Some("holdout".to_string()),
+            Some("exploration".into()),
+            None
+        ]
+    );
+    // A real item cannot claim to be withheld.
+    let err =
+        sqlx::query("UPDATE schedule_items SET withheld_by = 'holdout' WHERE state = 'pending'")
+            .execute(s.pool())
+            .await
+            .unwrap_err();
+    assert!(err.to_string().contains("withheld_by"), "{err}");
+
+    let at = t0() + TimeDelta::hours(1);
+    assert_eq!(s.settle_counterfactuals(at).await.unwrap(), 2);
+    let users: Vec<TrainingUser> = s
+        .training_history(
+            t0() - TimeDelta::hours(2),
+            at,
+            day("2026-02-01"),
+            day("2026-03-31"),
+        )
+        .try_collect()
+        .await
+        .unwrap();
+    // The real item was never sent, so the user's history holds only the two withheld ones.
+    let w = &users[0];
+    let mut got: Vec<(String, Option<f64>)> = w
+        .withheld
+        .iter()
+        .map(|m| (m.channel.clone(), m.propensity))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            ("email".to_string(), Some(0.05)),
+            ("push".into(), Some(1.0))
+        ]
+    );
+
+    let decisions = s
+        .logged_decisions(t0() - TimeDelta::hours(2), at)
+        .await
+        .unwrap();
+    let withheld: Vec<(i64, f64)> = decisions
+        .iter()
+        .filter_map(|d| {
+            d.withheld
+                .as_ref()
+                .map(|w| (d.opportunity_id, w.propensity))
+        })
+        .collect();
+    assert_eq!(withheld, [(ids[0], 1.0), (ids[1], 0.05)]);
+    assert!(decisions
+        .iter()
+        .all(|d| d.sent.is_none() && d.withheld.as_ref().is_none_or(|w| w.planned_at == t0())));
+}

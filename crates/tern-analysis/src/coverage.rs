@@ -206,6 +206,7 @@ fn run_policy(
                         [Some(0.0), Some(0.0), None, Some(0.0)]
                     },
                     logged,
+                    unsent_propensity: 1.0,
                 });
                 opportunities.push((*by_id[&(user.user_id.as_str(), o.id)]).clone());
             }
@@ -365,8 +366,10 @@ pub fn run_seed(
         )));
     }
     let model = Arc::new(train_direct_method(&log.decisions, seed)?);
-    let scorer = |_at: DateTime<Utc>| Box::new(Prior) as Box<dyn tern_planner::Predictor>;
-    let dm = |at: DateTime<Utc>| {
+    let scorer = |_at: DateTime<Utc>, _: &evaluate::Modes| {
+        Box::new(Prior) as Box<dyn tern_planner::Predictor>
+    };
+    let dm = |at: DateTime<Utc>, _: &evaluate::Modes| {
         Box::new(ModelPredictor::probabilities(model.clone(), at))
             as Box<dyn tern_planner::Predictor>
     };

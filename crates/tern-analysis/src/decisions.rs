@@ -3,7 +3,9 @@
 //!
 //! # The decision and its action
 //! A logged decision is one opportunity that reached a final state: sent on a channel (from a
-//! plan's schedule item, with the probability the plan chose it with) or expired unsent. Its
+//! plan's schedule item, with the probability the plan chose it with), withheld (at random by
+//! the Replan's `withhold` share, with that probability, or from a holdout user, certainly) or
+//! expired unsent. Its
 //! context is the user as the deciding plan saw them: time zone, activity, what they had been
 //! sent in the 28 days before, and what else they were sent while the opportunity was open
 //! (which the deciding plan had counted as pending items beside it). Its actions are the
@@ -26,8 +28,9 @@
 //! # Support
 //! A send the candidate makes where the logging policy sent something else is supported only
 //! when the logged decision was randomised (propensity below 1: exploration gave the other
-//! allowed channels a chance too); a send where the logging policy sent nothing is never
-//! supported, since the planner only declines when no candidate is allowed. Unsupported mass is
+//! allowed channels a chance too); a send where the logging policy sent nothing is supported
+//! only when the nothing was drawn at random (a send withheld by the `withhold` share), since
+//! otherwise the planner only declines when no candidate is allowed. Unsupported mass is
 //! reported, and the estimates come with a warning rather than a silent number.
 //!
 //! The estimators are in `tern-ope`; this module only turns logs and bundles into its rows.
@@ -39,7 +42,7 @@ use futures::TryStreamExt;
 use tern_core::OutcomeKind;
 use tern_daemon::features;
 use tern_daemon::train::{retained, Labels};
-use tern_daemon::translate::{assign_arms, planner_config};
+use tern_daemon::translate::{assign_arms, effective, planner_config, value_modes};
 use tern_ope::{Bootstrap, Evaluation, Logged};
 use tern_planner::{OpportunityInput, PastSend, Planner, Predictor, Scores, UserInput};
 use tern_policy::Bundle;
@@ -62,6 +65,9 @@ pub struct Decision {
     pub decided_at: DateTime<Utc>,
     /// What the logging policy sent, if anything.
     pub logged: Option<Sent>,
+    /// Where it sent nothing, the probability of that: 1 for an opportunity that expired
+    /// unsent or a holdout user's, the `withhold` share for a send withheld at random.
+    pub unsent_propensity: f64,
     /// Per objective (see [`OBJECTIVES`]), what the logged action earned; `None` while it cannot
     /// be observed yet.
     pub rewards: [Option<f64>; 4],
@@ -88,12 +94,18 @@ pub struct Replayed {
     pub predicted: Vec<Scores>,
 }
 
-/// Makes a predictor for decisions taken at one instant.
-pub type PredictorAt<'a> = dyn Fn(DateTime<Utc>) -> Box<dyn Predictor> + Sync + 'a;
+/// How users whose experiment arm names an objective with another value mode than the default
+/// objective's value their sends, by user id (see [`tern_daemon::translate::value_modes`]).
+pub type Modes = std::collections::HashMap<String, tern_policy::ValueMode>;
+
+/// Makes a predictor for decisions taken at one instant, valuing the sends of the users in
+/// `Modes` in their arm's mode.
+pub type PredictorAt<'a> = dyn Fn(DateTime<Utc>, &Modes) -> Box<dyn Predictor> + Sync + 'a;
 
 /// Replays `bundle` on every decision: its default Replan's horizon, exploration off, each
 /// decision planned at its own moment with the scores `scorer` gives (what the policy would
-/// have acted on), and the direct method's predictions from `dm`.
+/// have acted on, each user's sends valued in their arm's mode, as the daemon does), and the
+/// direct method's predictions from `dm`.
 pub fn replay(
     bundle: &Bundle,
     decisions: &[Decision],
@@ -118,19 +130,27 @@ pub fn replay(
     for (at, indices) in by_moment {
         // The same user can hold several decisions at one moment; each is its own context, so
         // each gets its own id (after the arm is assigned from the real one).
+        let mut treatment = std::collections::HashMap::new();
         let mut users: Vec<UserInput> = indices
             .iter()
             .map(|&i| {
                 let mut u = decisions[i].user.clone();
-                assign_arms(bundle, std::slice::from_mut(&mut u));
+                let assigned = assign_arms(bundle, std::slice::from_mut(&mut u));
                 u.user_id = format!("{i:010}");
+                if let Some((e, arm)) = assigned.first().and_then(|a| effective(a)) {
+                    treatment.insert(
+                        u.user_id.clone(),
+                        (e.metadata.name.clone(), arm.name.clone()),
+                    );
+                }
                 u
             })
             .collect();
         users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        let plan = planner.plan(&users, at, 0, scorer(at).as_ref())?;
+        let (_, modes) = value_modes(bundle, &treatment);
+        let plan = planner.plan(&users, at, 0, scorer(at, &modes).as_ref())?;
         let mut predicted = Vec::new();
-        dm(at).predict_many(&users.iter().collect::<Vec<_>>(), &mut predicted);
+        dm(at, &Modes::new()).predict_many(&users.iter().collect::<Vec<_>>(), &mut predicted);
         let mut predicted = predicted.into_iter();
         for (user, up) in users.iter().zip(&plan.users) {
             let i: usize = user.user_id.parse().expect("ids are indices");
@@ -180,14 +200,16 @@ pub fn rows(decisions: &[Decision], replayed: &[Replayed], objective: usize) -> 
                 .logged
                 .as_ref()
                 .and_then(|s| channels.iter().position(|c| *c == s.channel));
-            let propensity = d.logged.as_ref().map_or(1.0, |s| s.propensity);
+            let propensity = d
+                .logged
+                .as_ref()
+                .map_or(d.unsent_propensity, |s| s.propensity);
             let same = r.channel == logged;
             // Another send than the logged action is backed only by a randomised decision.
-            let unsupported = match (r.channel, d.logged.as_ref()) {
-                (Some(_), _) if same => 0.0,
-                (Some(_), Some(s)) if s.propensity < 1.0 => 0.0,
-                (Some(_), _) => 1.0,
-                (None, _) => 0.0,
+            let unsupported = match r.channel {
+                Some(_) if same || propensity < 1.0 => 0.0,
+                Some(_) => 1.0,
+                None => 0.0,
             };
             Some(Logged {
                 propensity,
@@ -280,7 +302,11 @@ fn decision(
     labels: &Labels,
     as_of: DateTime<Utc>,
 ) -> Decision {
-    let decided_at = d.sent.as_ref().map_or(d.created_at, |s| s.planned_at);
+    let decided_at = match (&d.sent, &d.withheld) {
+        (Some(s), _) => s.planned_at,
+        (None, Some(w)) => w.planned_at,
+        (None, None) => d.created_at,
+    };
     let history = histories.get(&d.user_id);
     let (timezone, first_seen_at) = timezones
         .get(&d.user_id)
@@ -380,6 +406,7 @@ fn decision(
             channel: s.channel,
             propensity: s.propensity,
         }),
+        unsent_propensity: d.withheld.map_or(1.0, |w| w.propensity),
         rewards,
     }
 }
@@ -419,6 +446,7 @@ mod tests {
                 channel: channel.into(),
                 propensity,
             }),
+            unsent_propensity: 1.0,
             rewards: [Some(reward), Some(reward), None, Some(0.0)],
         }
     }
@@ -438,8 +466,9 @@ mod tests {
         }
     }
 
-    /// Four decisions: the candidate repeats a randomised send, switches a randomised one to
-    /// another channel, switches a deterministic one, and sends where nothing was sent.
+    /// Five decisions: the candidate repeats a randomised send, switches a randomised one to
+    /// another channel, switches a deterministic one, sends where nothing was sent, and sends
+    /// where a send was withheld at random.
     #[test]
     fn rows_carry_the_candidates_probability_the_direct_method_and_the_support() {
         let decisions = vec![
@@ -447,12 +476,17 @@ mod tests {
             decision(&["push", "email"], Some(("push", 0.1)), 0.0),
             decision(&["push", "email"], Some(("email", 1.0)), 1.0),
             decision(&["push"], None, 0.0),
+            Decision {
+                unsent_propensity: 0.05,
+                ..decision(&["push"], None, 0.0)
+            },
         ];
         let replays = vec![
             replayed(Some(0), &[0.6, 0.3]),
             replayed(Some(1), &[0.2, 0.4]),
             replayed(Some(0), &[0.5, 0.7]),
             replayed(Some(0), &[0.9]),
+            replayed(Some(0), &[0.3]),
         ];
         let rows = rows(&decisions, &replays, 1);
         let got: Vec<(f64, f64, f64, f64, f64, f64)> = rows
@@ -478,15 +512,71 @@ mod tests {
                 (1.0, 0.0, 1.0, 0.7, 0.5, 1.0),
                 // A send where nothing was sent: no support; the logged "nothing" predicts 0.
                 (1.0, 0.0, 0.0, 0.0, 0.9, 1.0),
+                // A send where one was withheld at random: supported, weight 0.
+                (0.05, 0.0, 0.0, 0.0, 0.3, 0.0),
             ]
         );
-        // IPS by hand: (1/0.8·1 + 0 + 0 + 0) / 4.
+        // IPS by hand: (1/0.8·1 + 0 + 0 + 0 + 0) / 5.
         let e = tern_ope::evaluate(&rows, Bootstrap::default()).unwrap();
-        assert!((e.ips.value - 1.25 / 4.0).abs() < 1e-12);
-        assert!((e.unsupported - 0.5).abs() < 1e-12);
+        assert!((e.ips.value - 1.25 / 5.0).abs() < 1e-12);
+        assert!((e.unsupported - 0.4).abs() < 1e-12);
         assert!(!e.warnings().is_empty());
         // Retention is unobserved on every decision here: no rows, no estimate.
         assert!(super::rows(&decisions, &replays, 2).is_empty());
+    }
+
+    /// The example bundle, with its `retention-heavy` objective (an experiment arm's) valuing
+    /// sends incrementally while the default objective values outcomes.
+    fn bundle_with_an_incremental_arm() -> Bundle {
+        let files: Vec<tern_policy::SourceFile> = tern_policy::example::FILES
+            .iter()
+            .map(|(name, text)| {
+                let text = if *name == "objectives.yaml" {
+                    text.replace("  horizon: 56d", "  horizon: 56d\n  value: incremental")
+                } else {
+                    text.to_string()
+                };
+                tern_policy::SourceFile {
+                    path: std::path::Path::new("example").join(name),
+                    bytes: text.into_bytes(),
+                }
+            })
+            .collect();
+        Bundle::from_files(std::path::Path::new("example"), &files).unwrap()
+    }
+
+    #[test]
+    fn each_users_sends_are_valued_in_their_arms_mode() {
+        let bundle = bundle_with_an_incremental_arm();
+        let decisions: Vec<Decision> = (0..400)
+            .map(|i| {
+                let mut d = decision(&["push", "email"], None, 0.0);
+                d.user.user_id = format!("user-{i}");
+                d
+            })
+            .collect();
+        let seen = std::sync::Mutex::new(Modes::new());
+        let scorer = |_, modes: &Modes| {
+            seen.lock().unwrap().extend(modes.clone());
+            Box::new(Prior) as Box<dyn Predictor>
+        };
+        let prior = |_, _: &Modes| Box::new(Prior) as Box<dyn Predictor>;
+        replay(&bundle, &decisions, &scorer, &prior).unwrap();
+        let expected: BTreeSet<String> = decisions
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| {
+                tern_daemon::translate::effective_arm(&bundle, &d.user.user_id)
+                    .is_some_and(|(_, arm)| arm.objective.as_deref() == Some("retention-heavy"))
+            })
+            .map(|(i, _)| format!("{i:010}"))
+            .collect();
+        let seen = seen.into_inner().unwrap();
+        assert!(expected.len() > 50, "{} users in the arm", expected.len());
+        assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), expected);
+        assert!(seen
+            .values()
+            .all(|m| *m == tern_policy::ValueMode::Incremental));
     }
 
     #[test]
@@ -502,7 +592,7 @@ mod tests {
                 d
             })
             .collect();
-        let prior = |_| Box::new(Prior) as Box<dyn Predictor>;
+        let prior = |_, _: &Modes| Box::new(Prior) as Box<dyn Predictor>;
         let replays = replay(&bundle, &decisions, &prior, &prior).unwrap();
         assert_eq!(replays.len(), decisions.len());
         // The prior scores rise with relevance, so the candidate sends the relevant half.

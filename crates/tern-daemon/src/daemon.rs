@@ -19,7 +19,9 @@ use tern_policy::{Bundle, CronSchedule, Watcher};
 use tern_server::{
     Clock, Control, ControlError, DaemonStatus, ManualClock, Metrics, ReplanSummary, SystemClock,
 };
-use tern_store::{Assignment, NewPlan, NewScheduleItem, PlanStats, PlanningUser, Store, Supersede};
+use tern_store::{
+    Assignment, NewPlan, NewScheduleItem, PlanStats, PlanningUser, Store, Supersede, Withholding,
+};
 
 use crate::cron::{jobs, Cron, Job};
 use crate::features;
@@ -586,13 +588,16 @@ fn schedule_items(
             Some((e, a)) => (Some(e.clone()), Some(a.clone())),
             None => (None, None),
         };
-        let counterfactuals = u
-            .suppressions
-            .iter()
-            .filter(|s| matches!(s.reason, Reason::Holdout | Reason::Withheld))
-            .filter_map(|s| s.counterfactual.as_deref());
-        let choices = u.choices.iter().map(|c| (c, false));
-        for (c, counterfactual) in choices.chain(counterfactuals.map(|c| (c, true))) {
+        let counterfactuals = u.suppressions.iter().filter_map(|s| {
+            let why = match s.reason {
+                Reason::Holdout => Withholding::Holdout,
+                Reason::Withheld => Withholding::Exploration,
+                _ => return None,
+            };
+            Some((s.counterfactual.as_deref()?, Some(why)))
+        });
+        let choices = u.choices.iter().map(|c| (c, None));
+        for (c, counterfactual) in choices.chain(counterfactuals) {
             items.push(NewScheduleItem {
                 user_id: u.user_id.clone(),
                 opportunity_id: c.opportunity,

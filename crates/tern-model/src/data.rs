@@ -10,19 +10,24 @@ use serde::{Deserialize, Serialize};
 use crate::error::ModelError;
 use crate::HEADS;
 
-/// Labelled rows: features (row-major, `rows × width`), one label per head, and whether each label
-/// is observable yet.
+/// Labelled rows: features (row-major, `rows × width`), one label per head, whether each label
+/// is observable yet, and a weight per row (1 unless [`Batch::with_weights`] set others).
 ///
 /// A label whose horizon has not passed (retention measured over 28 days, for a message sent
 /// yesterday) is *masked*: it is not a negative, it is unknown, and it is left out of the loss.
 /// Masked labels are zeroed on construction, so no value a caller puts there can reach the
 /// model.
+///
+/// A row's weight scales its share of every head's loss. Training on logged decisions weights a
+/// row by the inverse of the probability with which the logging policy took its action, so that
+/// the rare action (a send withheld at random) counts for the users it stands for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     width: usize,
     features: Vec<f32>,
     labels: Vec<[f32; HEADS]>,
     masks: Vec<[bool; HEADS]>,
+    weights: Vec<f32>,
 }
 
 impl Batch {
@@ -75,9 +80,29 @@ impl Batch {
         Ok(Batch {
             width,
             features,
+            weights: vec![1.0; labels.len()],
             labels,
             masks,
         })
+    }
+
+    /// The same rows with these weights: one per row, finite and not negative.
+    pub fn with_weights(mut self, weights: Vec<f32>) -> Result<Batch, ModelError> {
+        if weights.len() != self.rows() {
+            return Err(ModelError::Shape {
+                what: "batch weights (one per row)",
+                expected: self.rows(),
+                got: weights.len(),
+            });
+        }
+        if let Some(row) = weights.iter().position(|w| !(w.is_finite() && *w >= 0.0)) {
+            return Err(ModelError::InvalidData(format!(
+                "the weight of row {row} is {}, expected a finite number ≥ 0",
+                weights[row]
+            )));
+        }
+        self.weights = weights;
+        Ok(self)
     }
 
     pub fn rows(&self) -> usize {
@@ -94,6 +119,9 @@ impl Batch {
     }
     pub fn masks(&self) -> &[[bool; HEADS]] {
         &self.masks
+    }
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
     }
     pub fn row(&self, i: usize) -> &[f32] {
         &self.features[i * self.width..(i + 1) * self.width]
@@ -208,6 +236,12 @@ mod tests {
         assert!(Batch::new(1, vec![0.5], vec![[2.0; 4]], vec![[true; 4]]).is_err());
         assert!(Batch::new(1, vec![f32::INFINITY], vec![[0.0; 4]], vec![[true; 4]]).is_err());
         assert!(Batch::new(2, vec![0.5], vec![[0.0; 4]], vec![[true; 4]]).is_err());
+        let one = || Batch::new(1, vec![0.5], vec![[0.0; 4]], vec![[true; 4]]).unwrap();
+        assert_eq!(one().weights(), [1.0]);
+        assert_eq!(one().with_weights(vec![2.5]).unwrap().weights(), [2.5]);
+        assert!(one().with_weights(vec![-1.0]).is_err());
+        assert!(one().with_weights(vec![f32::NAN]).is_err());
+        assert!(one().with_weights(vec![1.0, 1.0]).is_err());
     }
 
     #[test]

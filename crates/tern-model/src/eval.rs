@@ -193,11 +193,7 @@ impl Default for Accumulator {
 impl Accumulator {
     /// Adds one labelled row: `p` the predicted probability, `label` the outcome (0 or 1).
     pub fn add(&mut self, p: f64, label: f32) {
-        let p = if p.is_finite() {
-            p.clamp(0.0, 1.0)
-        } else {
-            0.5
-        };
+        let p = readable(p);
         let positive = label >= 0.5;
         self.n += 1;
         self.loss += log_loss(p, positive);
@@ -265,6 +261,15 @@ impl Accumulator {
 }
 
 /// Binary cross-entropy of one prediction, in nats.
+/// A prediction as the evaluation reads it: clamped to [0, 1], and 0.5 when not a number.
+pub(crate) fn readable(p: f64) -> f64 {
+    if p.is_finite() {
+        p.clamp(0.0, 1.0)
+    } else {
+        0.5
+    }
+}
+
 pub(crate) fn log_loss(p: f64, positive: bool) -> f64 {
     let p = p.clamp(EPS, 1.0 - EPS);
     if positive {

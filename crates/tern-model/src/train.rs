@@ -26,7 +26,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::baseline::Logistic;
 use crate::data::{Batch, Dataset, TrainingWindow};
 use crate::error::ModelError;
-use crate::eval::{self, Accumulator, HeadEval};
+use crate::eval::{self, HeadEval};
 use crate::features::FeatureSpec;
 use crate::model::Model;
 use crate::network::{to_vec, Architecture, Network};
@@ -200,25 +200,28 @@ fn rates(counts: &[(u64, u64); HEADS]) -> [f64; HEADS] {
     out
 }
 
-/// Gathers a minibatch: features, labels, and per-element loss weights (mask / observable count
-/// of that head in this minibatch, so each head's loss is a mean over its own labels).
+/// Gathers a minibatch: features, labels, and per-element loss weights (the row's weight where
+/// the label is observable, 0 where masked, divided by that head's total weight in this
+/// minibatch, so each head's loss is a weighted mean over its own labels).
 fn minibatch(batch: &Batch, index: &[usize]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut x = Vec::with_capacity(index.len() * batch.width());
     let mut y = Vec::with_capacity(index.len() * HEADS);
     let mut w = Vec::with_capacity(index.len() * HEADS);
-    let mut counts = [0u32; HEADS];
+    let mut totals = [0f32; HEADS];
     for &r in index {
         x.extend_from_slice(batch.row(r));
         y.extend_from_slice(&batch.labels()[r]);
-        for (c, &m) in counts.iter_mut().zip(&batch.masks()[r]) {
-            *c += u32::from(m);
-            w.push(if m { 1.0 } else { 0.0 });
+        let weight = batch.weights()[r];
+        for (t, &m) in totals.iter_mut().zip(&batch.masks()[r]) {
+            let v = if m { weight } else { 0.0 };
+            *t += v;
+            w.push(v);
         }
     }
     for (i, w) in w.iter_mut().enumerate() {
-        let c = counts[i % HEADS];
-        if c > 0 {
-            *w /= c as f32;
+        let t = totals[i % HEADS];
+        if t > 0.0 {
+            *w /= t;
         }
     }
     (x, y, w)
@@ -226,14 +229,17 @@ fn minibatch(batch: &Batch, index: &[usize]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 
 const VALID_CHUNK_ROWS: usize = 4096;
 
-/// The validation loss: per head, the mean log loss over observable labels; summed over heads.
+/// The validation loss: per head, the mean log loss over observable labels, weighted by the
+/// rows' weights as in training (so that early stopping judges what training minimises);
+/// summed over heads.
 fn validation_loss(
     network: &Network,
     width: usize,
     valid: &mut dyn Dataset,
 ) -> Result<f64, ModelError> {
     let device = Device::flex();
-    let mut acc: [Accumulator; HEADS] = Default::default();
+    // Per head: Σ weight · log loss, Σ weight.
+    let mut acc = [(0.0f64, 0.0f64); HEADS];
     for batch in valid.batches(0) {
         let batch = batch?;
         check_width(&batch, width)?;
@@ -248,17 +254,23 @@ fn validation_loss(
             let p = to_vec(sigmoid(network.forward(x)).into_data());
             let labels = &batch.labels()[start..start + rows];
             let masks = &batch.masks()[start..start + rows];
-            for (r, (l, m)) in labels.iter().zip(masks).enumerate() {
+            let weights = &batch.weights()[start..start + rows];
+            for (r, ((l, m), w)) in labels.iter().zip(masks).zip(weights).enumerate() {
                 for h in 0..HEADS {
                     if m[h] {
                         let p = p.get(r * HEADS + h).copied().unwrap_or(f32::NAN);
-                        acc[h].add(f64::from(p), l[h]);
+                        let w = f64::from(*w);
+                        acc[h].0 += w * eval::log_loss(eval::readable(f64::from(p)), l[h] >= 0.5);
+                        acc[h].1 += w;
                     }
                 }
             }
         }
     }
-    Ok(acc.iter().map(Accumulator::mean_loss).sum())
+    Ok(acc
+        .iter()
+        .map(|(loss, weight)| if *weight > 0.0 { loss / weight } else { 0.0 })
+        .sum())
 }
 
 /// Evaluates a trained model on another period (e.g. one after its validation period) beside

@@ -177,6 +177,56 @@ fn training_streams_batches_from_a_source_and_reports_its_errors() {
     assert!(matches!(err, ModelError::Shape { .. }), "{err}");
 }
 
+/// Rows that all look alike, a quarter of them positive on every head; the positives weigh
+/// `weight` each.
+fn alike(weight: f32) -> InMemory {
+    let width = FeatureSpec::default().width();
+    let rows = 2000;
+    let labels: Vec<[f32; HEADS]> = (0..rows)
+        .map(|r| [if r % 4 == 0 { 1.0 } else { 0.0 }; HEADS])
+        .collect();
+    let weights = labels
+        .iter()
+        .map(|l| if l[0] > 0.5 { weight } else { 1.0 })
+        .collect();
+    let batch = Batch::new(
+        width,
+        vec![0.25; rows * width],
+        labels,
+        vec![[true; HEADS]; rows],
+    )
+    .unwrap()
+    .with_weights(weights)
+    .unwrap();
+    InMemory(vec![batch])
+}
+
+#[test]
+fn row_weights_count_in_the_loss() {
+    // Unweighted, the rate is 1/4; with each positive weighing 3 (as a row logged with
+    // probability 1/3 stands for three), the weighted rate is 3/6 = 1/2.
+    let spec = FeatureSpec::default();
+    let rate = |weight: f32| {
+        let config = TrainConfig {
+            max_epochs: 8,
+            patience: 8,
+            ..config()
+        };
+        let model = train(&spec, &config, &mut alike(weight), &mut alike(weight), None).unwrap();
+        let x = FeatureMatrix::from_raw(&spec, vec![0.25; spec.width()]).unwrap();
+        predict(&model, &x)[0]
+    };
+    for (h, p) in rate(1.0).iter().enumerate() {
+        assert!((p - 0.25).abs() < 0.03, "head {h}: {p} unweighted");
+    }
+    for (h, p) in rate(3.0).iter().enumerate() {
+        assert!(
+            (p - 0.5).abs() < 0.03,
+            "head {h}: {p} with the positives weighing 3"
+        );
+    }
+}
+
 #[test]
 fn masked_labels_do_not_leak_into_training() {
     let a = trained(0.0, 11);

@@ -8,8 +8,8 @@ use sqlx::Row;
 
 use crate::{Result, Store};
 
-/// One opportunity decided in the period: sent (through a schedule item, so with a propensity)
-/// or expired unsent.
+/// One opportunity decided in the period: sent (through a schedule item, so with a propensity),
+/// withheld (by a holdout arm, or at random by the Replan's `withhold` share), or expired unsent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoggedDecision {
     pub user_id: String,
@@ -24,6 +24,18 @@ pub struct LoggedDecision {
     pub expires_at: DateTime<Utc>,
     /// What the logging policy sent, if it sent anything.
     pub sent: Option<LoggedSend>,
+    /// Set when the logging policy chose a send and then withheld it.
+    pub withheld: Option<LoggedWithholding>,
+}
+
+/// The logged action of a withheld opportunity: nothing, where a message would have gone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedWithholding {
+    /// The probability of sending nothing, given the user's arm: the `withhold` share for a
+    /// send withheld at random, 1 for a holdout user's.
+    pub propensity: f64,
+    /// When the plan that withheld it started.
+    pub planned_at: DateTime<Utc>,
 }
 
 /// The logged action of a sent opportunity.
@@ -41,10 +53,11 @@ pub struct LoggedSend {
 impl Store {
     /// The decisions on the opportunities created in `[from, until)` that were final by
     /// `until`: sent from a plan's schedule item before it (messages imported from elsewhere
-    /// have no propensity and are left out), or expired unsent by then. Selecting by creation,
-    /// whatever the action, keeps the set of decisions independent of what the logging policy
-    /// did with them. Open, cancelled and withheld opportunities are not final decisions of the
-    /// logging policy and are left out too. Two indexable branches rather than one `OR`.
+    /// have no propensity and are left out), withheld when its send window opened before it,
+    /// or expired unsent by then. Selecting by creation, whatever the action, keeps the set of
+    /// decisions independent of what the logging policy did with them. Open and cancelled
+    /// opportunities are not final decisions of the logging policy and are left out. Three
+    /// indexable branches rather than one `OR`.
     pub async fn logged_decisions(
         &self,
         from: DateTime<Utc>,
@@ -53,7 +66,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT o.user_id, o.opportunity_id, o.category, o.priority, o.template, o.channels, \
                     o.signals, o.created_at, o.expires_at, \
-                    m.message_id, m.channel, m.propensity, m.sent_at, p.started_at AS planned_at \
+                    m.message_id, m.channel, m.propensity, m.sent_at, p.started_at AS planned_at, \
+                    NULL::float8 AS withheld_propensity \
              FROM opportunities o \
              JOIN messages m ON m.user_id = o.user_id \
                   AND m.opportunity_id = o.opportunity_id AND m.item_id IS NOT NULL \
@@ -63,7 +77,18 @@ impl Store {
              UNION ALL \
              SELECT o.user_id, o.opportunity_id, o.category, o.priority, o.template, o.channels, \
                     o.signals, o.created_at, o.expires_at, \
-                    NULL, NULL, NULL, NULL, NULL \
+                    NULL, NULL, NULL, NULL, p.started_at, \
+                    CASE WHEN s.withheld_by = 'exploration' THEN s.propensity ELSE 1.0 END \
+             FROM opportunities o \
+             JOIN schedule_items s ON s.user_id = o.user_id \
+                  AND s.opportunity_id = o.opportunity_id AND s.state = 'withheld' \
+             JOIN plans p ON p.plan_id = s.plan_id \
+             WHERE o.state = 'withheld' AND o.created_at >= $1 AND o.created_at < $2 \
+               AND s.send_after < $2 \
+             UNION ALL \
+             SELECT o.user_id, o.opportunity_id, o.category, o.priority, o.template, o.channels, \
+                    o.signals, o.created_at, o.expires_at, \
+                    NULL, NULL, NULL, NULL, NULL, NULL \
              FROM opportunities o \
              WHERE o.state = 'expired' AND o.created_at >= $1 AND o.created_at < $2 \
                AND o.expires_at <= $2 \
@@ -86,6 +111,13 @@ impl Store {
                     }),
                     None => None,
                 };
+                let withheld = match row.try_get::<Option<f64>, _>("withheld_propensity")? {
+                    Some(propensity) => Some(LoggedWithholding {
+                        propensity,
+                        planned_at: row.try_get("planned_at")?,
+                    }),
+                    None => None,
+                };
                 Ok(LoggedDecision {
                     user_id: row.try_get("user_id")?,
                     opportunity_id: row.try_get("opportunity_id")?,
@@ -97,6 +129,7 @@ impl Store {
                     created_at: row.try_get("created_at")?,
                     expires_at: row.try_get("expires_at")?,
                     sent,
+                    withheld,
                 })
             })
             .collect()

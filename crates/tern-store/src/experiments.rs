@@ -130,6 +130,7 @@ impl Store {
                       array_agg(n ORDER BY channel) AS counts \
                FROM (SELECT channel::text AS channel, count(*) AS n FROM schedule_items \
                      WHERE user_id = a.user_id AND state = 'withheld' \
+                       AND withheld_by = 'holdout' \
                        AND send_after >= a.first_planned_at AND send_after < $2 \
                      GROUP BY channel) x) w ON true \
              LEFT JOIN LATERAL ( \

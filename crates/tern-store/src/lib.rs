@@ -62,7 +62,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tern_core::InvalidInput;
 
-pub use decisions::{LoggedDecision, LoggedSend};
+pub use decisions::{LoggedDecision, LoggedSend, LoggedWithholding};
 pub use experiments::{ActivityWindows, ExperimentUser};
 pub use generators::{EventContent, EventRecord, GeneratorUser, StoredEvent};
 pub use history::{HistoryWindow, NewMessage, NewOutcome, OutcomeReport, UserHistory, WindowCount};
@@ -73,7 +73,9 @@ pub use opportunities::{IngestReport, RowStatus};
 pub use planning::{
     OpenOpportunity, PastSend, PlanRecord, PlanningUser, ReplanLock, UserScheduleItem,
 };
-pub use plans::{Assignment, NewPlan, NewScheduleItem, PlanStats, PublishedPlan, Supersede};
+pub use plans::{
+    Assignment, NewPlan, NewScheduleItem, PlanStats, PublishedPlan, Supersede, Withholding,
+};
 pub use policies::PolicyVersion;
 pub use reports::CalibrationBin;
 pub use training::{TrainingMessage, TrainingUser};

@@ -48,9 +48,28 @@ pub struct NewScheduleItem {
     pub experiment: Option<String>,
     pub arm: Option<String>,
     pub scores: serde_json::Value,
-    /// What a holdout user would have been sent: stored as a `counterfactual` item that no puller
-    /// sees, and `withheld` (with its opportunity) once its send window opens.
-    pub counterfactual: bool,
+    /// Set for a would-be message that is not sent, with why: stored as a `counterfactual` item
+    /// that no puller sees, and `withheld` (with its opportunity) once its send window opens.
+    pub counterfactual: Option<Withholding>,
+}
+
+/// Why a would-be message is not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withholding {
+    /// The user is in an experiment's holdout arm: given the arm, not sending was certain.
+    Holdout,
+    /// The Replan's `withhold` share drew it: not sending had the item's propensity.
+    Exploration,
+}
+
+impl Withholding {
+    /// The name stored in `schedule_items.withheld_by`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Withholding::Holdout => "holdout",
+            Withholding::Exploration => "exploration",
+        }
+    }
 }
 
 /// One user's arm in one experiment, as a plan assigned it.
@@ -190,23 +209,25 @@ impl Store {
         let scores: Vec<&serde_json::Value> = sorted.iter().map(|i| &i.scores).collect();
         let states: Vec<&str> = sorted
             .iter()
-            .map(|i| {
-                if i.counterfactual {
-                    "counterfactual"
-                } else {
-                    "pending"
-                }
+            .map(|i| match i.counterfactual {
+                Some(_) => "counterfactual",
+                None => "pending",
             })
+            .collect();
+        let withheld_by: Vec<Option<&str>> = sorted
+            .iter()
+            .map(|i| i.counterfactual.map(Withholding::as_str))
             .collect();
 
         let inserted = sqlx::query(
             "INSERT INTO schedule_items (user_id, plan_id, opportunity_id, channel, send_after, \
-               send_before, value, propensity, experiment, arm, scores, state, updated_at) \
-             SELECT x.u, $1, x.o, x.c, x.a, x.b, x.v, x.p, x.e, x.r, x.s, x.t, $12 \
+               send_before, value, propensity, experiment, arm, scores, state, withheld_by, \
+               updated_at) \
+             SELECT x.u, $1, x.o, x.c, x.a, x.b, x.v, x.p, x.e, x.r, x.s, x.t, x.w, $12 \
              FROM unnest($2::text[], $3::bigint[], $4::text[], $5::timestamptz[], \
                          $6::timestamptz[], $7::float8[], $8::float8[], $9::text[], $10::text[], \
-                         $11::jsonb[], $13::text[]) WITH ORDINALITY \
-                  AS x(u, o, c, a, b, v, p, e, r, s, t, n) \
+                         $11::jsonb[], $13::text[], $14::text[]) WITH ORDINALITY \
+                  AS x(u, o, c, a, b, v, p, e, r, s, t, w, n) \
              WHERE EXISTS (SELECT 1 FROM opportunities op \
                            WHERE op.user_id = x.u AND op.opportunity_id = x.o \
                              AND op.state = 'open' AND op.expires_at > $12) \
@@ -229,6 +250,7 @@ impl Store {
         .bind(&scores)
         .bind(now)
         .bind(&states)
+        .bind(&withheld_by)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -52,8 +52,9 @@ pub struct TrainingMessage {
     pub signals: BTreeMap<String, f64>,
     /// Every outcome reported for the message, by time.
     pub outcomes: Vec<(OutcomeKind, DateTime<Utc>)>,
-    /// The probability with which the logging policy took this action: sent it, or (for a
-    /// withheld one) withheld it. `None` for messages imported from elsewhere.
+    /// The probability with which the logging policy took this action, given the user's arm:
+    /// sent it, or (for a withheld one) withheld it: the `withhold` share for exploration, 1
+    /// for a holdout user. `None` for messages imported from elsewhere.
     pub propensity: Option<f64>,
 }
 
@@ -133,7 +134,8 @@ impl Store {
              WHERE m.sent_at >= $1 AND m.sent_at < $2 \
              UNION ALL \
              SELECT s.user_id, s.item_id, s.channel, o.category, o.priority, o.template, \
-                    s.send_after, s.propensity, true, \
+                    s.send_after, \
+                    CASE WHEN s.withheld_by = 'exploration' THEN s.propensity ELSE 1.0 END, true, \
                     o.created_at, o.expires_at, o.signals, \
                     u.timezone, u.created_at, NULL, NULL \
              FROM schedule_items s \

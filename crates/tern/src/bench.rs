@@ -569,7 +569,7 @@ async fn serve_in(url: &str, database: &str, args: &ServeArgs) -> Result<String>
                 experiment: None,
                 arm: None,
                 scores: serde_json::json!({}),
-                counterfactual: false,
+                counterfactual: None,
             })
             .collect();
         store

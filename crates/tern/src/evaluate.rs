@@ -103,15 +103,16 @@ impl Scoring {
     }
 
     /// What `bundle` would plan with: the model valued in the bundle's default objective's
-    /// mode (`value: incremental` scores each send against not sending it).
+    /// mode (`value: incremental` scores each send against not sending it), and for users in an
+    /// experiment arm whose objective says otherwise, in that objective's mode.
     fn scorer(&self, bundle: &Bundle) -> Box<PredictorAt<'_>> {
         let mode = bundle
             .default_objective()
             .map(|o| o.value)
             .unwrap_or_default();
-        Box::new(move |at| match &self.model {
+        Box::new(move |at, modes| match &self.model {
             Some((_, m)) => {
-                Box::new(ModelPredictor::new(m.clone(), at).with_modes(mode, Default::default()))
+                Box::new(ModelPredictor::new(m.clone(), at).with_modes(mode, modes.clone()))
                     as Box<dyn Predictor>
             }
             None => Box::new(Prior),
@@ -119,7 +120,7 @@ impl Scoring {
     }
 
     fn direct_method(&self) -> Box<PredictorAt<'_>> {
-        Box::new(move |at| match &self.model {
+        Box::new(move |at, _| match &self.model {
             Some((_, m)) => {
                 Box::new(ModelPredictor::probabilities(m.clone(), at)) as Box<dyn Predictor>
             }

@@ -115,6 +115,7 @@ pub async fn start(store: Store, args: &ServeArgs) -> Result<Service> {
                     engagement_hours: args.train_engagement_hours,
                     ..Labels::default()
                 },
+                max_weight: tern_daemon::train::MAX_WEIGHT,
                 work_dir: std::env::temp_dir(),
                 progress: None,
             },

@@ -34,6 +34,11 @@ pub struct TrainArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 2e-3)]
     learning_rate: f64,
+    /// The most one row may weigh. Rows weigh the inverse of the probability with which the
+    /// logged decision took their action (a send withheld at random with probability 0.05
+    /// weighs 20), up to this; 1, the default, turns weighting off (docs/model.md says why).
+    #[arg(long, default_value_t = tern_daemon::train::MAX_WEIGHT, value_parser = max_weight)]
+    max_weight: f64,
     #[command(flatten)]
     labels: LabelArgs,
     /// Make the new model the one the daemon uses, if it beats the base rate on validation.
@@ -48,6 +53,14 @@ pub struct TrainArgs {
     /// Where the temporary spill of feature rows goes (unlinked at once; about 220 bytes a row).
     #[arg(long, env = "TMPDIR", default_value = "/tmp")]
     work_dir: PathBuf,
+}
+
+/// `--max-weight`: a finite number of at least 1.
+pub(crate) fn max_weight(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(w) if w >= 1.0 && w.is_finite() => Ok(w),
+        _ => Err(format!("expected a number of at least 1, got {s:?}")),
+    }
 }
 
 /// How outcomes become labels (`tern_daemon::train::Labels`, as flags).
@@ -92,6 +105,7 @@ pub async fn run(url: Option<&str>, args: TrainArgs) -> Result<ExitCode> {
             ..TrainConfig::default()
         },
         labels: args.labels.into(),
+        max_weight: args.max_weight,
         work_dir: args.work_dir.clone(),
         progress: Some(|line| eprintln!("{line}")),
     };

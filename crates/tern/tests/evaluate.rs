@@ -79,7 +79,7 @@ async fn logged_history(db: &TestDb) {
             experiment: None,
             arm: None,
             scores: serde_json::json!({}),
-            counterfactual: false,
+            counterfactual: None,
         })
         .collect();
     store

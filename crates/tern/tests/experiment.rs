@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use chrono::{DateTime, NaiveDate, TimeDelta, TimeZone, Utc};
 use serde_json::Value;
 use tern_core::NewOpportunity;
-use tern_store::{Assignment, NewMessage, NewPlan, NewScheduleItem, RowStatus, Store, Supersede};
+use tern_store::{
+    Assignment, NewMessage, NewPlan, NewScheduleItem, RowStatus, Store, Supersede, Withholding,
+};
 use tern_tests::TestDb;
 
 mod common;
@@ -202,7 +204,7 @@ async fn seed_onboarding(store: &Store) {
         experiment: Some("onboarding".into()),
         arm: Some("holdout".into()),
         scores: serde_json::json!({}),
-        counterfactual: true,
+        counterfactual: Some(Withholding::Holdout),
     };
     store
         .publish_plan(&plan, &[item], &Supersede::All, t0())

@@ -220,6 +220,7 @@ async fn train_learns_the_planted_signal_registers_promotes_and_plans_with_it() 
         "{retention}"
     );
     assert!(m.metrics["rows"]["valid"].as_u64().unwrap() > 0);
+    assert_eq!(m.metrics["max_weight"].as_f64(), Some(1.0), "{}", m.metrics);
 
     // Training again with the same seed registers the same weights: the version is a digest of
     // the artifact, so a second registration is refused as a duplicate.
@@ -376,6 +377,13 @@ async fn promotion_refuses_a_model_worse_than_the_base_rate_unless_forced_and_ro
     let bad = tern(&["train", "--valid-fraction", "1.5"], Some(&db.url));
     assert_eq!(bad.status.code(), Some(1));
     assert!(text(&bad.stderr).contains("--valid-fraction must be between 0 and 1"));
+    let bad = tern(&["train", "--max-weight", "0.5"], Some(&db.url));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("expected a number of at least 1"),
+        "{}",
+        text(&bad.stderr)
+    );
     assert_eq!(
         store_models(&db.store).await,
         3,

@@ -204,6 +204,7 @@ pub(super) async fn simulate(
                     valid_fraction: 0.25,
                     config: tern_model::TrainConfig::default(),
                     labels: LABELS,
+                    max_weight: args.max_weight,
                     work_dir: std::env::temp_dir(),
                     progress: None,
                 },

@@ -177,6 +177,11 @@ pub struct DemoArgs {
     /// and one seed only; needs DATABASE_URL, since a private PostgreSQL is removed on exit).
     #[arg(long, value_name = "NAME")]
     keep_database: Option<String>,
+    /// The most one training row may weigh (`tern train --max-weight`; 1, the default, is no
+    /// weighting): more weights the tern arms' training rows by their logged propensities, to
+    /// measure what that does.
+    #[arg(long, default_value_t = tern_daemon::train::MAX_WEIGHT, value_parser = crate::train::max_weight)]
+    max_weight: f64,
 }
 
 /// One arm on one seed: what the simulator saw, and what tern recorded.

@@ -116,7 +116,7 @@ pub async fn train_and_register(
             settings.max_weight
         )));
     }
-    let spilled = spill(store, &spec, &window, settings, &settings.work_dir).await?;
+    let spilled = spill(store, &spec, &window, settings).await?;
     let read = format!(
         "read {} messages of {} users in {:.1}s: {} training rows, {} validation rows, {} of them withheld sends ({} without any observable label left out)",
         spilled.messages,
@@ -275,9 +275,9 @@ async fn spill(
     spec: &FeatureSpec,
     window: &TrainingWindow,
     settings: &TrainSettings,
-    dir: &Path,
 ) -> Result<Spilled> {
     let labels = &settings.labels;
+    let dir = settings.work_dir.as_path();
     let weigh = Weigh(settings.max_weight);
     let horizon = TimeDelta::days(i64::from(labels.retention_days));
     // 28 days before the window feed the fatigue features of its first rows.

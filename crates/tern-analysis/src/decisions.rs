@@ -42,7 +42,7 @@ use futures::TryStreamExt;
 use tern_core::OutcomeKind;
 use tern_daemon::features;
 use tern_daemon::train::{retained, Labels};
-use tern_daemon::translate::{assign_arms, effective, planner_config, value_modes};
+use tern_daemon::translate::{assign_arms, planner_config, treatment, value_modes};
 use tern_ope::{Bootstrap, Evaluation, Logged};
 use tern_planner::{OpportunityInput, PastSend, Planner, Predictor, Scores, UserInput};
 use tern_policy::Bundle;
@@ -130,24 +130,18 @@ pub fn replay(
     for (at, indices) in by_moment {
         // The same user can hold several decisions at one moment; each is its own context, so
         // each gets its own id (after the arm is assigned from the real one).
-        let mut treatment = std::collections::HashMap::new();
+        let mut assigned = Vec::with_capacity(indices.len());
         let mut users: Vec<UserInput> = indices
             .iter()
             .map(|&i| {
                 let mut u = decisions[i].user.clone();
-                let assigned = assign_arms(bundle, std::slice::from_mut(&mut u));
+                assigned.extend(assign_arms(bundle, std::slice::from_mut(&mut u)));
                 u.user_id = format!("{i:010}");
-                if let Some((e, arm)) = assigned.first().and_then(|a| effective(a)) {
-                    treatment.insert(
-                        u.user_id.clone(),
-                        (e.metadata.name.clone(), arm.name.clone()),
-                    );
-                }
                 u
             })
             .collect();
+        let (_, modes) = value_modes(bundle, &treatment(&assigned, &users));
         users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        let (_, modes) = value_modes(bundle, &treatment);
         let plan = planner.plan(&users, at, 0, scorer(at, &modes).as_ref())?;
         let mut predicted = Vec::new();
         dm(at, &Modes::new()).predict_many(&users.iter().collect::<Vec<_>>(), &mut predicted);

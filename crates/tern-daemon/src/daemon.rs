@@ -27,7 +27,7 @@ use crate::cron::{jobs, Cron, Job};
 use crate::features;
 use crate::predict::{ModelPredictor, Prior};
 use crate::train::TrainSettings;
-use crate::translate::{assign_arms, effective, planner_config};
+use crate::translate::{assign_arms, planner_config};
 use crate::Error;
 
 /// How far back a replan reads history: the longest cap window and the fatigue features' reach.
@@ -281,18 +281,7 @@ impl Daemon {
         let assigned = assign_arms(&bundle, &mut inputs);
         // The (experiment, arm) that decides each user's treatment, carried as such to the
         // schedule items rather than read back from the planner's arm label.
-        let treatment: HashMap<String, (String, String)> = assigned
-            .iter()
-            .zip(&inputs)
-            .filter_map(|(a, u)| {
-                effective(a).map(|(e, arm)| {
-                    (
-                        u.user_id.clone(),
-                        (e.metadata.name.clone(), arm.name.clone()),
-                    )
-                })
-            })
-            .collect();
+        let treatment = crate::translate::treatment(&assigned, &inputs);
         let assignments: Vec<Assignment> = assigned
             .into_iter()
             .zip(&inputs)

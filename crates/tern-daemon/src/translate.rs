@@ -232,6 +232,27 @@ pub fn assign_arms<'b>(
         .collect()
 }
 
+/// Each user's treatment, by user id: the (experiment, arm) that decides it (see
+/// [`effective`]), from the assignments [`assign_arms`] returned for `users`, in the same order.
+/// Users in no experiment are left out.
+pub fn treatment(
+    assigned: &[Vec<(&tern_policy::Experiment, &tern_policy::Arm)>],
+    users: &[UserInput],
+) -> std::collections::HashMap<String, (String, String)> {
+    assigned
+        .iter()
+        .zip(users)
+        .filter_map(|(a, u)| {
+            effective(a).map(|(e, arm)| {
+                (
+                    u.user_id.clone(),
+                    (e.metadata.name.clone(), arm.name.clone()),
+                )
+            })
+        })
+        .collect()
+}
+
 fn exempt_of(set: &tern_policy::CapSet) -> Vec<String> {
     set.exempt.iter().map(|p| p.as_str().to_string()).collect()
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context, Result};
 use chrono::{DateTime, Utc};
 use tern_daemon::predict::ModelPredictor;
-use tern_daemon::translate::{assign_arms, effective, planner_config, value_modes};
+use tern_daemon::translate::{assign_arms, planner_config, treatment, value_modes};
 use tern_model::Model;
 use tern_planner::{explain, jsonl, InlineScores, Planner, Predictor};
 use tern_policy::Bundle;
@@ -55,19 +55,7 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
         .with_context(|| format!("{} is not valid planner input", args.input.display()))?;
     let assigned = assign_arms(&bundle, &mut users);
     // Each user's objective values sends in its own mode, as in the daemon.
-    let treatment: std::collections::HashMap<String, (String, String)> = assigned
-        .iter()
-        .zip(&users)
-        .filter_map(|(a, u)| {
-            effective(a).map(|(e, arm)| {
-                (
-                    u.user_id.clone(),
-                    (e.metadata.name.clone(), arm.name.clone()),
-                )
-            })
-        })
-        .collect();
-    let (mode, modes) = value_modes(&bundle, &treatment);
+    let (mode, modes) = value_modes(&bundle, &treatment(&assigned, &users));
     let now = args.now.unwrap_or_else(Utc::now);
     let predictor: Box<dyn Predictor> = match &args.model {
         Some(path) => {

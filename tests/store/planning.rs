@@ -67,6 +67,13 @@ async fn planning_input_and_channel_usage_count_what_is_held_and_sent() {
         "a pending item does not hold its opportunity"
     );
     assert!(b.history.is_empty());
+    // Arrivals count every opportunity of the last week, held or not, per kind.
+    let count = |u: &tern_store::PlanningUser| u.arrivals.iter().map(|a| a.count).sum::<i64>();
+    assert_eq!(count(a), 2, "{:?}", a.arrivals);
+    assert_eq!(a.arrivals.len(), 1, "one kind: {:?}", a.arrivals);
+    assert_eq!(count(b), 1);
+    assert_eq!(a.arrivals[0].category, "content");
+    assert_eq!(a.arrivals[0].channels, vec!["push", "email"]);
     let only_b = s
         .planning_input(t0(), TimeDelta::days(28), Some(&["b".to_string()]))
         .await

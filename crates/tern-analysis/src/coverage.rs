@@ -160,6 +160,7 @@ fn run_policy(
                         .map(|(k, o)| input(o, k as i64))
                         .collect(),
                     activity: Default::default(),
+                    arrivals: Vec::new(),
                 }
             })
             .collect();

@@ -376,6 +376,7 @@ fn decision(
         user: UserInput {
             user_id: d.user_id.clone(),
             activity: features::activity_as_of(first_seen_at, active_days, decided_at),
+            arrivals: Vec::new(),
             timezone,
             arm: None,
             send_time_profile: Vec::new(),
@@ -434,6 +435,7 @@ mod tests {
                     signals: BTreeMap::new(),
                 }],
                 activity: Default::default(),
+                arrivals: Vec::new(),
             },
             decided_at: at,
             logged: logged.map(|(channel, propensity)| Sent {

@@ -13,6 +13,12 @@
 //!   Not sending is worth exactly zero.
 //!   A model that saw no withheld send has learned nothing about "no send"; it is scored as in
 //!   `outcome` mode rather than trusted with a difference it cannot know.
+//! - `longTerm`: as `incremental`, but retention is the activity head's difference (the share
+//!   of the horizon's days the user is active, sent against not sent) in active days per week:
+//!   what the send does to how much of the coming weeks the user spends with the product, not
+//!   only whether they are still there at the end. The planner adds pacing and send time by
+//!   value for these users (`Objective::long_term`), scoring them at several moments through
+//!   [`Predictor::predict_many_at`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +29,10 @@ use tern_planner::{candidates, Predictor, Scores, UserInput};
 use tern_policy::ValueMode;
 
 use crate::features::{self, Candidate, Past};
+
+/// `value: longTerm` weighs retention as active days gained per week: the activity head's
+/// share of active days, times this.
+const DAYS_PER_WEEK: f64 = 7.0;
 
 /// Scores candidates with a trained model, as if each were sent at the planning instant.
 ///
@@ -107,12 +117,22 @@ impl Predictor for ModelPredictor {
     }
 
     fn predict_many(&self, users: &[&UserInput], out: &mut Vec<Scores>) {
+        self.predict_many_at(users, None, out)
+    }
+
+    /// Scores each candidate as if sent at `at` (the planning instant when `None`): the local
+    /// hour, weekday, ages and fatigue windows move with it; the history stays as it is now.
+    fn predict_many_at(
+        &self,
+        users: &[&UserInput],
+        at: Option<DateTime<Utc>>,
+        out: &mut Vec<Scores>,
+    ) {
+        let now = at.unwrap_or(self.now);
         let spec = self.model.spec();
         let channels = &spec.declaration().channels;
-        let incremental: Vec<bool> = users
-            .iter()
-            .map(|u| self.mode_of(&u.user_id) == ValueMode::Incremental)
-            .collect();
+        let modes: Vec<ValueMode> = users.iter().map(|u| self.mode_of(&u.user_id)).collect();
+        let incremental: Vec<bool> = modes.iter().map(|m| m.is_causal()).collect();
         let total: usize = users.iter().map(|u| candidates(u)).sum();
         let untreated: usize = users
             .iter()
@@ -124,16 +144,9 @@ impl Predictor for ModelPredictor {
         let mut history = Vec::new();
         let mut encoded = true;
         for (user, incremental) in users.iter().zip(&incremental) {
-            for_each_action(
-                channels,
-                user,
-                self.now,
-                *incremental,
-                &mut history,
-                |ctx| {
-                    encoded &= rows.push(spec, ctx).is_ok();
-                },
-            );
+            for_each_action(channels, user, now, *incremental, &mut history, |ctx| {
+                encoded &= rows.push(spec, ctx).is_ok();
+            });
         }
         let mut p = vec![[0.0f32; HEADS]; rows.rows()];
         if !encoded || self.model.predict(&rows, &mut p).is_err() {
@@ -144,7 +157,7 @@ impl Predictor for ModelPredictor {
         }
         // A head that saw no label in training has learned nothing: the prior speaks for it.
         let mut rows = p.iter();
-        for (user, incremental) in users.iter().zip(&incremental) {
+        for ((user, incremental), mode) in users.iter().zip(&incremental).zip(&modes) {
             for o in &user.opportunities {
                 let prior = Prior::scores(&o.signals);
                 let sends: Vec<&[f32; HEADS]> = rows.by_ref().take(o.channels.len()).collect();
@@ -156,7 +169,9 @@ impl Predictor for ModelPredictor {
                 let baseline: [f64; HEADS] = if *incremental {
                     let none = rows.next().expect("one no-send row per opportunity");
                     let mut b = [0.0; HEADS];
-                    b[Head::Retention.index()] = f64::from(none[Head::Retention.index()]);
+                    for h in [Head::Retention, Head::Activity] {
+                        b[h.index()] = f64::from(none[h.index()]);
+                    }
                     b
                 } else {
                     let mut b = [0.0; HEADS];
@@ -171,10 +186,17 @@ impl Predictor for ModelPredictor {
                             fallback
                         }
                     };
+                    // Over time, retention is the change in active days per week of the
+                    // horizon: the share of active days moved by the send, times seven.
+                    let retention = if *mode == ValueMode::LongTerm {
+                        DAYS_PER_WEEK * head(Head::Activity, prior.retention / DAYS_PER_WEEK)
+                    } else {
+                        head(Head::Retention, prior.retention)
+                    };
                     out.push(Scores {
                         conversion: head(Head::Conversion, prior.conversion),
                         engagement: head(Head::Engagement, prior.engagement),
-                        retention: head(Head::Retention, prior.retention),
+                        retention,
                         reachability_loss: head(Head::ReachabilityLoss, prior.reachability_loss),
                     });
                 }

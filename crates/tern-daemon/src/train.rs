@@ -226,6 +226,8 @@ impl Labels {
             Head::Conversion => TimeDelta::days(i64::from(self.conversion_days)),
             Head::ReachabilityLoss => TimeDelta::days(i64::from(self.reachability_days)),
             Head::Retention => TimeDelta::days(i64::from(self.retention_days)),
+            // Its last day is the one after retention's last week ends.
+            Head::Activity => TimeDelta::days(i64::from(self.retention_days) + 1),
         }
     }
 }
@@ -477,7 +479,30 @@ fn label(
     let (retained, observable) = retained(active_days, t, horizon, as_of);
     y[Head::Retention.index()] = retained;
     mask[Head::Retention.index()] = observable;
+    let (share, observable) = activity(active_days, t, horizon, as_of);
+    y[Head::Activity.index()] = share;
+    mask[Head::Activity.index()] = observable;
     (y, mask)
+}
+
+/// Activity after a send at `t`: the share of the days after the send's day, up to
+/// `t + horizon`'s day, on which the user was active. Observable, like retention, once the last
+/// of those days is over by `as_of`.
+pub fn activity(
+    days: &[NaiveDate],
+    t: DateTime<Utc>,
+    horizon: TimeDelta,
+    as_of: DateTime<Utc>,
+) -> (f32, bool) {
+    let first = t.date_naive() + TimeDelta::days(1);
+    let end = (t + horizon).date_naive() + TimeDelta::days(1);
+    let span = (end - first).num_days().max(1);
+    let today = as_of.date_naive();
+    let active = days
+        .iter()
+        .filter(|d| **d >= first && **d < end && **d < today)
+        .count();
+    (active as f32 / span as f32, end <= today)
 }
 
 /// Retention of a message sent at `t`: was the user active on some day of the last week (or the
@@ -645,6 +670,37 @@ mod tests {
     }
 
     #[test]
+    fn activity_is_the_share_of_the_horizons_days_and_masked_until_the_last_is_over() {
+        let d = |s: &str| s.parse::<NaiveDate>().unwrap();
+        let sent = t("2026-06-01T10:00:00Z");
+        let h = TimeDelta::days(7);
+        // June 2 to June 8: seven days. The send's own day and June 9 do not count.
+        let days = [
+            d("2026-06-01"),
+            d("2026-06-02"),
+            d("2026-06-05"),
+            d("2026-06-09"),
+        ];
+        assert_eq!(
+            activity(&days, sent, h, t("2026-06-08T12:00:00Z")),
+            (2.0 / 7.0, false)
+        );
+        assert_eq!(
+            activity(&days, sent, h, t("2026-06-09T00:00:00Z")),
+            (2.0 / 7.0, true)
+        );
+        assert_eq!(
+            activity(&[], sent, h, t("2026-07-01T00:00:00Z")),
+            (0.0, true)
+        );
+        let every: Vec<NaiveDate> = (2..=8).map(|k| d(&format!("2026-06-0{k}"))).collect();
+        assert_eq!(
+            activity(&every, sent, h, t("2026-07-01T00:00:00Z")),
+            (1.0, true)
+        );
+    }
+
+    #[test]
     fn retention_is_masked_until_the_horizon_has_passed() {
         let d = |s: &str| s.parse::<NaiveDate>().unwrap();
         let sent = t("2026-06-01T10:00:00Z");
@@ -686,8 +742,8 @@ mod tests {
             let x = i as f32;
             s.push(
                 &[x, x + 0.5, -x],
-                &[1.0, 0.0, 1.0, 0.0],
-                &[true, true, false, true],
+                &[1.0, 0.0, 1.0, 0.0, 0.5],
+                &[true, true, false, true, true],
                 1.0 + x / 2.0,
             )
             .unwrap();
@@ -709,10 +765,10 @@ mod tests {
         );
         assert_eq!(
             last.labels()[0],
-            [1.0, 0.0, 0.0, 0.0],
+            [1.0, 0.0, 0.0, 0.0, 0.5],
             "masked labels read as 0"
         );
-        assert_eq!(last.masks()[0], [true, true, false, true]);
+        assert_eq!(last.masks()[0], [true, true, false, true, true]);
         assert_eq!(last.weights()[0], 1.0 + CHUNK_ROWS as f32 / 2.0);
     }
 

@@ -131,6 +131,7 @@ pub fn planner_config(bundle: &Bundle, replan: Option<&str>) -> Result<PlannerCo
                         retention: o.weights.retention,
                         reachability: o.weights.reachability,
                         min_value: o.min_value,
+                        long_term: o.value == tern_policy::ValueMode::LongTerm,
                     },
                 )
             })
@@ -312,6 +313,7 @@ mod tests {
                 history: vec![],
                 opportunities: vec![],
                 activity: Default::default(),
+                arrivals: Vec::new(),
             })
             .collect()
     }

@@ -44,10 +44,11 @@ fn batches(spec: &FeatureSpec, rows: usize, per_batch: usize, g: &mut Gen) -> In
                     f32::from(g.f() > 0.0),
                     0.0,
                     f32::from(g.f() > 0.9),
+                    g.f(),
                 ]
             })
             .collect();
-        let masks = (0..n).map(|_| [true, true, false, true]).collect();
+        let masks = (0..n).map(|_| [true, true, false, true, true]).collect();
         out.push(Batch::new(w, x, labels, masks).unwrap());
         done += n;
     }

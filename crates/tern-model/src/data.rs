@@ -228,15 +228,21 @@ mod tests {
         let b = Batch::new(
             1,
             vec![0.5],
-            vec![[7.0, 1.0, 0.0, f32::NAN]],
-            vec![[false, true, true, false]],
+            vec![[7.0, 1.0, 0.0, f32::NAN, 0.25]],
+            vec![[false, true, true, false, true]],
         )
         .unwrap();
-        assert_eq!(b.labels()[0], [0.0, 1.0, 0.0, 0.0]);
-        assert!(Batch::new(1, vec![0.5], vec![[2.0; 4]], vec![[true; 4]]).is_err());
-        assert!(Batch::new(1, vec![f32::INFINITY], vec![[0.0; 4]], vec![[true; 4]]).is_err());
-        assert!(Batch::new(2, vec![0.5], vec![[0.0; 4]], vec![[true; 4]]).is_err());
-        let one = || Batch::new(1, vec![0.5], vec![[0.0; 4]], vec![[true; 4]]).unwrap();
+        assert_eq!(b.labels()[0], [0.0, 1.0, 0.0, 0.0, 0.25]);
+        assert!(Batch::new(1, vec![0.5], vec![[2.0; HEADS]], vec![[true; HEADS]]).is_err());
+        assert!(Batch::new(
+            1,
+            vec![f32::INFINITY],
+            vec![[0.0; HEADS]],
+            vec![[true; HEADS]]
+        )
+        .is_err());
+        assert!(Batch::new(2, vec![0.5], vec![[0.0; HEADS]], vec![[true; HEADS]]).is_err());
+        let one = || Batch::new(1, vec![0.5], vec![[0.0; HEADS]], vec![[true; HEADS]]).unwrap();
         assert_eq!(one().weights(), [1.0]);
         assert_eq!(one().with_weights(vec![2.5]).unwrap().weights(), [2.5]);
         assert!(one().with_weights(vec![-1.0]).is_err());

@@ -191,12 +191,15 @@ impl Default for Accumulator {
 }
 
 impl Accumulator {
-    /// Adds one labelled row: `p` the predicted probability, `label` the outcome (0 or 1).
+    /// Adds one labelled row: `p` the predicted probability, `label` the outcome (0 or 1, or a
+    /// share in between for a soft label such as activity: the loss and calibration take it
+    /// as it is, the AUC counts it as positive from 0.5).
     pub fn add(&mut self, p: f64, label: f32) {
         let p = readable(p);
+        let y = f64::from(label).clamp(0.0, 1.0);
         let positive = label >= 0.5;
         self.n += 1;
-        self.loss += log_loss(p, positive);
+        self.loss += soft_log_loss(p, y);
         let bin = ((p * AUC_BINS as f64) as usize).min(AUC_BINS - 1);
         if positive {
             self.positives += 1;
@@ -207,7 +210,7 @@ impl Accumulator {
         let e = ((p * ECE_BINS as f64) as usize).min(ECE_BINS - 1);
         self.ece_count[e] += 1;
         self.ece_pred[e] += p;
-        self.ece_pos[e] += f64::from(u8::from(positive));
+        self.ece_pos[e] += y;
     }
 
     pub fn n(&self) -> u64 {
@@ -267,6 +270,18 @@ pub(crate) fn readable(p: f64) -> f64 {
         p.clamp(0.0, 1.0)
     } else {
         0.5
+    }
+}
+
+/// Cross-entropy against a label in [0, 1]: the log loss for 0 and 1, and the same formula in
+/// between.
+pub(crate) fn soft_log_loss(p: f64, y: f64) -> f64 {
+    if y <= 0.0 {
+        log_loss(p, false)
+    } else if y >= 1.0 {
+        log_loss(p, true)
+    } else {
+        y * log_loss(p, true) + (1.0 - y) * log_loss(p, false)
     }
 }
 

@@ -60,7 +60,7 @@ pub use summary::{EpochStats, TrainConfig, TrainingSummary};
 pub use train::{evaluate, train};
 
 /// Number of predicted outcomes (heads).
-pub const HEADS: usize = 4;
+pub const HEADS: usize = 5;
 
 /// The outcomes the model predicts, in the order of every `[f32; HEADS]` array in this crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,6 +74,11 @@ pub enum Head {
     Retention,
     /// The user is lost on this channel: unsubscribes, disables push, or complains.
     ReachabilityLoss,
+    /// The share of the days after the send, over the horizon, on which the user is active: a
+    /// soft label in [0, 1]. Retention asks whether the user is still there at the end; this
+    /// asks how much of the time they were, which a send moves far more often, and is what the
+    /// long-term value mode weighs.
+    Activity,
 }
 
 impl Head {
@@ -82,6 +87,7 @@ impl Head {
         Head::Engagement,
         Head::Retention,
         Head::ReachabilityLoss,
+        Head::Activity,
     ];
 
     /// The stable name used in metrics and artifacts.
@@ -91,6 +97,7 @@ impl Head {
             Head::Engagement => "engagement",
             Head::Retention => "retention",
             Head::ReachabilityLoss => "reachability_loss",
+            Head::Activity => "activity",
         }
     }
 

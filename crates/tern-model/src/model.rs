@@ -31,7 +31,8 @@ use crate::HEADS;
 use tern_core::fnv1a64;
 
 const MAGIC: &[u8; 8] = b"TERNMODL";
-const FORMAT: u32 = 1;
+/// 2: five heads (activity added); format 1 had four. An older artifact is refused: retrain.
+const FORMAT: u32 = 2;
 
 /// Rows per chunk when scoring in parallel with [`Engine::Burn`]. Measured on the 2-core
 /// development machine (512 to 4,096 tried): large enough that burn's per-operation overhead is

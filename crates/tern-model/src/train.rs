@@ -58,7 +58,8 @@ pub fn train(
 
     let mut epochs = Vec::new();
     let mut best: Option<(f64, usize, Vec<Vec<f32>>)> = None;
-    let mut base_counts = [(0u64, 0u64); HEADS];
+    // Per head: labels seen, and their sum (the positives, or the shares of a soft label).
+    let mut base_counts = [(0u64, 0.0f64); HEADS];
     let mut untreated_rows = 0u64;
     let channel_columns: Vec<usize> = spec
         .columns()
@@ -80,7 +81,7 @@ pub fn train(
                     for h in 0..HEADS {
                         if m[h] {
                             base_counts[h].0 += 1;
-                            base_counts[h].1 += u64::from(l[h] >= 0.5);
+                            base_counts[h].1 += f64::from(l[h]);
                         }
                     }
                 }
@@ -191,11 +192,11 @@ fn check_width(batch: &Batch, width: usize) -> Result<(), ModelError> {
     Ok(())
 }
 
-fn rates(counts: &[(u64, u64); HEADS]) -> [f64; HEADS] {
+fn rates(counts: &[(u64, f64); HEADS]) -> [f64; HEADS] {
     let mut out = [0.0; HEADS];
     for (o, (n, p)) in out.iter_mut().zip(counts) {
         // With no label at all, 0.5 is the least wrong constant.
-        *o = if *n == 0 { 0.5 } else { *p as f64 / *n as f64 };
+        *o = if *n == 0 { 0.5 } else { *p / *n as f64 };
     }
     out
 }
@@ -260,7 +261,8 @@ fn validation_loss(
                     if m[h] {
                         let p = p.get(r * HEADS + h).copied().unwrap_or(f32::NAN);
                         let w = f64::from(*w);
-                        acc[h].0 += w * eval::log_loss(eval::readable(f64::from(p)), l[h] >= 0.5);
+                        acc[h].0 +=
+                            w * eval::soft_log_loss(eval::readable(f64::from(p)), f64::from(l[h]));
                         acc[h].1 += w;
                     }
                 }

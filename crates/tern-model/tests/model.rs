@@ -22,7 +22,8 @@ fn sigmoid(z: f32) -> f32 {
 }
 
 /// `rows` rows of the default spec's width with a planted signal: conversion depends on features
-/// 0, 1 and the product of 2 and 3; engagement on feature 4; reachability loss on feature 5.
+/// 0, 1 and the product of 2 and 3; engagement on feature 4; reachability loss on feature 5;
+/// activity (a share of seven days) on feature 6.
 /// Retention is observable for only half the rows; `masked_value` is what the masked labels hold
 /// (it must not matter).
 fn data(seed: u64, rows: usize, batch_rows: usize, masked_value: f32) -> InMemory {
@@ -42,12 +43,15 @@ fn data(seed: u64, rows: usize, batch_rows: usize, masked_value: f32) -> InMemor
                 sigmoid(2.5 * row[4]),
                 sigmoid(1.5 * row[0] + 1.5 * row[4]),
                 sigmoid(-2.0 + 2.0 * row[5]),
+                sigmoid(1.0 - 2.0 * row[6]),
             ];
             let mut l = [0.0; HEADS];
             let mut m = [true; HEADS];
             for h in 0..HEADS {
                 l[h] = if g.f() < p[h] { 1.0 } else { 0.0 };
             }
+            // Activity is a share: a soft label, the mean of seven days' draws.
+            l[4] = (0..7).filter(|_| g.f() < p[4]).count() as f32 / 7.0;
             if g.f() < 0.5 {
                 m[2] = false;
                 l[2] = masked_value;
@@ -125,9 +129,20 @@ fn the_model_learns_a_planted_signal_and_beats_both_baselines() {
         "only observable retention labels are evaluated: {}",
         retention.labels
     );
+    // A soft label is learned like any other: its share, better than the base rate.
+    let activity = metrics.head(Head::Activity).unwrap();
+    assert!(
+        activity.model.log_loss < activity.base_rate.log_loss - 0.01,
+        "{activity:?}"
+    );
     assert!(promotable(metrics), "{metrics:?}");
     let summary = model.training.as_ref().unwrap();
     assert!(summary.epochs.len() <= 6 && !summary.epochs.is_empty());
+    let rate = summary.train_base_rates[Head::Activity.index()];
+    assert!(
+        rate > 0.5 && rate < 0.8,
+        "the mean share, not a count of halves: {rate}"
+    );
 
     // A later evaluation of the same period against the stored baselines gives the same figures.
     let again = evaluate(&model, &mut data(2, 2000, 1000, 0.0)).unwrap();

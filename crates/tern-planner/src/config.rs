@@ -229,6 +229,16 @@ pub struct Objective {
     /// Candidates worth less than this are not sent: sending nothing is a valid decision.
     #[serde(default)]
     pub min_value: f64,
+    /// Plans over time rather than send by send (the policy's `value: longTerm`):
+    /// - **pacing**: a count cap's slot goes only to a candidate worth at least what the slot
+    ///   is worth to this user, the value that the best `max` of the candidates a window
+    ///   brings them would clear (their recent arrivals, [`crate::UserInput::arrivals`], and
+    ///   this plan's values of such candidates), instead of to whichever comes first;
+    /// - **send time by value**: each candidate is scored at several moments of the next day
+    ///   ([`crate::pacing::SLOTS`] of [`crate::pacing::SLOT_SECS`]) and placed in the one
+    ///   predicted to be worth most, outside quiet hours.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub long_term: bool,
 }
 
 /// Users are split into arms by the policy's salted rendezvous hash of their id

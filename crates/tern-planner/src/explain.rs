@@ -186,6 +186,11 @@ pub fn explain(planner: &Planner, plan: &Plan, user: &UserInput) -> Option<Strin
             Reason::Budget { price } => {
                 format!("the channel's budget price is {price:.4}; its margin is too low")
             }
+            Reason::Paced { threshold } => format!(
+                "its value {} is below {threshold:.4}, what a slot of its cap is worth to this user \
+                 at the pace their opportunities arrive (pacing, value: longTerm)",
+                x.value.map_or("(not a number)".into(), |v| format!("{v:.4}")),
+            ),
             Reason::Duplicate { chosen_channel } => {
                 let withheld = up.suppressions.iter().any(|w| {
                     w.opportunity == x.opportunity

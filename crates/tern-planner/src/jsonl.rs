@@ -69,6 +69,9 @@ struct SuppressionLine<'a> {
     max: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     price: Option<f64>,
+    /// For `paced`: the value a slot of the binding cap is worth to this user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threshold: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     chosen_channel: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,6 +121,7 @@ pub fn write_plan<W: Write>(planner: &Planner, plan: &Plan, mut w: W) -> std::io
                 count: None,
                 max: None,
                 price: None,
+                threshold: None,
                 chosen_channel: None,
                 value: s.value,
                 would_send: s.counterfactual.as_deref().map(|c| choice_line(plan, u, c)),
@@ -137,6 +141,7 @@ pub fn write_plan<W: Write>(planner: &Planner, plan: &Plan, mut w: W) -> std::io
                     line.rule = rules.get(rule as usize).map(|r| r.label.as_str());
                 }
                 Reason::Budget { price } => line.price = Some(price),
+                Reason::Paced { threshold } => line.threshold = Some(threshold),
                 Reason::Duplicate { chosen_channel } => {
                     line.chosen_channel = Some(plan.channel_name(chosen_channel))
                 }

@@ -25,6 +25,7 @@
 pub mod config;
 mod explain;
 pub mod jsonl;
+pub mod pacing;
 mod plan;
 pub mod random;
 mod synthetic;

@@ -10,6 +10,7 @@ use chrono_tz::Tz;
 use rayon::prelude::*;
 
 use crate::config::{Compiled, CompiledArm, ConfigError, Limit, PlannerConfig};
+use crate::pacing::{self, Pacing, SLOTS, SLOT_SECS};
 use crate::random::user_stream;
 use crate::time::{build_pieces, Piece};
 use crate::types::*;
@@ -73,6 +74,8 @@ pub(crate) struct Scratch {
     points: Vec<Vec<i64>>,
     allowed: Vec<(usize, i64, i64)>,
     memo: Memo,
+    /// Per rule of the user's arm: the value a candidate must reach to take one of its slots.
+    paced: Vec<f64>,
 }
 
 /// Cap-check results per (rule mask, piece start), valid until the next choice changes the
@@ -154,6 +157,16 @@ impl Planner {
         }
     }
 
+    /// The arm a user is planned under (index into the compiled arms): the one their input
+    /// names, else the one the configured split assigns. `Err` with the name when the input
+    /// names an arm that does not exist.
+    fn arm_for<'u>(&self, user: &'u UserInput) -> Result<usize, &'u String> {
+        match &user.arm {
+            Some(name) => self.c.arms.iter().position(|a| &a.name == name).ok_or(name),
+            None => Ok(self.arm_index(&user.user_id)),
+        }
+    }
+
     pub(crate) fn arm(&self, name: &str) -> Option<&CompiledArm> {
         self.c.arms.iter().find(|a| a.name == name)
     }
@@ -181,13 +194,26 @@ impl Planner {
             }
         }
         let nch = self.c.channels.len();
-        let scores = score(users, &order, predictor);
+        let arms: Vec<Option<usize>> = order
+            .iter()
+            .map(|&i| self.arm_for(&users[i]).ok())
+            .collect();
+        // A long-term objective's users are scored at every slot of the next day.
+        let slots: Vec<usize> = arms
+            .iter()
+            .map(|a| match a {
+                Some(a) if self.c.arms[*a].objective.long_term => SLOTS,
+                _ => 1,
+            })
+            .collect();
+        let scores = score(users, &order, &slots, now, predictor);
+        let pacing = self.pacing(users, &order, &arms, &scores, now);
         let run = |prices: &[f64]| -> Vec<UserPlan> {
             order
                 .par_iter()
                 .zip(&scores)
                 .map_init(Scratch::default, |s, (&i, scores)| {
-                    self.plan_user(&users[i], now, seed, prices, scores, s)
+                    self.plan_user(&users[i], now, seed, prices, scores, &pacing, s)
                 })
                 .collect()
         };
@@ -309,7 +335,92 @@ impl Planner {
         })
     }
 
+    /// What a cap slot is worth, per long-term arm and count rule: the values this plan's
+    /// candidates counted by the rule reach, one per opportunity at its best channel and slot
+    /// (see [`crate::pacing`]).
+    fn pacing(
+        &self,
+        users: &[UserInput],
+        order: &[usize],
+        arms: &[Option<usize>],
+        scores: &[Vec<Scores>],
+        now: i64,
+    ) -> Pacing {
+        let c = &self.c;
+        let mut values: Vec<Vec<Vec<f64>>> = c
+            .arms
+            .iter()
+            .map(|a| {
+                vec![
+                    Vec::new();
+                    if a.objective.long_term {
+                        a.rules.len()
+                    } else {
+                        0
+                    }
+                ]
+            })
+            .collect();
+        for ((&i, arm), scores) in order.iter().zip(arms).zip(scores) {
+            let Some(ai) = *arm else { continue };
+            let a = &c.arms[ai];
+            if !a.objective.long_term || a.rules.is_empty() || a.holdout {
+                continue;
+            }
+            let user = &users[i];
+            let n = candidates(user);
+            let k = scores.len().checked_div(n).unwrap_or(1).max(1);
+            let mut base = 0;
+            for o in &user.opportunities {
+                let here = base;
+                base += o.channels.len();
+                let bypass = c.bypass.get(&o.priority).copied().unwrap_or_default();
+                if bypass.any()
+                    || a.exempt.contains(&o.priority)
+                    || o.expires_at.timestamp() <= now
+                    || user.opted_out_categories.contains(&o.category)
+                {
+                    continue;
+                }
+                let mut best = vec![f64::NEG_INFINITY; a.rules.len()];
+                for (j, name) in o.channels.iter().enumerate() {
+                    let Some(ch) = c.channels.iter().position(|n| n == name) else {
+                        continue;
+                    };
+                    if user.opted_out_channels.contains(name)
+                        || user.unreachable_channels.contains(name)
+                    {
+                        continue;
+                    }
+                    let v = (0..k)
+                        .filter_map(|slot| scores.get(slot * n + here + j))
+                        .map(|sc| value_of(&a.objective, sc))
+                        .filter(|v| v.is_finite())
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let mut m = a.mask(Some(ch as u16), &o.category);
+                    while m != 0 {
+                        let r = m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        best[r] = best[r].max(v);
+                    }
+                }
+                for (r, v) in best.into_iter().enumerate() {
+                    if v.is_finite() && matches!(a.rules[r].limit, Limit::Max { .. }) {
+                        values[ai][r].push(v);
+                    }
+                }
+            }
+        }
+        for rules in &mut values {
+            for v in rules {
+                v.sort_by(f64::total_cmp);
+            }
+        }
+        Pacing { values }
+    }
+
     /// Plans one user given the channel prices.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn plan_user(
         &self,
         user: &UserInput,
@@ -317,17 +428,16 @@ impl Planner {
         seed: u64,
         prices: &[f64],
         scores: &[Scores],
+        pacing: &Pacing,
         s: &mut Scratch,
     ) -> UserPlan {
         let c = &self.c;
-        let named = user
-            .arm
-            .as_ref()
-            .map(|name| c.arms.iter().find(|a| &a.name == name).ok_or(name));
-        let arm = match named {
-            Some(Ok(arm)) => arm,
-            _ => &c.arms[self.arm_index(&user.user_id)],
+        let named = self.arm_for(user);
+        let arm_index = match named {
+            Ok(a) => a,
+            Err(_) => self.arm_index(&user.user_id),
         };
+        let arm = &c.arms[arm_index];
         let mut up = UserPlan {
             user_id: user.user_id.clone(),
             arm: arm.name.clone(),
@@ -357,8 +467,8 @@ impl Planner {
         let profile_ok = profile.is_empty()
             || (profile.len() == 24 && profile.iter().all(|w| w.is_finite() && *w >= 0.0));
         let unknown_arm = match named {
-            Some(Err(name)) => Some(format!("unknown experiment arm {name:?}")),
-            _ => None,
+            Err(name) => Some(format!("unknown experiment arm {name:?}")),
+            Ok(_) => None,
         };
         let tz = match (tz, profile_ok, unknown_arm) {
             (Ok(tz), true, None) => tz,
@@ -427,6 +537,9 @@ impl Planner {
         // Candidates: everything that survives the checks that do not depend on other choices.
         s.cands.clear();
         let objective = &arm.objective;
+        pacing::thresholds(arm, arm_index, &c.channels, user, pacing, &mut s.paced);
+        let ncands = candidates(user);
+        let slots = scores.len().checked_div(ncands).unwrap_or(1).max(1);
         let mut k = 0;
         for (oi, o) in user.opportunities.iter().enumerate() {
             let base = k;
@@ -470,7 +583,32 @@ impl Planner {
                     suppress(&mut up, o.id, Some(ch), Reason::Unreachable, None);
                     continue;
                 }
-                let scores = scores.get(base + j).copied().unwrap_or_default();
+                let (mut earliest, mut latest) = (earliest, latest);
+                let mut scores_at = scores.get(base + j).copied().unwrap_or_default();
+                if slots > 1 && !bypass.any() {
+                    // Send time by value: the slot worth most among those still open on the
+                    // channel before the opportunity expires; the earliest among equals.
+                    let mut best: Option<(f64, i64, i64, Scores)> = None;
+                    for slot in 0..slots {
+                        let a = (now + slot as i64 * SLOT_SECS).max(earliest);
+                        let b = (now + (slot as i64 + 1) * SLOT_SECS).min(latest);
+                        if a >= b || !open_between(&s.pieces, ch, a, b) {
+                            continue;
+                        }
+                        let sc = scores
+                            .get(slot * ncands + base + j)
+                            .copied()
+                            .unwrap_or_default();
+                        let v = value_of(objective, &sc);
+                        if best.is_none_or(|(bv, ..)| v > bv) {
+                            best = Some((v, a, b, sc));
+                        }
+                    }
+                    if let Some((_, a, b, sc)) = best {
+                        (earliest, latest, scores_at) = (a, b, sc);
+                    }
+                }
+                let scores = scores_at;
                 let mut value = value_of(objective, &scores);
                 if bypass.min_value && value.is_nan() {
                     // A broken model must not stop a message that has to go out.
@@ -485,6 +623,27 @@ impl Planner {
                 if earliest >= latest {
                     suppress(&mut up, o.id, Some(ch), Reason::Horizon, Some(value));
                     continue;
+                }
+                let chan_mask = arm.channel_masks.get(ch as usize).copied().unwrap_or(0);
+                if !exempt && !bypass.any() {
+                    let mut m = chan_mask & cat_mask;
+                    let mut threshold = f64::NEG_INFINITY;
+                    while m != 0 {
+                        let r = m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        threshold =
+                            threshold.max(s.paced.get(r).copied().unwrap_or(f64::NEG_INFINITY));
+                    }
+                    if value < threshold {
+                        suppress(
+                            &mut up,
+                            o.id,
+                            Some(ch),
+                            Reason::Paced { threshold },
+                            Some(value),
+                        );
+                        continue;
+                    }
                 }
                 // A class that bypasses budgets is not priced: a password reset must not lose to
                 // a price. It still counts toward the budget, and the exact fit drops it last.
@@ -507,7 +666,6 @@ impl Planner {
                     );
                     continue;
                 }
-                let chan_mask = arm.channel_masks.get(ch as usize).copied().unwrap_or(0);
                 s.cands.push(Cand {
                     opp: oi as u32,
                     ch,
@@ -1000,26 +1158,57 @@ fn exact_fit(plans: &mut [UserPlan], ch: u16, budget: u64, price: f64) -> u64 {
 const PREDICT_CHUNK_USERS: usize = 128;
 
 /// Every user's predictions, in `order`: computed once per plan (budget passes reuse them), in
-/// parallel chunks.
-fn score(users: &[UserInput], order: &[usize], predictor: &dyn Predictor) -> Vec<Vec<Scores>> {
+/// parallel chunks. A user with `slots[k] > 1` (a long-term objective) is scored at each slot:
+/// their vector holds the candidates at the plan's start, then the same at each later slot.
+fn score(
+    users: &[UserInput],
+    order: &[usize],
+    slots: &[usize],
+    now: i64,
+    predictor: &dyn Predictor,
+) -> Vec<Vec<Scores>> {
     order
         .par_chunks(PREDICT_CHUNK_USERS)
-        .flat_map_iter(|chunk| {
+        .zip(slots.par_chunks(PREDICT_CHUNK_USERS))
+        .flat_map_iter(|(chunk, slots)| {
             let batch: Vec<&UserInput> = chunk.iter().map(|&i| &users[i]).collect();
-            let mut flat = Vec::with_capacity(batch.iter().map(|u| candidates(u)).sum());
-            predictor.predict_many(&batch, &mut flat);
-            // A predictor that returns too few scores leaves the rest at zero rather than
-            // shifting them onto the next user.
-            let mut flat = flat.into_iter();
-            batch
-                .into_iter()
-                .map(|u| {
-                    let n = candidates(u);
-                    let mut mine: Vec<Scores> = flat.by_ref().take(n).collect();
-                    mine.resize(n, Scores::default());
-                    mine
-                })
-                .collect::<Vec<_>>()
+            let mut out: Vec<Vec<Scores>> = Vec::with_capacity(batch.len());
+            let most = slots.iter().copied().max().unwrap_or(1);
+            for slot in 0..most {
+                let (who, these): (Vec<usize>, Vec<&UserInput>) = batch
+                    .iter()
+                    .enumerate()
+                    .filter(|(u, _)| slots[*u] > slot)
+                    .map(|(u, user)| (u, *user))
+                    .unzip();
+                let mut flat = Vec::with_capacity(these.iter().map(|u| candidates(u)).sum());
+                if slot == 0 {
+                    predictor.predict_many(&these, &mut flat);
+                } else {
+                    let at = ts(now + slot as i64 * SLOT_SECS);
+                    predictor.predict_many_at(&these, Some(at), &mut flat);
+                }
+                // A predictor that returns too few scores leaves the rest at zero rather than
+                // shifting them onto the next user.
+                let mut flat = flat.into_iter();
+                for (u, user) in who.into_iter().zip(these) {
+                    let n = candidates(user);
+                    if slot == 0 {
+                        out.push(Vec::with_capacity(n * slots[u]));
+                    }
+                    let before = out[u].len();
+                    out[u].extend(flat.by_ref().take(n));
+                    out[u].resize(before + n, Scores::default());
+                }
+            }
+            out
         })
         .collect()
+}
+
+/// Whether some piece of `[a, b)` is outside channel `ch`'s quiet hours.
+fn open_between(pieces: &[Piece], ch: u16, a: i64, b: i64) -> bool {
+    pieces
+        .iter()
+        .any(|p| p.start < b && p.end > a && p.quiet >> ch & 1 == 0)
 }

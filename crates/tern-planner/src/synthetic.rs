@@ -91,6 +91,7 @@ pub fn synthetic(
                     retention: 2.0,
                     reachability: 4.0,
                     min_value: 0.02,
+                    long_term: false,
                 },
             ),
             (
@@ -101,6 +102,7 @@ pub fn synthetic(
                     retention: 4.0,
                     reachability: 6.0,
                     min_value: 0.02,
+                    long_term: false,
                 },
             ),
         ]),
@@ -209,6 +211,7 @@ pub fn synthetic(
             history,
             opportunities,
             activity: Default::default(),
+            arrivals: Vec::new(),
         });
     }
     (config, out)

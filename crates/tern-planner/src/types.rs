@@ -39,6 +39,21 @@ pub struct UserInput {
     /// reads it; predictors do (tenure and recent activity are model features).
     #[serde(default, skip_serializing_if = "Activity::is_unknown")]
     pub activity: Activity,
+    /// How many opportunities of each kind arrived for the user lately, per day: what pacing
+    /// (an objective with [`long_term`](crate::Objective::long_term)) reads to expect how many
+    /// candidates each cap window will bring. Empty means unknown: no pacing for the user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arrivals: Vec<Arrival>,
+}
+
+/// A kind of opportunity (category and channels) and how often it arrived for one user lately.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arrival {
+    pub category: String,
+    pub channels: Vec<String>,
+    /// Opportunities of this kind per day (finite and ≥ 0; anything else is ignored).
+    pub per_day: f64,
 }
 
 /// A user's activity in the product, as of the plan: facts a predictor reads.
@@ -127,6 +142,22 @@ pub trait Predictor: Sync {
     /// chunks of users, however many budget passes follow) so that a model can score a few
     /// thousand rows per call instead of one user's dozen. The default asks user by user.
     fn predict_many(&self, users: &[&UserInput], out: &mut Vec<Scores>) {
+        self.predict_many_at(users, None, out)
+    }
+
+    /// [`predict_many`](Predictor::predict_many), as if each candidate were sent at `at`
+    /// instead of at the planning instant (`None`). An objective with
+    /// [`long_term`](crate::Objective::long_term) asks for several times ahead, to send each
+    /// candidate when it is predicted to be worth most. A predictor that cannot tell one
+    /// moment from another returns the same scores, and every candidate then goes at the
+    /// earliest slot. The default does exactly that.
+    fn predict_many_at(
+        &self,
+        users: &[&UserInput],
+        at: Option<DateTime<Utc>>,
+        out: &mut Vec<Scores>,
+    ) {
+        let _ = at;
         let mut one = Vec::new();
         for user in users {
             one.clear();
@@ -223,6 +254,10 @@ pub enum Reason {
     /// Its value minus the channel's budget price is below `min_value`, or the budget's final
     /// exact fit dropped it.
     Budget { price: f64 },
+    /// Pacing (an objective with [`long_term`](crate::Objective::long_term)): its value is
+    /// below what a slot of one of its count caps is worth to this user, given how many
+    /// candidates each window of that cap brings them: the slot is kept for a better one.
+    Paced { threshold: f64 },
     /// The same opportunity is already chosen on another channel.
     Duplicate { chosen_channel: u16 },
     /// The user is in a holdout arm; `counterfactual` says what would have been sent.
@@ -249,6 +284,7 @@ impl Reason {
             Reason::Cap { .. } => "cap",
             Reason::MinGap { .. } => "min_gap",
             Reason::Budget { .. } => "budget",
+            Reason::Paced { .. } => "paced",
             Reason::Duplicate { .. } => "duplicate",
             Reason::Holdout => "holdout",
             Reason::Withheld => "withheld",

@@ -169,6 +169,7 @@ fn config() -> impl Strategy<Value = PlannerConfig> {
                                 retention: 2.0,
                                 reachability: 4.0,
                                 min_value,
+                                long_term: false,
                             },
                         ),
                         (
@@ -179,6 +180,8 @@ fn config() -> impl Strategy<Value = PlannerConfig> {
                                 retention: 0.0,
                                 reachability: 1.0,
                                 min_value: 0.0,
+                                // Pacing and send time by value under every property.
+                                long_term: true,
                             },
                         ),
                     ]),
@@ -308,6 +311,7 @@ fn user(now: i64, i: usize) -> impl Strategy<Value = UserInput> {
                     )
                     .collect(),
                 activity: Default::default(),
+                arrivals: Vec::new(),
             },
         )
 }

@@ -61,6 +61,7 @@ fn base_config() -> PlannerConfig {
                 retention: 0.0,
                 reachability: 1.0,
                 min_value: 0.01,
+                long_term: false,
             },
         )]),
         experiment: None,
@@ -110,6 +111,7 @@ fn user(id: &str, tz: &str, opportunities: Vec<OpportunityInput>) -> UserInput {
         history: vec![],
         opportunities,
         activity: Default::default(),
+        arrivals: Vec::new(),
     }
 }
 
@@ -1006,4 +1008,157 @@ fn withheld_sends_are_drawn_once_per_opportunity_and_logged_with_their_probabili
     let again: BTreeMap<(String, i64), ()> =
         again.into_iter().filter(|((_, o), _)| *o == 1).collect();
     assert_eq!(first_plan, again);
+}
+
+/// Scores that depend on the moment a candidate is scored for: conversion `base` at the plan's
+/// start, `evening` for any moment from 17:00 to 21:00 UTC.
+struct EveningIsBetter {
+    evening: f64,
+}
+
+impl Predictor for EveningIsBetter {
+    fn predict(&self, user: &UserInput, out: &mut Vec<Scores>) {
+        InlineScores.predict(user, out)
+    }
+
+    fn predict_many_at(
+        &self,
+        users: &[&UserInput],
+        at: Option<DateTime<Utc>>,
+        out: &mut Vec<Scores>,
+    ) {
+        use chrono::Timelike;
+        for u in users {
+            let start = out.len();
+            InlineScores.predict(u, out);
+            if at.is_some_and(|t| (17..21).contains(&t.hour())) {
+                for s in &mut out[start..] {
+                    s.conversion = self.evening;
+                }
+            }
+        }
+    }
+}
+
+fn long_term(config: &mut PlannerConfig) {
+    config.objectives.get_mut("default").unwrap().long_term = true;
+}
+
+/// With `long_term`, a candidate goes in the slot predicted to be worth most (the evening),
+/// with that slot's value; without it, as soon as it may. Equal values keep the earliest slot.
+#[test]
+fn a_long_term_objective_sends_when_the_prediction_is_best() {
+    let now = "2026-06-01T10:00:00Z";
+    let users = vec![user(
+        "u1",
+        "UTC",
+        vec![opp(
+            1,
+            &["email"],
+            0.1,
+            "2026-06-01T09:00:00Z",
+            "2026-06-02T09:00:00Z",
+        )],
+    )];
+    let predictor = EveningIsBetter { evening: 0.3 };
+    let mut config = base_config();
+    let plain = Planner::new(config.clone())
+        .unwrap()
+        .plan(&users, ts(now), 1, &predictor)
+        .unwrap();
+    assert_eq!(plain.users[0].choices[0].send_after, ts(now));
+    assert_eq!(plain.users[0].choices[0].value, 0.1);
+
+    long_term(&mut config);
+    let planner = Planner::new(config.clone()).unwrap();
+    let plan = planner.plan(&users, ts(now), 1, &predictor).unwrap();
+    common::check(&config, &users, &plan, ts(now)).unwrap();
+    let c = &plan.users[0].choices[0];
+    // Slots every 3 hours from 10:00, each scored at its start: 19:00 is the first inside the
+    // evening.
+    assert_eq!(c.send_after, ts("2026-06-01T19:00:00Z"));
+    assert!((c.value - 0.3).abs() < 1e-12, "{c:?}");
+
+    // Nothing better later: at once.
+    let flat = planner.plan(&users, ts(now), 1, &InlineScores).unwrap();
+    assert_eq!(flat.users[0].choices[0].send_after, ts(now));
+}
+
+/// Pacing: a user whose opportunities arrive faster than a count cap allows keeps its slots for
+/// the candidates worth most in this plan's distribution; the weak one is `paced`, with the
+/// threshold. A user with no arrival history, or arrivals within the cap, is not paced.
+#[test]
+fn pacing_keeps_cap_slots_for_the_best_candidates() {
+    let now = "2026-06-01T10:00:00Z";
+    let mut config = base_config();
+    long_term(&mut config);
+    config.caps = vec![CapRule {
+        channel: None,
+        max: Some(2),
+        window_secs: Some(7 * 86400),
+        ..CapRule::default()
+    }];
+    let opps = || {
+        (1..=10)
+            .map(|i| {
+                opp(
+                    i,
+                    &["email"],
+                    0.02 * i as f64,
+                    "2026-06-01T09:00:00Z",
+                    "2026-06-02T09:00:00Z",
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let arrivals = |per_day: f64| {
+        vec![Arrival {
+            category: "marketing".into(),
+            channels: vec!["email".into(), "push".into()],
+            per_day,
+        }]
+    };
+    let mut busy = user("busy", "UTC", opps());
+    // 14 a week against 2 slots: only the best seventh.
+    busy.arrivals = arrivals(2.0);
+    let mut calm = user("calm", "UTC", opps());
+    calm.arrivals = arrivals(0.2);
+    let unknown = user("unknown", "UTC", opps());
+    let users = vec![busy, calm, unknown];
+    let plan = run(&config, &users, now);
+
+    let busy = plan.user("busy").unwrap();
+    let paced: Vec<_> = busy
+        .suppressions
+        .iter()
+        .filter_map(|s| match s.reason {
+            Reason::Paced { threshold } => Some((s.opportunity, threshold, s.value.unwrap())),
+            _ => None,
+        })
+        .collect();
+    // 30 values, 10 each of 0.02 ... 0.2: the best 1/7 clear the 26th, 0.18.
+    assert!(!paced.is_empty());
+    for (_, threshold, value) in &paced {
+        assert!((threshold - 0.18).abs() < 1e-12, "{paced:?}");
+        assert!(value < threshold);
+    }
+    let chosen: Vec<i64> = busy.choices.iter().map(|c| c.opportunity).collect();
+    assert_eq!(chosen, vec![9, 10], "{busy:?}");
+    for who in ["calm", "unknown"] {
+        let u = plan.user(who).unwrap();
+        assert!(u
+            .suppressions
+            .iter()
+            .all(|s| !matches!(s.reason, Reason::Paced { .. })));
+        assert_eq!(u.choices.len(), 2);
+    }
+    // The paced line says why, and with what threshold.
+    let planner = Planner::new(config).unwrap();
+    let mut out = Vec::new();
+    jsonl::write_plan(&planner, &plan, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains(r#""reason":"paced","threshold":0.18"#),
+        "{text}"
+    );
 }

@@ -449,15 +449,21 @@ pub enum ValueMode {
     /// `Σ w · (p(outcome | send) − p(outcome | no send))`: the effect of the send, learned from
     /// logged decisions that include withheld ones. Not sending is worth exactly zero.
     Incremental,
+    /// The effect of the send as in `incremental`, valued over time: retention is the change
+    /// in the share of days the user is active over the model's horizon; a count cap's slot
+    /// goes only to a candidate worth what the slot is worth to the user (pacing across the
+    /// window); and each send goes at the moment of the next day predicted to be worth most.
+    LongTerm,
 }
 
 impl ValueMode {
-    pub const ALL: [&'static str; 2] = ["outcome", "incremental"];
+    pub const ALL: [&'static str; 3] = ["outcome", "incremental", "longTerm"];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ValueMode::Outcome => "outcome",
             ValueMode::Incremental => "incremental",
+            ValueMode::LongTerm => "longTerm",
         }
     }
 
@@ -465,8 +471,15 @@ impl ValueMode {
         match s {
             "outcome" => Some(ValueMode::Outcome),
             "incremental" => Some(ValueMode::Incremental),
+            "longTerm" => Some(ValueMode::LongTerm),
             _ => None,
         }
+    }
+
+    /// Whether sends are valued by their effect against not sending (which needs a model that
+    /// learned from withheld sends).
+    pub fn is_causal(self) -> bool {
+        matches!(self, ValueMode::Incremental | ValueMode::LongTerm)
     }
 }
 

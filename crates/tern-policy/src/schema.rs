@@ -139,7 +139,7 @@ fn specs() -> Vec<(&'static str, &'static str, Json)> {
                     ),
                     ("minValue", json!({ "type": "number", "minimum": 0 })),
                     ("horizon", duration("Horizon of the retention outcome (default 28d).")),
-                    ("value", json!({ "enum": ["outcome", "incremental"], "description": "outcome (default): Σ w·p(outcome | send); incremental: Σ w·(p(outcome | send) − p(outcome | no send)), the effect of the send." })),
+                    ("value", json!({ "enum": ["outcome", "incremental", "longTerm"], "description": "outcome (default): Σ w·p(outcome | send); incremental: Σ w·(p(outcome | send) − p(outcome | no send)), the effect of the send; longTerm: the effect of the send over time (retention as the change in the share of active days), with cap slots paced across their window and each send at the moment of the next day predicted to be worth most." })),
                 ],
                 &["weights"],
             ),

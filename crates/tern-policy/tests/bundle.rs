@@ -156,6 +156,7 @@ fn diff_reports_documents_and_fields() {
 fn users_are_assigned_to_arms_by_share_and_layers_are_exclusive() {
     let b = Bundle::load("../../policies").unwrap();
     let (mut in_retention, mut in_fewer, mut holdout) = (0usize, 0usize, 0usize);
+    let mut in_long_term = 0usize;
     let n = 20_000;
     for i in 0..n {
         let user = format!("user-{i}");
@@ -169,12 +170,17 @@ fn users_are_assigned_to_arms_by_share_and_layers_are_exclusive() {
                     holdout += usize::from(arm.holdout);
                 }
                 "fewer-pushes" => in_fewer += 1,
+                "long-term-value" => in_long_term += 1,
                 other => panic!("unexpected experiment {other}"),
             }
         }
     }
     let share = |k: usize, of: usize| k as f64 / of as f64;
-    // traffic 0.5 and 0.3 of the layer; 10% of retention-weights is the holdout.
+    // traffic 0.5, 0.3 and 0.2 of the layer; 10% of retention-weights is the holdout.
+    assert!(
+        (share(in_long_term, n) - 0.2).abs() < 0.02,
+        "{in_long_term}"
+    );
     assert!(
         (share(in_retention, n) - 0.5).abs() < 0.02,
         "{in_retention}"

@@ -71,7 +71,8 @@ pub use migrate::{MigrationState, MigrationStatus};
 pub use models::{ModelInfo, NewModel};
 pub use opportunities::{IngestReport, RowStatus};
 pub use planning::{
-    OpenOpportunity, PastSend, PlanRecord, PlanningUser, ReplanLock, UserScheduleItem,
+    Arrivals, OpenOpportunity, PastSend, PlanRecord, PlanningUser, ReplanLock, UserScheduleItem,
+    ARRIVALS_WINDOW,
 };
 pub use plans::{
     Assignment, NewPlan, NewScheduleItem, PlanStats, PublishedPlan, Supersede, Withholding,

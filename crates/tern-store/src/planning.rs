@@ -29,6 +29,21 @@ pub struct PlanningUser {
     /// ignored messages.)
     pub history: Vec<PastSend>,
     pub opportunities: Vec<OpenOpportunity>,
+    /// Opportunities created for the user in the [`ARRIVALS_WINDOW`] before the plan, in any
+    /// state, counted per kind (category and channels): how fast candidates arrive, which
+    /// pacing reads.
+    pub arrivals: Vec<Arrivals>,
+}
+
+/// How far back [`PlanningUser::arrivals`] counts.
+pub const ARRIVALS_WINDOW: TimeDelta = TimeDelta::days(7);
+
+/// Opportunities of one kind created within [`ARRIVALS_WINDOW`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arrivals {
+    pub category: String,
+    pub channels: Vec<String>,
+    pub count: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +168,7 @@ impl Store {
                     active_days: Vec::new(),
                     history: Vec::new(),
                     opportunities: Vec::new(),
+                    arrivals: Vec::new(),
                 });
                 out.len() - 1
             });
@@ -245,6 +261,27 @@ impl Store {
             let user_id: &str = row.try_get("user_id")?;
             if let Some(&at) = index.get(user_id) {
                 out[at].active_days = row.try_get("days")?;
+            }
+        }
+
+        for row in sqlx::query(
+            "SELECT user_id, category, channels, count(*) AS n FROM opportunities \
+             WHERE user_id = ANY($1) AND created_at > $2 AND created_at <= $3 \
+             GROUP BY user_id, category, channels ORDER BY user_id, category, channels",
+        )
+        .bind(&ids)
+        .bind(now - ARRIVALS_WINDOW)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let user_id: &str = row.try_get("user_id")?;
+            if let Some(&at) = index.get(user_id) {
+                out[at].arrivals.push(Arrivals {
+                    category: row.try_get("category")?,
+                    channels: row.try_get("channels")?,
+                    count: row.try_get("n")?,
+                });
             }
         }
         Ok(out)

@@ -171,6 +171,29 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
     let control = arms.iter().find(|a| a["name"] == "control").unwrap();
     assert!(n(&control["messages"]["count"]) > 0, "{control}");
 
+    // The experiment of the long-term mode against the default objective.
+    let report = ok(&tern(
+        &[
+            "experiment",
+            "report",
+            "long-term-value",
+            "--policies",
+            policies,
+            "--until",
+            until,
+            "--format",
+            "json",
+        ],
+        Some(&kept_url),
+    ));
+    let report: Value = serde_json::from_str(&report).unwrap();
+    let arms = report["arms"].as_array().unwrap();
+    assert_eq!(arms.len(), 2, "{report}");
+    for arm in arms {
+        assert!(n(&arm["users"]) > 0, "{report}");
+        assert!(n(&arm["messages"]["count"]) > 0, "{report}");
+    }
+
     let evaluation = ok(&tern(
         &[
             "evaluate",
@@ -200,8 +223,8 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
         .unwrap();
     assert!(n(&engagement["rows"]) > 1_000, "{engagement}");
 
-    // The incremental mode, estimated off-policy on the same history: the example with its
-    // default objective valuing sends by their effect, against the example as it is.
+    // The long-term mode, estimated off-policy on the same history: the example with its
+    // default objective valuing sends over time, against the example as it is.
     let incremental = dir.join("incremental");
     std::fs::create_dir_all(&incremental).unwrap();
     for entry in std::fs::read_dir(policies).unwrap() {
@@ -211,10 +234,10 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
             if path.file_name().is_some_and(|n| n == "objectives.yaml") {
                 text = text.replacen(
                     "name: default\nspec:\n",
-                    "name: default\nspec:\n  value: incremental\n",
+                    "name: default\nspec:\n  value: longTerm\n",
                     1,
                 );
-                assert!(text.contains("value: incremental"), "{text}");
+                assert!(text.contains("value: longTerm"), "{text}");
             }
             std::fs::write(incremental.join(path.file_name().unwrap()), text).unwrap();
         }

@@ -14,6 +14,9 @@
 //! - `tern`: the policies as written, with the model it trains each night.
 //! - `tern-incremental`: the same, with the default objective valuing each send by its predicted
 //!   effect against not sending (`value: incremental`).
+//! - `tern-long-term`: the same, valuing each send over time (`value: longTerm`): its effect on
+//!   the user's active days, cap slots paced across their window, and each send at the moment
+//!   of the next day predicted to be worth most.
 //! - `greedy-click`: the same loop, but the objective is the predicted short-term open or click
 //!   alone, with no floor: the usual "engagement-optimised" sender.
 //! - `fcfs`: no planner: every opportunity is sent when it arrives, on its first reachable
@@ -93,6 +96,8 @@ pub enum Arm {
     Tern,
     /// tern with the default objective valuing each send by its effect (`value: incremental`).
     TernIncremental,
+    /// tern with the default objective valuing each send over time (`value: longTerm`).
+    TernLongTerm,
     /// The ceiling: by the simulator's true effect of each send.
     Oracle,
 }
@@ -102,6 +107,7 @@ impl Arm {
         match self {
             Arm::Tern => "tern",
             Arm::TernIncremental => "tern-incremental",
+            Arm::TernLongTerm => "tern-long-term",
             Arm::GreedyClick => "greedy-click",
             Arm::Fcfs => "fcfs",
             Arm::None => "none",
@@ -114,6 +120,9 @@ impl Arm {
             Arm::Tern => "tern's planner with the multi-objective model it trains each night",
             Arm::TernIncremental => {
                 "tern valuing each send by its predicted effect against not sending (value: incremental)"
+            }
+            Arm::TernLongTerm => {
+                "tern valuing each send over time: effect on active days, paced cap slots, send time by value (value: longTerm)"
             }
             Arm::GreedyClick => {
                 "tern's loop, but the objective is the predicted open or click alone, with no floor"
@@ -131,7 +140,10 @@ impl Arm {
     /// Whether the arm runs through tern (a daemon, its planner and model), rather than beside
     /// it.
     fn through_tern(self) -> bool {
-        matches!(self, Arm::Tern | Arm::TernIncremental | Arm::GreedyClick)
+        matches!(
+            self,
+            Arm::Tern | Arm::TernIncremental | Arm::TernLongTerm | Arm::GreedyClick
+        )
     }
 }
 
@@ -150,7 +162,8 @@ pub struct DemoArgs {
     /// The arms to run on the same population, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tern")]
     arms: Vec<Arm>,
-    /// Run every arm (none, fcfs, greedy-click, tern, tern-incremental, oracle) and compare
+    /// Run every arm (none, fcfs, greedy-click, tern, tern-incremental, tern-long-term, oracle)
+    /// and compare
     /// them.
     #[arg(long, conflicts_with = "arms")]
     compare: bool,
@@ -238,6 +251,7 @@ pub async fn run(url: Option<&str>, args: DemoArgs) -> Result<ExitCode> {
             Arm::GreedyClick,
             Arm::Tern,
             Arm::TernIncremental,
+            Arm::TernLongTerm,
             Arm::Oracle,
         ]
     } else {
@@ -443,12 +457,16 @@ fn write_policies(
                     && !(kind == Some("Objective") && arm == Arm::GreedyClick)
             })
             .map(|doc| {
-                if arm == Arm::TernIncremental
-                    && tern_policy::example::kind_of(doc) == Some("Objective")
-                {
-                    incremental(doc)
-                } else {
-                    doc.to_string()
+                let mode = match arm {
+                    Arm::TernIncremental => Some("incremental"),
+                    Arm::TernLongTerm => Some("longTerm"),
+                    _ => None,
+                };
+                match mode {
+                    Some(mode) if tern_policy::example::kind_of(doc) == Some("Objective") => {
+                        with_value(doc, mode)
+                    }
+                    _ => doc.to_string(),
                 }
             })
             .collect();
@@ -462,8 +480,9 @@ fn write_policies(
     Ok(())
 }
 
-/// The default objective of `doc` valuing sends incrementally; other documents as they are.
-fn incremental(doc: &str) -> String {
+/// The default objective of `doc` valuing sends in `mode` (unless it names a mode already);
+/// other documents as they are.
+fn with_value(doc: &str, mode: &str) -> String {
     let is_default = doc
         .lines()
         .any(|l| l.trim() == "name: default" || l.contains("name: default }"));
@@ -473,7 +492,7 @@ fn incremental(doc: &str) -> String {
     if !is_default || has_value {
         return doc.to_string();
     }
-    doc.replacen("\nspec:\n", "\nspec:\n  value: incremental\n", 1)
+    doc.replacen("\nspec:\n", &format!("\nspec:\n  value: {mode}\n"), 1)
 }
 
 fn read_dir_files(dir: &Path) -> Result<Vec<(String, String)>> {

@@ -10,8 +10,10 @@
 //!
 //! The predicted uplift is what the planner weighs: in `outcome` mode the send's predicted
 //! probabilities (retention less the average send's), in `incremental` mode their difference
-//! from the same opportunity not sent. The truth's retention uses the horizon of the model's
-//! retention label, so that both speak of the same event.
+//! from the same opportunity not sent, in `longTerm` mode the activity head's difference in
+//! active days per week. The truth's retention uses the horizon of the model's retention label,
+//! so that both speak of the same event (for `longTerm`, the change in active days over that
+//! horizon, per week).
 
 use std::sync::Arc;
 
@@ -25,7 +27,7 @@ use super::*;
 /// Predicted against true uplift, over one run's open candidates.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpliftScore {
-    /// `outcome` or `incremental`: how the predictions were valued.
+    /// `outcome`, `incremental` or `longTerm`: how the predictions were valued.
     pub mode: String,
     pub candidates: u64,
     pub retention: Agreement,
@@ -92,26 +94,44 @@ pub(super) async fn score(
             }
         }
     }
-    let true_retention: Vec<f64> = truth.iter().map(|t| t.retention).collect();
-    let true_value: Vec<f64> = truth
-        .iter()
-        .map(|t| {
-            value(&Scores {
-                conversion: t.conversion,
-                engagement: t.engagement,
-                retention: t.retention,
-                reachability_loss: t.reachability_loss,
+    // `longTerm` weighs active days per week over the horizon, not the chance of being active
+    // in its last week: its truth is the same change, in the same unit.
+    let per_week = 7.0 / (label_horizon.num_seconds() as f64 / 86_400.0).max(1.0);
+    let truth_of = |mode: ValueMode| -> (Vec<f64>, Vec<f64>) {
+        let retention: Vec<f64> = truth
+            .iter()
+            .map(|t| match mode {
+                ValueMode::LongTerm => t.active_days * per_week,
+                _ => t.retention,
             })
-        })
-        .collect();
+            .collect();
+        let value = truth
+            .iter()
+            .zip(&retention)
+            .map(|(t, r)| {
+                value(&Scores {
+                    conversion: t.conversion,
+                    engagement: t.engagement,
+                    retention: *r,
+                    reachability_loss: t.reachability_loss,
+                })
+            })
+            .collect();
+        (retention, value)
+    };
 
     let mut out = Vec::new();
-    for mode in [ValueMode::Outcome, ValueMode::Incremental] {
+    for mode in [
+        ValueMode::Outcome,
+        ValueMode::Incremental,
+        ValueMode::LongTerm,
+    ] {
         let predictor =
             ModelPredictor::new(Arc::clone(&model), now).with_modes(mode, Default::default());
-        if mode == ValueMode::Incremental && !predictor.can_tell_effects() {
+        if mode.is_causal() && !predictor.can_tell_effects() {
             continue;
         }
+        let (true_retention, true_value) = truth_of(mode);
         let users: Vec<&tern_planner::UserInput> = inputs.iter().collect();
         let mut scores = Vec::new();
         predictor.predict_many(&users, &mut scores);

@@ -283,10 +283,61 @@ pub async fn load_decisions(
     let timezones = store
         .user_zones(&wanted.iter().copied().collect::<Vec<_>>())
         .await?;
+    // Each user's opportunities of the period, for the arrivals that pacing reads.
+    let mut created: BTreeMap<String, Vec<Arrived>> = BTreeMap::new();
+    for d in &logged {
+        created.entry(d.user_id.clone()).or_default().push(Arrived {
+            at: d.created_at,
+            category: d.category.clone(),
+            channels: d.channels.clone(),
+        });
+    }
     Ok(logged
         .into_iter()
-        .map(|d| decision(d, &histories, &timezones, labels, until))
+        .map(|d| {
+            let mut decision = decision(d, &histories, &timezones, labels, until);
+            let user = &decision.user.user_id;
+            let first_seen = timezones.get(user).and_then(|(_, t)| *t);
+            decision.user.arrivals = arrivals(
+                created.get(user).map_or(&[][..], Vec::as_slice),
+                decision.decided_at,
+                first_seen.map_or(from, |t| t.max(from)),
+            );
+            decision
+        })
         .collect())
+}
+
+/// One opportunity's arrival, as pacing counts them.
+struct Arrived {
+    at: DateTime<Utc>,
+    category: String,
+    channels: Vec<String>,
+}
+
+/// What the daemon's plan at `at` read as the user's arrivals: the opportunities created in
+/// the week before (the store's `ARRIVALS_WINDOW`), per kind and per day, over the part of
+/// that week the log covers (from `known_from`, a day at least).
+fn arrivals(
+    created: &[Arrived],
+    at: DateTime<Utc>,
+    known_from: DateTime<Utc>,
+) -> Vec<tern_planner::Arrival> {
+    let window = tern_store::ARRIVALS_WINDOW;
+    let span = (at - known_from).clamp(TimeDelta::days(1), window);
+    let days = span.num_seconds() as f64 / 86_400.0;
+    let mut counts: BTreeMap<(&str, &[String]), u32> = BTreeMap::new();
+    for a in created.iter().filter(|a| a.at > at - window && a.at <= at) {
+        *counts.entry((&a.category, &a.channels)).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|((category, channels), n)| tern_planner::Arrival {
+            category: category.to_string(),
+            channels: channels.to_vec(),
+            per_day: f64::from(n) / days,
+        })
+        .collect()
 }
 
 fn decision(
@@ -410,6 +461,47 @@ fn decision(
 mod tests {
     use super::*;
     use tern_daemon::predict::Prior;
+
+    /// A replayed plan reads the arrivals the daemon's plan read: the week before the decision,
+    /// per kind and per day, over the part of the week the log covers.
+    #[test]
+    fn arrivals_are_the_week_before_the_decision_per_kind_and_day() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let a = |at: &str, category: &str| Arrived {
+            at: t(at),
+            category: category.into(),
+            channels: vec!["push".into()],
+        };
+        let created = [
+            a("2026-03-01T00:00:00Z", "social"),
+            a("2026-03-05T00:00:00Z", "social"),
+            a("2026-03-09T00:00:00Z", "social"),
+            a("2026-03-09T01:00:00Z", "content"),
+            a("2026-03-10T00:00:00Z", "social"),
+        ];
+        let got = arrivals(
+            &created,
+            t("2026-03-09T12:00:00Z"),
+            t("2026-02-01T00:00:00Z"),
+        );
+        let per_day = |c: &str| got.iter().find(|x| x.category == c).map(|x| x.per_day);
+        assert_eq!(per_day("social"), Some(2.0 / 7.0), "{got:?}");
+        assert_eq!(per_day("content"), Some(1.0 / 7.0));
+        // Two days of log: the same counts over two days.
+        let short = arrivals(
+            &created,
+            t("2026-03-09T12:00:00Z"),
+            t("2026-03-07T12:00:00Z"),
+        );
+        assert_eq!(
+            short
+                .iter()
+                .find(|x| x.category == "social")
+                .unwrap()
+                .per_day,
+            1.0
+        );
+    }
 
     fn decision(channels: &[&str], logged: Option<(&str, f64)>, reward: f64) -> Decision {
         let at = Utc::now();

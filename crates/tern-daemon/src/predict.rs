@@ -13,12 +13,12 @@
 //!   Not sending is worth exactly zero.
 //!   A model that saw no withheld send has learned nothing about "no send"; it is scored as in
 //!   `outcome` mode rather than trusted with a difference it cannot know.
-//! - `longTerm`: as `incremental`, but retention is the activity head's difference (the share
-//!   of the horizon's days the user is active, sent against not sent) in active days per week:
-//!   what the send does to how much of the coming weeks the user spends with the product, not
-//!   only whether they are still there at the end. The planner adds pacing and send time by
-//!   value for these users (`Objective::long_term`), scoring them at several moments through
-//!   [`Predictor::predict_many_at`].
+//! - `longTerm`: scored as `incremental`; the planner adds pacing and send time by value for
+//!   these users (`Objective::long_term`), scoring them at several moments through
+//!   [`Predictor::predict_many_at`]. The activity head's difference (active days gained, sent
+//!   against not sent) is not weighed yet: measured against the simulator's truth it ranked
+//!   candidates the wrong way round (see docs/model.md), so it is only read as a diagnostic
+//!   ([`ModelPredictor::weighing_activity`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,8 +30,8 @@ use tern_policy::ValueMode;
 
 use crate::features::{self, Candidate, Past};
 
-/// `value: longTerm` weighs retention as active days gained per week: the activity head's
-/// share of active days, times this.
+/// [`ModelPredictor::weighing_activity`] reads retention as active days gained per week: the
+/// activity head's share of active days, times this.
 const DAYS_PER_WEEK: f64 = 7.0;
 
 /// Scores candidates with a trained model, as if each were sent at the planning instant.
@@ -52,6 +52,8 @@ pub struct ModelPredictor {
     mode: ValueMode,
     /// Users whose objective (their experiment arm's) values sends otherwise.
     modes: HashMap<String, ValueMode>,
+    /// Retention read from the activity head (see [`ModelPredictor::weighing_activity`]).
+    activity: bool,
 }
 
 impl ModelPredictor {
@@ -72,7 +74,16 @@ impl ModelPredictor {
             trusted,
             mode: ValueMode::Outcome,
             modes: HashMap::new(),
+            activity: false,
         }
+    }
+
+    /// For diagnostics (the demo's uplift table): in a causal mode, retention becomes the
+    /// activity head's difference, sent against not sent, in active days gained per week. No
+    /// objective weighs it: at the demo's scale it ranked candidates against their true effect.
+    pub fn weighing_activity(mut self) -> Self {
+        self.activity = true;
+        self
     }
 
     /// Values sends in `mode`, or per user where `modes` names one (users in an experiment arm
@@ -131,8 +142,10 @@ impl Predictor for ModelPredictor {
         let now = at.unwrap_or(self.now);
         let spec = self.model.spec();
         let channels = &spec.declaration().channels;
-        let modes: Vec<ValueMode> = users.iter().map(|u| self.mode_of(&u.user_id)).collect();
-        let incremental: Vec<bool> = modes.iter().map(|m| m.is_causal()).collect();
+        let incremental: Vec<bool> = users
+            .iter()
+            .map(|u| self.mode_of(&u.user_id).is_causal())
+            .collect();
         let total: usize = users.iter().map(|u| candidates(u)).sum();
         let untreated: usize = users
             .iter()
@@ -157,7 +170,7 @@ impl Predictor for ModelPredictor {
         }
         // A head that saw no label in training has learned nothing: the prior speaks for it.
         let mut rows = p.iter();
-        for ((user, incremental), mode) in users.iter().zip(&incremental).zip(&modes) {
+        for (user, incremental) in users.iter().zip(&incremental) {
             for o in &user.opportunities {
                 let prior = Prior::scores(&o.signals);
                 let sends: Vec<&[f32; HEADS]> = rows.by_ref().take(o.channels.len()).collect();
@@ -188,7 +201,8 @@ impl Predictor for ModelPredictor {
                     };
                     // Over time, retention is the change in active days per week of the
                     // horizon: the share of active days moved by the send, times seven.
-                    let retention = if *mode == ValueMode::LongTerm {
+                    // The diagnostic reading: retention as active days gained per week.
+                    let retention = if self.activity && *incremental {
                         DAYS_PER_WEEK * head(Head::Activity, prior.retention / DAYS_PER_WEEK)
                     } else {
                         head(Head::Retention, prior.retention)

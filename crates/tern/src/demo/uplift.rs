@@ -10,10 +10,10 @@
 //!
 //! The predicted uplift is what the planner weighs: in `outcome` mode the send's predicted
 //! probabilities (retention less the average send's), in `incremental` mode their difference
-//! from the same opportunity not sent, in `longTerm` mode the activity head's difference in
-//! active days per week. The truth's retention uses the horizon of the model's retention label,
-//! so that both speak of the same event (for `longTerm`, the change in active days over that
-//! horizon, per week).
+//! from the same opportunity not sent (what `longTerm` weighs too). A third reading, `activity`,
+//! is the diagnostic of the activity head: retention as its difference in active days per week.
+//! The truth's retention uses the horizon of the model's retention label, so that both speak of
+//! the same event (for `activity`, the change in active days over that horizon, per week).
 
 use std::sync::Arc;
 
@@ -27,7 +27,8 @@ use super::*;
 /// Predicted against true uplift, over one run's open candidates.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpliftScore {
-    /// `outcome`, `incremental` or `longTerm`: how the predictions were valued.
+    /// How the predictions were read: `outcome`, `incremental` (which `longTerm` shares), or
+    /// `activity` (incremental, with retention as the activity head's active days per week).
     pub mode: String,
     pub candidates: u64,
     pub retention: Agreement,
@@ -94,15 +95,18 @@ pub(super) async fn score(
             }
         }
     }
-    // `longTerm` weighs active days per week over the horizon, not the chance of being active
-    // in its last week: its truth is the same change, in the same unit.
+    // The activity reading is active days per week over the horizon, not the chance of being
+    // active in its last week: its truth is the same change, in the same unit.
     let per_week = 7.0 / (label_horizon.num_seconds() as f64 / 86_400.0).max(1.0);
-    let truth_of = |mode: ValueMode| -> (Vec<f64>, Vec<f64>) {
+    let truth_of = |activity: bool| -> (Vec<f64>, Vec<f64>) {
         let retention: Vec<f64> = truth
             .iter()
-            .map(|t| match mode {
-                ValueMode::LongTerm => t.active_days * per_week,
-                _ => t.retention,
+            .map(|t| {
+                if activity {
+                    t.active_days * per_week
+                } else {
+                    t.retention
+                }
             })
             .collect();
         let value = truth
@@ -121,17 +125,21 @@ pub(super) async fn score(
     };
 
     let mut out = Vec::new();
-    for mode in [
-        ValueMode::Outcome,
-        ValueMode::Incremental,
-        ValueMode::LongTerm,
-    ] {
-        let predictor =
+    let readings = [
+        ("outcome", ValueMode::Outcome, false),
+        ("incremental", ValueMode::Incremental, false),
+        ("activity", ValueMode::Incremental, true),
+    ];
+    for (name, mode, activity) in readings {
+        let mut predictor =
             ModelPredictor::new(Arc::clone(&model), now).with_modes(mode, Default::default());
+        if activity {
+            predictor = predictor.weighing_activity();
+        }
         if mode.is_causal() && !predictor.can_tell_effects() {
             continue;
         }
-        let (true_retention, true_value) = truth_of(mode);
+        let (true_retention, true_value) = truth_of(activity);
         let users: Vec<&tern_planner::UserInput> = inputs.iter().collect();
         let mut scores = Vec::new();
         predictor.predict_many(&users, &mut scores);
@@ -144,7 +152,7 @@ pub(super) async fn score(
         let retention: Vec<f64> = scores.iter().map(|s| s.retention).collect();
         let predicted_value: Vec<f64> = scores.iter().map(value).collect();
         out.push(UpliftScore {
-            mode: mode.as_str().to_string(),
+            mode: name.to_string(),
             candidates: scores.len() as u64,
             retention: Agreement {
                 spearman: spearman(&retention, &true_retention),

@@ -276,9 +276,12 @@ fn user(now: i64, i: usize) -> impl Strategy<Value = UserInput> {
         prop::option::of(prop::sample::select(CATEGORIES.to_vec())),
         history,
         opps,
+        // Arrivals per day of each of the user's kinds of opportunity (0: none known), so
+        // that pacing binds for some users of a long-term arm.
+        prop_oneof![Just(0.0f64), 0.1f64..6.0],
     )
         .prop_map(
-            move |(tz, profile, out, unreach, outcat, history, opps)| UserInput {
+            move |(tz, profile, out, unreach, outcat, history, opps, rate)| UserInput {
                 user_id: format!("u{i:03}"),
                 timezone: tz.into(),
                 arm: None,
@@ -287,6 +290,17 @@ fn user(now: i64, i: usize) -> impl Strategy<Value = UserInput> {
                 unreachable_channels: unreach.into_iter().map(String::from).collect(),
                 opted_out_categories: outcat.into_iter().map(String::from).collect(),
                 history,
+                arrivals: if rate > 0.0 {
+                    opps.iter()
+                        .map(|(cat, _, channels, ..)| Arrival {
+                            category: cat.to_string(),
+                            channels: channels.iter().map(|c| c.to_string()).collect(),
+                            per_day: rate,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
                 opportunities: opps
                     .into_iter()
                     .enumerate()
@@ -311,7 +325,6 @@ fn user(now: i64, i: usize) -> impl Strategy<Value = UserInput> {
                     )
                     .collect(),
                 activity: Default::default(),
-                arrivals: Vec::new(),
             },
         )
 }

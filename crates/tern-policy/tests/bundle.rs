@@ -176,9 +176,9 @@ fn users_are_assigned_to_arms_by_share_and_layers_are_exclusive() {
         }
     }
     let share = |k: usize, of: usize| k as f64 / of as f64;
-    // traffic 0.5, 0.3 and 0.2 of the layer; 10% of retention-weights is the holdout.
+    // traffic 0.5, 0.3 and 0.1 of the layer; 10% of retention-weights is the holdout.
     assert!(
-        (share(in_long_term, n) - 0.2).abs() < 0.02,
+        (share(in_long_term, n) - 0.1).abs() < 0.02,
         "{in_long_term}"
     );
     assert!(

@@ -109,11 +109,11 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
 
     // The example withholds 5% of would-be sends at random; the model learned from them what
     // happens without a send, and its uplift was scored against the simulator's truth in both
-    // value modes.
+    // value modes, and in the activity head's diagnostic reading.
     assert!(suppressed.contains_key("withheld"), "{suppressed:?}");
     let uplift = run["uplift"].as_array().unwrap();
     let modes: Vec<&str> = uplift.iter().map(|u| u["mode"].as_str().unwrap()).collect();
-    assert_eq!(modes, ["outcome", "incremental"], "{uplift:?}");
+    assert_eq!(modes, ["outcome", "incremental", "activity"], "{uplift:?}");
     for u in uplift {
         assert!(n(&u["candidates"]) > 100, "{u}");
         for part in ["retention", "value"] {

@@ -148,21 +148,24 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
     // experiment (holdout included), and an off-policy estimate with the trained model.
     let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies");
     let until = "2026-03-07T00:00:00Z";
-    let report = ok(&tern(
-        &[
-            "experiment",
-            "report",
-            "retention-weights",
-            "--policies",
-            policies,
-            "--until",
-            until,
-            "--format",
-            "json",
-        ],
-        Some(&kept_url),
-    ));
-    let report: Value = serde_json::from_str(&report).unwrap();
+    let report_of = |experiment: &str| -> Value {
+        let out = ok(&tern(
+            &[
+                "experiment",
+                "report",
+                experiment,
+                "--policies",
+                policies,
+                "--until",
+                until,
+                "--format",
+                "json",
+            ],
+            Some(&kept_url),
+        ));
+        serde_json::from_str(&out).unwrap()
+    };
+    let report = report_of("retention-weights");
     let arms = report["arms"].as_array().unwrap();
     assert_eq!(arms.len(), 3, "{report}");
     assert!(arms.iter().all(|a| n(&a["users"]) > 0), "{report}");
@@ -172,21 +175,7 @@ async fn a_small_demo_closes_the_loop_and_keeps_every_cap() {
     assert!(n(&control["messages"]["count"]) > 0, "{control}");
 
     // The experiment of the long-term mode against the default objective.
-    let report = ok(&tern(
-        &[
-            "experiment",
-            "report",
-            "long-term-value",
-            "--policies",
-            policies,
-            "--until",
-            until,
-            "--format",
-            "json",
-        ],
-        Some(&kept_url),
-    ));
-    let report: Value = serde_json::from_str(&report).unwrap();
+    let report = report_of("long-term-value");
     let arms = report["arms"].as_array().unwrap();
     assert_eq!(arms.len(), 2, "{report}");
     for arm in arms {

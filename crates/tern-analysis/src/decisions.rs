@@ -324,8 +324,7 @@ fn arrivals(
     known_from: DateTime<Utc>,
 ) -> Vec<tern_planner::Arrival> {
     let window = tern_store::ARRIVALS_WINDOW;
-    let span = (at - known_from).clamp(TimeDelta::days(1), window);
-    let days = span.num_seconds() as f64 / 86_400.0;
+    let days = features::arrival_days(at, Some(known_from));
     let mut counts: BTreeMap<(&str, &[String]), u32> = BTreeMap::new();
     for a in created.iter().filter(|a| a.at > at - window && a.at <= at) {
         *counts.entry((&a.category, &a.channels)).or_default() += 1;

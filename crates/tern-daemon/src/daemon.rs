@@ -528,13 +528,7 @@ pub async fn planning_inputs(
 
 /// A user as the store returns them, as the planner (and its predictor) reads them.
 fn user_input(u: PlanningUser, now: DateTime<Utc>) -> UserInput {
-    // Arrivals per day over the window, or over the user's tenure when shorter (a day at
-    // least), so that a new user's first days are not read as a slow week.
-    let span = u
-        .first_seen_at
-        .map_or(tern_store::ARRIVALS_WINDOW, |t| now - t)
-        .clamp(chrono::TimeDelta::days(1), tern_store::ARRIVALS_WINDOW);
-    let days = span.num_seconds() as f64 / 86_400.0;
+    let days = features::arrival_days(now, u.first_seen_at);
     let arrivals = u
         .arrivals
         .into_iter()

@@ -59,6 +59,19 @@ pub fn channel_history<'c>(
     }
 }
 
+/// Over how many days a user's arrivals (the opportunities of the store's `ARRIVALS_WINDOW`
+/// before `now`) are spread: the window, or the time since `known_from` (the user's first
+/// appearance, or the start of what a replay can see) when shorter, and a day at least, so that
+/// a new user's first days are not read as a slow week. The daemon and replays both divide by
+/// it, so that a replay reads the rates the plan read.
+pub fn arrival_days(now: DateTime<Utc>, known_from: Option<DateTime<Utc>>) -> f64 {
+    let window = tern_store::ARRIVALS_WINDOW;
+    let span = known_from
+        .map_or(window, |t| now - t)
+        .clamp(TimeDelta::days(1), window);
+    span.num_seconds() as f64 / 86_400.0
+}
+
 /// The user's activity summary as of `at`, from the days they were active: what the planner's
 /// input carries as [`Activity`], computed the same way for training rows. A day counts only
 /// once it is over (before `at`'s UTC date), because a day still in progress is not yet known.

@@ -361,6 +361,8 @@ impl Planner {
                 ]
             })
             .collect();
+        // The best value per rule of one opportunity, reused from opportunity to opportunity.
+        let mut best: Vec<f64> = Vec::new();
         for ((&i, arm), scores) in order.iter().zip(arms).zip(scores) {
             let Some(ai) = *arm else { continue };
             let a = &c.arms[ai];
@@ -382,7 +384,8 @@ impl Planner {
                 {
                     continue;
                 }
-                let mut best = vec![f64::NEG_INFINITY; a.rules.len()];
+                best.clear();
+                best.resize(a.rules.len(), f64::NEG_INFINITY);
                 for (j, name) in o.channels.iter().enumerate() {
                     let Some(ch) = c.channels.iter().position(|n| n == name) else {
                         continue;
@@ -404,7 +407,7 @@ impl Planner {
                         best[r] = best[r].max(v);
                     }
                 }
-                for (r, v) in best.into_iter().enumerate() {
+                for (r, &v) in best.iter().enumerate() {
                     if v.is_finite() && matches!(a.rules[r].limit, Limit::Max { .. }) {
                         values[ai][r].push(v);
                     }

@@ -13,10 +13,16 @@
 //!   Not sending is worth exactly zero.
 //!   A model that saw no withheld send has learned nothing about "no send"; it is scored as in
 //!   `outcome` mode rather than trusted with a difference it cannot know.
-//! - `longTerm`: scored as `incremental`; the planner adds pacing and send time by value for
-//!   these users (`Objective::long_term`), scoring them at several moments through
+//! - `longTerm`: conversion, engagement and reachability as in `incremental`; retention is
+//!   what the send leaves behind in the user's future, read from the model's value function
+//!   ([`tern_model::ValueFunction`], fitted on logged user-day transitions): its conservative
+//!   effect (the state after the send, in expectation over its open and its loss of the channel,
+//!   against the state without it, less one spread across bootstrap fits), in active days per
+//!   week of the discounted future. A model without a value function scores these users as
+//!   `incremental`. The planner adds pacing and send time by value for these users
+//!   (`Objective::long_term`), scoring them at several moments through
 //!   [`Predictor::predict_many_at`]. The activity head's difference (active days gained, sent
-//!   against not sent) is not weighed yet: measured against the simulator's truth it ranked
+//!   against not sent) is not weighed: measured against the simulator's truth it ranked
 //!   candidates the wrong way round (see docs/model.md), so it is only read as a diagnostic
 //!   ([`ModelPredictor::weighing_activity`]).
 
@@ -24,7 +30,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tern_model::{Head, Model, HEADS, NO_SEND};
+use tern_model::{ChannelHistory, Head, Marginal, Model, UserContext, UserState, HEADS, NO_SEND};
 use tern_planner::{candidates, Predictor, Scores, UserInput};
 use tern_policy::ValueMode;
 
@@ -170,7 +176,24 @@ impl Predictor for ModelPredictor {
         }
         // A head that saw no label in training has learned nothing: the prior speaks for it.
         let mut rows = p.iter();
+        // Per long-term user: what a send does to their state, per channel of the value function.
+        let (mut lt_history, mut lt_lost, mut lt_marginals) = (Vec::new(), Vec::new(), Vec::new());
         for (user, incremental) in users.iter().zip(&incremental) {
+            let long_term = self
+                .model
+                .value
+                .as_ref()
+                .filter(|_| self.mode_of(&user.user_id) == ValueMode::LongTerm);
+            if let Some(v) = long_term {
+                let user = state_of(&v.channels, user, now, &mut lt_history, &mut lt_lost);
+                let state = UserState {
+                    user,
+                    history: &lt_history,
+                    lost: &lt_lost,
+                };
+                lt_marginals.clear();
+                lt_marginals.extend(v.channels.iter().map(|c| v.marginal(&state, c)));
+            }
             for o in &user.opportunities {
                 let prior = Prior::scores(&o.signals);
                 let sends: Vec<&[f32; HEADS]> = rows.by_ref().take(o.channels.len()).collect();
@@ -191,7 +214,7 @@ impl Predictor for ModelPredictor {
                     b[Head::Retention.index()] = self.retention_base_rate;
                     b
                 };
-                for p in sends {
+                for (p, channel) in sends.into_iter().zip(&o.channels) {
                     let head = |h: Head, fallback: f64| {
                         if self.trusted[h.index()] {
                             f64::from(p[h.index()]) - baseline[h.index()]
@@ -202,7 +225,23 @@ impl Predictor for ModelPredictor {
                     // Over time, retention is the change in active days per week of the
                     // horizon: the share of active days moved by the send, times seven.
                     // The diagnostic reading: retention as active days gained per week.
-                    let retention = if self.activity && *incremental {
+                    let retention = if let Some(v) = long_term {
+                        // What the send leaves behind, in active days per week of the
+                        // discounted future: the value function's conservative effect.
+                        let effect = v
+                            .channels
+                            .iter()
+                            .position(|c| c == channel)
+                            .and_then(|c| lt_marginals[c].as_ref())
+                            .map_or(0.0, |m: &Marginal| {
+                                m.effect(
+                                    f64::from(p[Head::Engagement.index()]),
+                                    f64::from(p[Head::ReachabilityLoss.index()]),
+                                )
+                                .conservative()
+                            });
+                        DAYS_PER_WEEK * (1.0 - v.config.gamma) * effect
+                    } else if self.activity && *incremental {
                         DAYS_PER_WEEK * head(Head::Activity, prior.retention / DAYS_PER_WEEK)
                     } else {
                         head(Head::Retention, prior.retention)
@@ -217,6 +256,36 @@ impl Predictor for ModelPredictor {
             }
         }
     }
+}
+
+/// A user's state at `now` as the value function reads it, into reused buffers: fatigue per
+/// channel and activity as the model's features have them, and every channel the user cannot be
+/// reached on any more.
+fn state_of<'c>(
+    channels: &'c [String],
+    user: &UserInput,
+    now: DateTime<Utc>,
+    history: &mut Vec<ChannelHistory<'c>>,
+    lost: &mut Vec<String>,
+) -> UserContext {
+    let past: Vec<Past<'_>> = user
+        .history
+        .iter()
+        .map(|p| Past {
+            channel: &p.channel,
+            sent_at: p.sent_at,
+            opened_at: p.opened_at,
+        })
+        .collect();
+    features::channel_history(channels, &past, now, history);
+    lost.clear();
+    lost.extend(
+        user.opted_out_channels
+            .iter()
+            .chain(&user.unreachable_channels)
+            .cloned(),
+    );
+    features::user_context(&user.activity, features::zone(Some(&user.timezone)), now)
 }
 
 /// Builds the model's context of each candidate of `user` (opportunity by opportunity, channel

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tern_core::{OutcomeKind, SplitMix64};
 use tern_model::{
     Batch, Batches, Dataset, FeatureSpec, Head, Model, ModelError, Part, TrainConfig,
-    TrainingWindow, HEADS, NO_SEND,
+    TrainingWindow, UserState, ValueConfig, ValueFit, ValueFunction, HEADS, NO_SEND,
 };
 use tern_store::{NewModel, Store, TrainingUser};
 
@@ -147,11 +147,25 @@ pub async fn train_and_register(
     let config = settings.config.clone();
     let mut train = spilled.train.reader(Some(seed));
     let mut valid = spilled.valid.reader(None);
-    let model = tokio::task::spawn_blocking(move || {
+    let mut model = tokio::task::spawn_blocking(move || {
         tern_model::train(&spec, &config, &mut train, &mut valid, Some(window))
     })
     .await
     .context("the training thread failed")??;
+    model.value = match spilled.value.finish() {
+        Ok(value) => {
+            let line = describe_value(&value);
+            match settings.progress {
+                Some(say) => say(&line),
+                None => tracing::info!("{line}"),
+            }
+            Some(value)
+        }
+        Err(e) => {
+            tracing::info!("no value function yet: {e}");
+            None
+        }
+    };
 
     let bytes = model.to_bytes()?;
     let version = model_version(until, &model);
@@ -191,6 +205,11 @@ pub async fn train_and_register(
                         "withheld": spilled.untreated,
                     },
                     "max_weight": settings.max_weight,
+                    "value_function": model.value.as_ref().map(|v| serde_json::json!({
+                        "users": v.users,
+                        "user_days": v.transitions,
+                        "active_share": v.active_share,
+                    })),
                     "best_epoch": summary.best_epoch + 1,
                     "epochs": summary.epochs.len(),
                 }),
@@ -255,6 +274,11 @@ fn model_version(until: DateTime<Utc>, model: &Model) -> String {
             h.update(x.to_le_bytes());
         }
     }
+    if let Some(v) = &model.value {
+        for x in v.weights.iter().chain(v.members.iter().flatten()) {
+            h.update(x.to_le_bytes());
+        }
+    }
     let digest = h.finalize();
     let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
     format!("m-{}-{hex}", until.format("%Y%m%dT%H%M%SZ"))
@@ -270,6 +294,8 @@ struct Spilled {
     untreated: u64,
     train: Spill,
     valid: Spill,
+    /// The user-day transitions of the window, summed for the value function.
+    value: ValueFit,
 }
 
 async fn spill(
@@ -292,6 +318,10 @@ async fn spill(
         untreated: 0,
         train: Spill::create(dir, spec.width())?,
         valid: Spill::create(dir, spec.width())?,
+        value: ValueFit::new(
+            spec.declaration().channels.clone(),
+            ValueConfig::for_horizon(f64::from(labels.retention_days), settings.config.seed),
+        )?,
     };
     let mut users = std::pin::pin!(store.training_history(
         history_from,
@@ -315,6 +345,7 @@ async fn spill(
             &mut history,
             &mut out,
         )?;
+        days_of_user(spec, window, &user, &mut out.value);
     }
     out.train.finish()?;
     out.valid.finish()?;
@@ -401,6 +432,118 @@ fn rows_of_user<'s>(
         }
     }
     Ok(())
+}
+
+/// The user's days inside the window as value-function transitions: the state at each UTC
+/// midnight (fatigue history, activity, lost channels, all as known then), whether they were
+/// active that day, and the state at the next midnight. Only days over by the end of the history
+/// count, so every reward is observed.
+fn days_of_user<'s>(
+    spec: &'s FeatureSpec,
+    window: &TrainingWindow,
+    user: &TrainingUser,
+    fit: &mut ValueFit,
+) {
+    let as_of = window.valid_until;
+    let channels = &spec.declaration().channels;
+    let first = window
+        .train_from
+        .max(user.first_seen_at.unwrap_or(window.train_from))
+        .date_naive();
+    let last = as_of.date_naive();
+    if first >= last {
+        return;
+    }
+    let tz = features::zone(user.timezone.as_deref());
+    let past: Vec<Past<'_>> = user
+        .messages
+        .iter()
+        .map(|m| Past {
+            channel: &m.channel,
+            sent_at: m.sent_at,
+            opened_at: first_outcome(&m.outcomes, as_of, |k| {
+                matches!(k, OutcomeKind::Opened | OutcomeKind::Clicked)
+            }),
+        })
+        .collect();
+    let losses: Vec<(&str, DateTime<Utc>)> = user
+        .messages
+        .iter()
+        .filter_map(|m| {
+            first_outcome(&m.outcomes, as_of, OutcomeKind::loses_reachability)
+                .map(|t| (m.channel.as_str(), t))
+        })
+        .collect();
+    let state_at = |day: NaiveDate, history: &mut Vec<tern_model::ChannelHistory<'s>>| {
+        let at = day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
+        let sent = past.partition_point(|p| p.sent_at < at);
+        features::channel_history(channels, &past[..sent], at, history);
+        let activity = features::activity_as_of(user.first_seen_at, &user.active_days, at);
+        let mut lost: Vec<String> = losses
+            .iter()
+            .filter(|(_, t)| *t < at)
+            .map(|(c, _)| c.to_string())
+            .collect();
+        lost.sort_unstable();
+        lost.dedup();
+        (features::user_context(&activity, tz, at), lost)
+    };
+    fit.user(tern_core::fnv1a64(user.user_id.as_bytes()));
+    let (mut history, mut next_history) = (Vec::new(), Vec::new());
+    let mut day = first;
+    let (mut context, mut lost) = state_at(day, &mut history);
+    while day < last {
+        let next = day + TimeDelta::days(1);
+        let (next_context, next_lost) = state_at(next, &mut next_history);
+        let active = user.active_days.binary_search(&day).is_ok();
+        fit.push(
+            &UserState {
+                user: context,
+                history: &history,
+                lost: &lost,
+            },
+            active,
+            &UserState {
+                user: next_context,
+                history: &next_history,
+                lost: &next_lost,
+            },
+        );
+        std::mem::swap(&mut history, &mut next_history);
+        (context, lost, day) = (next_context, next_lost, next);
+    }
+}
+
+/// When the first outcome of `kind` known by `as_of` happened.
+fn first_outcome(
+    outcomes: &[(OutcomeKind, DateTime<Utc>)],
+    as_of: DateTime<Utc>,
+    kind: impl Fn(OutcomeKind) -> bool,
+) -> Option<DateTime<Utc>> {
+    outcomes
+        .iter()
+        .filter(|(k, t)| kind(*k) && *t < as_of)
+        .map(|(_, t)| *t)
+        .min()
+}
+
+/// One progress line on the fitted value function: its data, and what it says a week's push
+/// costs a user in the future.
+fn describe_value(v: &ValueFunction) -> String {
+    let weight = |name: &str| {
+        v.feature_names()
+            .iter()
+            .position(|n| n == name)
+            .map_or(0.0, |i| v.weights[i])
+    };
+    format!(
+        "value function: {} user-days of {} users, {:.1}% active (γ {:.3}); weight of a week's sends across channels {:+.3} discounted active days",
+        v.transitions,
+        v.users,
+        100.0 * v.active_share,
+        v.config.gamma,
+        weight("sent_7d_all"),
+    )
 }
 
 /// A row's weight: the inverse of its action's logged propensity, at most the cap. An action

@@ -20,6 +20,8 @@
 //! - [`model`]: [`Model`], the trained network with its spec and metrics: parallel batched
 //!   inference without autodiff ([`Model::predict`]), and the artifact bytes
 //!   ([`Model::to_bytes`], [`Model::from_bytes`]).
+//! - [`value`]: the long-term value of a user's state, fitted by least-squares temporal
+//!   differences on logged user-day transitions, and the long-term [`Effect`] of a send on it.
 //! - [`fused`]: the fused CPU forward pass ([`Engine::Fused`]) over the same weights as burn's
 //!   module ([`Engine::Burn`], the default), for callers that score few rows at a time.
 //!
@@ -39,6 +41,7 @@ pub mod model;
 pub mod network;
 pub mod summary;
 pub mod train;
+pub mod value;
 
 mod rng;
 
@@ -58,6 +61,7 @@ pub use model::{Engine, Model};
 pub use network::Architecture;
 pub use summary::{EpochStats, TrainConfig, TrainingSummary};
 pub use train::{evaluate, train};
+pub use value::{Effect, Marginal, Send, UserState, ValueConfig, ValueFit, ValueFunction};
 
 /// Number of predicted outcomes (heads).
 pub const HEADS: usize = 5;

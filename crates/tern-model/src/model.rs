@@ -27,12 +27,15 @@ use crate::features::{FeatureMatrix, FeatureSpec};
 use crate::fused::{Fused, SCRATCH};
 use crate::network::{to_vec, Architecture, Network};
 use crate::summary::TrainingSummary;
+use crate::value::ValueFunction;
 use crate::HEADS;
 use tern_core::fnv1a64;
 
 const MAGIC: &[u8; 8] = b"TERNMODL";
-/// 2: five heads (activity added); format 1 had four. An older artifact is refused: retrain.
-const FORMAT: u32 = 2;
+/// 3: an optional value function in the header; 2 (five heads, no value function) still reads.
+/// Format 1 had four heads and is refused: retrain.
+const FORMAT: u32 = 3;
+const OLDEST_FORMAT: u32 = 2;
 
 /// Rows per chunk when scoring in parallel with [`Engine::Burn`]. Measured on the 2-core
 /// development machine (512 to 4,096 tried): large enough that burn's per-operation overhead is
@@ -80,6 +83,8 @@ pub struct Model {
     pub window: Option<TrainingWindow>,
     /// How training went (settings, epochs, losses).
     pub training: Option<TrainingSummary>,
+    /// The long-term value of a user's state, when it was fitted with the network.
+    pub value: Option<ValueFunction>,
 }
 
 impl Clone for Model {
@@ -96,6 +101,7 @@ impl Clone for Model {
             metrics: self.metrics.clone(),
             window: self.window,
             training: self.training.clone(),
+            value: self.value.clone(),
         }
     }
 }
@@ -108,6 +114,8 @@ struct Header {
     metrics: Option<Metrics>,
     window: Option<TrainingWindow>,
     training: Option<TrainingSummary>,
+    #[serde(default)]
+    value: Option<ValueFunction>,
     /// FNV-1a 64 of the parameter bytes, in hex: catches truncation and corruption.
     weights_fnv1a64: String,
 }
@@ -165,6 +173,7 @@ impl Model {
             metrics: None,
             window: None,
             training: None,
+            value: None,
         })
     }
 
@@ -307,6 +316,7 @@ impl Model {
             metrics: self.metrics.clone(),
             window: self.window,
             training: self.training.clone(),
+            value: self.value.clone(),
             weights_fnv1a64: format!("{:016x}", fnv1a64(&weights)),
         };
         let header = serde_json::to_vec(&header)
@@ -330,9 +340,9 @@ impl Model {
             return Err(bad("not a tern model (missing the TERNMODL header)"));
         }
         let format = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        if format != FORMAT {
+        if !(OLDEST_FORMAT..=FORMAT).contains(&format) {
             return Err(ModelError::Artifact(format!(
-                "artifact format {format} is not supported by this tern (it reads format {FORMAT})"
+                "artifact format {format} is not supported by this tern (it reads formats {OLDEST_FORMAT} to {FORMAT})"
             )));
         }
         let header_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
@@ -371,6 +381,7 @@ impl Model {
         model.metrics = header.metrics;
         model.window = header.window;
         model.training = header.training;
+        model.value = header.value;
         Ok(model)
     }
 }

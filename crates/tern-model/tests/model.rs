@@ -1,8 +1,9 @@
 //! The model's promises, on synthetic data with a planted signal.
 
 use tern_model::{
-    evaluate, promotable, train, Batch, Engine, FeatureMatrix, FeatureSpec, FromFn, Head, InMemory,
-    Model, ModelError, SpecDecl, TrainConfig, HEADS,
+    evaluate, promotable, train, Batch, ChannelHistory, Engine, FeatureMatrix, FeatureSpec, FromFn,
+    Head, InMemory, Model, ModelError, SpecDecl, TrainConfig, UserContext, UserState, ValueConfig,
+    ValueFit, HEADS,
 };
 
 /// A deterministic generator for test data (xorshift64*), independent of the crate's.
@@ -391,5 +392,47 @@ fn both_engines_agree_whole_chunked_and_row_by_row() {
     assert!(matches!(
         model.predict(&x, &mut out),
         Err(ModelError::Shape { .. })
+    ));
+}
+
+#[test]
+fn a_value_function_travels_in_the_artifact_and_older_formats_still_load() {
+    let mut model = trained(0.0, 7);
+    let plain = model.to_bytes().unwrap();
+    let mut fit = ValueFit::new(vec!["push".into()], ValueConfig::for_horizon(2.0, 1)).unwrap();
+    fit.user(1);
+    let history = [ChannelHistory {
+        channel: "push",
+        sent_7d: 2,
+        ..ChannelHistory::default()
+    }];
+    let state = UserState {
+        user: UserContext::default(),
+        history: &history,
+        lost: &[],
+    };
+    fit.push(&state, true, &state);
+    fit.push(&state, false, &state);
+    model.value = Some(fit.finish().unwrap());
+    let loaded = Model::from_bytes(&model.to_bytes().unwrap()).unwrap();
+    let (a, b) = (
+        model.value.as_ref().unwrap(),
+        loaded.value.as_ref().unwrap(),
+    );
+    assert_eq!(a.channels, b.channels);
+    assert_eq!(a.weights.len(), b.weights.len());
+    for (x, y) in a.weights.iter().zip(&b.weights) {
+        assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "{x} vs {y}");
+    }
+
+    // Format 2 had no value function: it loads, without one. A newer format is refused.
+    let mut older = plain.clone();
+    older[8..12].copy_from_slice(&2u32.to_le_bytes());
+    assert!(Model::from_bytes(&older).unwrap().value.is_none());
+    let mut newer = plain;
+    newer[8..12].copy_from_slice(&4u32.to_le_bytes());
+    assert!(matches!(
+        Model::from_bytes(&newer),
+        Err(ModelError::Artifact(m)) if m.contains("format 4")
     ));
 }

@@ -13,9 +13,10 @@
 //! (one per opportunity, at its best channel and slot). Where `M ≤ max` the rule cannot bind
 //! on average and the threshold is off. The caps themselves still hold every send.
 //!
-//! The threshold is the slot's opportunity cost, not a forecast of the user's future: it
-//! ignores how much of the current window is spent (the cap handles a full window) and
-//! assumes tomorrow's candidates look like today's population.
+//! The share follows the user's window: the free slots over the candidates expected until
+//! the oldest counted send leaves it ([`thresholds`]), so the price of a slot rises as a window
+//! is spent and falls as it rolls over. It assumes tomorrow's candidates look like today's
+//! population.
 //!
 //! # Send time by value
 //! Each candidate of such an objective is scored at [`SLOTS`] moments, every [`SLOT_SECS`]
@@ -71,11 +72,22 @@ pub(crate) fn rules_of(
 
 /// One user's thresholds, per rule of their arm (index `arm_index`): the value a candidate must
 /// reach to take a slot of that rule, or `-∞` where the rule is not expected to bind.
+///
+/// The share of candidates a rule can take is its free slots over the candidates expected
+/// until a slot comes back: with `used` of the rule's `max` slots taken in its sliding window
+/// (`points[rule]`, the user's counted sends, ascending) and the oldest of them leaving the
+/// window after `τ`, `(max − used) / (rate · τ)`; with none taken, `max` over a whole window's
+/// arrivals. An empty window reads as the stationary share `max / M`; a window spent early
+/// raises the price of its last slots until they come back, and one about to roll over lowers
+/// it, so that a user's week is not spent on Monday nor left unspent on Sunday.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn thresholds(
     arm: &CompiledArm,
     arm_index: usize,
     known: &[String],
     user: &UserInput,
+    points: &[Vec<i64>],
+    now: i64,
     pacing: &Pacing,
     out: &mut Vec<f64>,
 ) {
@@ -88,16 +100,30 @@ pub(crate) fn thresholds(
         let Limit::Max { max, window } = rule.limit else {
             continue;
         };
-        let days = window as f64 / 86_400.0;
-        let expected: f64 = user
+        if window <= 0 {
+            continue;
+        }
+        let per_second: f64 = user
             .arrivals
             .iter()
             .filter(|a| a.per_day.is_finite() && a.per_day > 0.0)
             .filter(|a| rules_of(arm, known, &a.channels, &a.category) >> r & 1 == 1)
-            .map(|a| a.per_day * days)
+            .map(|a| a.per_day / 86_400.0)
             .sum();
-        if expected > f64::from(max) {
-            out[r] = pacing.threshold(arm_index, r, f64::from(max) / expected);
+        let counted = points.get(r).map_or(&[][..], Vec::as_slice);
+        let in_window = &counted[counted.partition_point(|&t| t <= now - window)..];
+        let in_window = &in_window[..in_window.partition_point(|&t| t <= now)];
+        let free = i64::from(max) - in_window.len() as i64;
+        if free <= 0 {
+            // The cap itself holds every send until a slot comes back.
+            continue;
+        }
+        let until = in_window
+            .first()
+            .map_or(window, |oldest| oldest + window - now);
+        let expected = per_second * until.max(1) as f64;
+        if expected > free as f64 {
+            out[r] = pacing.threshold(arm_index, r, free as f64 / expected);
         }
     }
 }

@@ -540,7 +540,16 @@ impl Planner {
         // Candidates: everything that survives the checks that do not depend on other choices.
         s.cands.clear();
         let objective = &arm.objective;
-        pacing::thresholds(arm, arm_index, &c.channels, user, pacing, &mut s.paced);
+        pacing::thresholds(
+            arm,
+            arm_index,
+            &c.channels,
+            user,
+            &s.points[..nrules],
+            now,
+            pacing,
+            &mut s.paced,
+        );
         let ncands = candidates(user);
         let slots = scores.len().checked_div(ncands).unwrap_or(1).max(1);
         let mut k = 0;

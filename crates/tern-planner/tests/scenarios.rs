@@ -1162,3 +1162,92 @@ fn pacing_keeps_cap_slots_for_the_best_candidates() {
         "{text}"
     );
 }
+
+/// Pacing follows the user's window: the share of candidates a cap can take is its free slots
+/// over the candidates expected until a slot comes back. An empty window is priced as the
+/// stationary share; a window spent early prices its last slot higher; one about to roll over
+/// is not paced at all.
+#[test]
+fn the_price_of_a_slot_rises_as_the_window_is_spent() {
+    let now = "2026-06-01T10:00:00Z";
+    let mut config = base_config();
+    long_term(&mut config);
+    config.caps = vec![CapRule {
+        channel: None,
+        max: Some(3),
+        window_secs: Some(7 * 86400),
+        ..CapRule::default()
+    }];
+    let opps = || {
+        (1..=10)
+            .map(|i| {
+                opp(
+                    i,
+                    &["email"],
+                    0.02 * i as f64,
+                    "2026-06-01T09:00:00Z",
+                    "2026-06-02T09:00:00Z",
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let sent = |at: &str| PastSend {
+        channel: "email".into(),
+        category: "marketing".into(),
+        priority: "normal".into(),
+        sent_at: ts(at),
+        opened_at: None,
+    };
+    // 14 arrivals a week.
+    let with = |id: &str, history: Vec<PastSend>| {
+        let mut u = user(id, "UTC", opps());
+        u.arrivals = vec![Arrival {
+            category: "marketing".into(),
+            channels: vec!["email".into()],
+            per_day: 2.0,
+        }];
+        u.history = history;
+        u
+    };
+    let users = vec![
+        with("fresh", vec![]),
+        // Two of three slots spent yesterday: one left for the six days until they return.
+        with(
+            "early",
+            vec![sent("2026-05-31T09:00:00Z"), sent("2026-05-31T10:00:00Z")],
+        ),
+        // Two spent almost a week ago: they return within hours.
+        with(
+            "late",
+            vec![sent("2026-05-25T12:00:00Z"), sent("2026-05-25T13:00:00Z")],
+        ),
+    ];
+    let plan = run(&config, &users, now);
+    let threshold = |who: &str| {
+        plan.user(who)
+            .unwrap()
+            .suppressions
+            .iter()
+            .find_map(|s| match s.reason {
+                Reason::Paced { threshold } => Some(threshold),
+                _ => None,
+            })
+    };
+    let chosen = |who: &str| -> Vec<i64> {
+        plan.user(who)
+            .unwrap()
+            .choices
+            .iter()
+            .map(|c| c.opportunity)
+            .collect()
+    };
+    // 30 values, three each of 0.02 ... 0.2. Fresh: 3 slots for 14 expected, the best 3/14
+    // clear the 24th value, 0.16. Early: 1 slot for 12 expected, the 28th, 0.2.
+    assert!((threshold("fresh").unwrap() - 0.16).abs() < 1e-12);
+    assert_eq!(chosen("fresh"), vec![8, 9, 10]);
+    assert!((threshold("early").unwrap() - 0.2).abs() < 1e-12);
+    assert_eq!(chosen("early"), vec![10]);
+    // Late: its slots come back today, so it is not paced (and may send more once they have).
+    assert_eq!(threshold("late"), None);
+    assert!(chosen("late").contains(&10));
+}

@@ -69,6 +69,11 @@ pub struct ModelArgs {
     /// Timed runs; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Score as `value: longTerm` does: a no-send row per opportunity beside its channels, and
+    /// retention from a value function's effect of each send (one state per user, one marginal
+    /// per channel). A plan scores such users at 8 moments, so it calls this 8 times.
+    #[arg(long)]
+    long_term: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -389,7 +394,15 @@ fn model(args: ModelArgs) -> Result<ExitCode> {
         max_epochs: 1,
         ..TrainConfig::default()
     };
-    let model = tern_model::train(&spec, &config, &mut data(), &mut data(), None)?;
+    let mut model = tern_model::train(&spec, &config, &mut data(), &mut data(), None)?;
+    if args.long_term {
+        // A model that saw withheld sends, with a value function fitted on random user-days:
+        // what is timed is the scoring path, not what these weights say.
+        if let Some(t) = model.training.as_mut() {
+            t.untreated_rows = 1;
+        }
+        model.value = Some(random_value_function(&spec)?);
+    }
     let (_, mut users) = synthetic(args.users, args.opportunities, args.channels, 1);
     for u in &mut users {
         for o in &mut u.opportunities {
@@ -400,7 +413,15 @@ fn model(args: ModelArgs) -> Result<ExitCode> {
     let now =
         chrono::DateTime::from_timestamp(SYNTHETIC_NOW, 0).context("the synthetic instant")?;
     let predictor =
-        tern_daemon::predict::ModelPredictor::new(std::sync::Arc::new(model.clone()), now);
+        tern_daemon::predict::ModelPredictor::new(std::sync::Arc::new(model.clone()), now)
+            .with_modes(
+                if args.long_term {
+                    tern_policy::ValueMode::LongTerm
+                } else {
+                    tern_policy::ValueMode::Outcome
+                },
+                Default::default(),
+            );
 
     let mut whole = Vec::new();
     for _ in 0..args.runs {
@@ -452,7 +473,11 @@ fn model(args: ModelArgs) -> Result<ExitCode> {
         threads,
         model.engine(),
         args.runs,
-        "encode + infer, as the planner calls it",
+        if args.long_term {
+            "encode + infer + value function (longTerm)"
+        } else {
+            "encode + infer, as the planner calls it"
+        },
         whole,
         thousands(candidates as f64 / whole),
         "infer only (rows already encoded)",
@@ -460,6 +485,56 @@ fn model(args: ModelArgs) -> Result<ExitCode> {
         thousands(candidates as f64 / infer),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A value function over the spec's channels, fitted on 20,000 random user-days.
+fn random_value_function(spec: &tern_model::FeatureSpec) -> Result<tern_model::ValueFunction> {
+    use tern_model::{ChannelHistory, UserContext, UserState, ValueConfig, ValueFit};
+    let channels = spec.declaration().channels.clone();
+    let mut fit = ValueFit::new(channels.clone(), ValueConfig::for_horizon(7.0, 1))?;
+    let mut rng = tern_core::SplitMix64::new(3);
+    let state = |rng: &mut tern_core::SplitMix64| {
+        let history: Vec<ChannelHistory<'_>> = channels
+            .iter()
+            .map(|c| ChannelHistory {
+                channel: c,
+                sent_1d: rng.below(3) as u32,
+                sent_7d: rng.below(8) as u32,
+                sent_28d: rng.below(25) as u32,
+                opened_28d: rng.below(5) as u32,
+                hours_since_last: Some(rng.next_f64() * 100.0),
+            })
+            .collect();
+        let user = UserContext {
+            tenure_days: rng.next_f64() * 60.0,
+            utc_offset_minutes: 0,
+            active_days_28d: rng.below(29) as f64,
+            hours_since_active: Some(rng.next_f64() * 200.0),
+        };
+        (user, history)
+    };
+    for u in 0..2_000 {
+        fit.user(u);
+        for _ in 0..10 {
+            let (a, ha) = state(&mut rng);
+            let (b, hb) = state(&mut rng);
+            let active = rng.below(2) == 0;
+            fit.push(
+                &UserState {
+                    user: a,
+                    history: &ha,
+                    lost: &[],
+                },
+                active,
+                &UserState {
+                    user: b,
+                    history: &hb,
+                    lost: &[],
+                },
+            );
+        }
+    }
+    Ok(fit.finish()?)
 }
 
 /// A `Control` for the benchmark's server: it serves the delivery path only.

@@ -109,6 +109,9 @@ pub async fn run(url: Option<&str>, cmd: ModelCommand) -> Result<ExitCode> {
                 println!("labels: {labels}");
             }
             print!("{}", crate::train::metrics_table(&model));
+            if let Some(v) = &model.value {
+                print!("{}", value_table(v));
+            }
         }
         ModelCommand::Promote { version, force } => {
             let model = load(store, &version).await?;
@@ -191,6 +194,33 @@ fn summary(metrics: &serde_json::Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The value function as a table: what it was fitted on, and each state feature's weight (in
+/// discounted active days) with its spread across the bootstrap fits.
+fn value_table(v: &tern_model::ValueFunction) -> String {
+    let mut out = format!(
+        "value function: {} user-days of {} users, {:.1}% active, discount {:.4}, kappa {}\n| state feature | weight | spread |\n| --- | --- | --- |\n",
+        v.transitions,
+        v.users,
+        100.0 * v.active_share,
+        v.config.gamma,
+        v.config.kappa
+    );
+    for (i, name) in v.feature_names().iter().enumerate() {
+        let each: Vec<f64> = v.members.iter().map(|m| m[i]).collect();
+        let spread = if each.len() >= 2 {
+            let mean = each.iter().sum::<f64>() / each.len() as f64;
+            (each.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (each.len() - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        out.push_str(&format!(
+            "| {name} | {:+.4} | {spread:.4} |\n",
+            v.weights[i]
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

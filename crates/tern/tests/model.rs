@@ -222,6 +222,22 @@ async fn train_learns_the_planted_signal_registers_promotes_and_plans_with_it() 
     assert!(m.metrics["rows"]["valid"].as_u64().unwrap() > 0);
     assert_eq!(m.metrics["max_weight"].as_f64(), Some(1.0), "{}", m.metrics);
 
+    // The value function was fitted on every user's 28 days of the window, one transition a
+    // day, with the users' share of active days (0.15 to 0.95 by user, 0.55 on average).
+    let value = &m.metrics["value_function"];
+    assert_eq!(value["users"].as_u64(), Some(240), "{value}");
+    assert_eq!(value["user_days"].as_u64(), Some(240 * 28), "{value}");
+    let share = value["active_share"].as_f64().unwrap();
+    assert!((share - 0.55).abs() < 0.05, "{value}");
+    // `tern model show` prints its weights by state feature.
+    let show = tern(&["model", "show", &m.version], Some(&db.url));
+    let shown = ok(&show);
+    assert!(
+        shown.contains("value function: 6720 user-days of 240 users"),
+        "{shown}"
+    );
+    assert!(shown.contains("| email.sent_7d | "), "{shown}");
+
     // Training again with the same seed registers the same weights: the version is a digest of
     // the artifact, so a second registration is refused as a duplicate.
     let again = tern(

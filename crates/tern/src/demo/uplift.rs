@@ -10,8 +10,10 @@
 //!
 //! The predicted uplift is what the planner weighs: in `outcome` mode the send's predicted
 //! probabilities (retention less the average send's), in `incremental` mode their difference
-//! from the same opportunity not sent (what `longTerm` weighs too). A third reading, `activity`,
-//! is the diagnostic of the activity head: retention as its difference in active days per week.
+//! from the same opportunity not sent. A third reading, `activity`, is the diagnostic of the
+//! activity head: retention as its difference in active days per week. The fourth, `long-term`,
+//! is what `longTerm` weighs: retention as the value function's conservative effect of the send
+//! on the user's future, in active days per week.
 //! The truth's retention uses the horizon of the model's retention label, so that both speak of
 //! the same event (for `activity`, the change in active days over that horizon, per week).
 
@@ -27,8 +29,9 @@ use super::*;
 /// Predicted against true uplift, over one run's open candidates.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpliftScore {
-    /// How the predictions were read: `outcome`, `incremental` (which `longTerm` shares), or
-    /// `activity` (incremental, with retention as the activity head's active days per week).
+    /// How the predictions were read: `outcome`, `incremental`, `activity` (incremental, with
+    /// retention as the activity head's active days per week) or `long-term` (retention as the
+    /// value function's effect, in active days per week).
     pub mode: String,
     pub candidates: u64,
     pub retention: Agreement,
@@ -95,8 +98,8 @@ pub(super) async fn score(
             }
         }
     }
-    // The activity reading is active days per week over the horizon, not the chance of being
-    // active in its last week: its truth is the same change, in the same unit.
+    // The activity and long-term readings are active days per week over the horizon, not the
+    // chance of being active in its last week: their truth is the same change, in the same unit.
     let per_week = 7.0 / (label_horizon.num_seconds() as f64 / 86_400.0).max(1.0);
     let truth_of = |activity: bool| -> (Vec<f64>, Vec<f64>) {
         let retention: Vec<f64> = truth
@@ -125,12 +128,14 @@ pub(super) async fn score(
     };
 
     let mut out = Vec::new();
+    // (name, mode, the activity head's reading, retention in active days per week)
     let readings = [
-        ("outcome", ValueMode::Outcome, false),
-        ("incremental", ValueMode::Incremental, false),
-        ("activity", ValueMode::Incremental, true),
+        ("outcome", ValueMode::Outcome, false, false),
+        ("incremental", ValueMode::Incremental, false, false),
+        ("activity", ValueMode::Incremental, true, true),
+        ("long-term", ValueMode::LongTerm, false, true),
     ];
-    for (name, mode, activity) in readings {
+    for (name, mode, activity, per_week) in readings {
         let mut predictor =
             ModelPredictor::new(Arc::clone(&model), now).with_modes(mode, Default::default());
         if activity {
@@ -139,7 +144,10 @@ pub(super) async fn score(
         if mode.is_causal() && !predictor.can_tell_effects() {
             continue;
         }
-        let (true_retention, true_value) = truth_of(activity);
+        if mode == ValueMode::LongTerm && model.value.is_none() {
+            continue;
+        }
+        let (true_retention, true_value) = truth_of(per_week);
         let users: Vec<&tern_planner::UserInput> = inputs.iter().collect();
         let mut scores = Vec::new();
         predictor.predict_many(&users, &mut scores);

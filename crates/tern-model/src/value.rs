@@ -21,7 +21,8 @@
 //! **One intercept per user.** The logging policy is not a coin: it messages the users it
 //! expects most from, and those are the engaged users, who are active more whatever they get.
 //! Fitted across users, more messages "predict" more active days, and every send looks good
-//! (measured: a pooled fit on the demo's logs priced a week's email at +0.4 active days). So
+//! (measured on the demo's logs: a pooled fit valued one more email to a user with three sends
+//! this week, active half the days, at about +0.16 discounted active days). So
 //! each user has their own intercept, fitted by the within transformation: every state's
 //! features, reward and next state are taken from the user's own mean before the sums. Who the
 //! user is then sits in the intercept, which no send changes, and the weights learn only from how

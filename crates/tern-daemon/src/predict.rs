@@ -258,6 +258,18 @@ impl Predictor for ModelPredictor {
     }
 }
 
+/// The user's earlier sends as the fatigue features read them.
+fn past_of(user: &UserInput) -> Vec<Past<'_>> {
+    user.history
+        .iter()
+        .map(|p| Past {
+            channel: &p.channel,
+            sent_at: p.sent_at,
+            opened_at: p.opened_at,
+        })
+        .collect()
+}
+
 /// A user's state at `now` as the value function reads it, into reused buffers: fatigue per
 /// channel and activity as the model's features have them, and every channel the user cannot be
 /// reached on any more.
@@ -268,16 +280,7 @@ fn state_of<'c>(
     history: &mut Vec<ChannelHistory<'c>>,
     lost: &mut Vec<String>,
 ) -> UserContext {
-    let past: Vec<Past<'_>> = user
-        .history
-        .iter()
-        .map(|p| Past {
-            channel: &p.channel,
-            sent_at: p.sent_at,
-            opened_at: p.opened_at,
-        })
-        .collect();
-    features::channel_history(channels, &past, now, history);
+    features::channel_history(channels, &past_of(user), now, history);
     lost.clear();
     lost.extend(
         user.opted_out_channels
@@ -313,16 +316,7 @@ pub fn for_each_action<'h>(
     mut f: impl FnMut(&tern_model::CandidateContext<'_>),
 ) {
     let tz = features::zone(Some(&user.timezone));
-    let past: Vec<Past<'_>> = user
-        .history
-        .iter()
-        .map(|p| Past {
-            channel: &p.channel,
-            sent_at: p.sent_at,
-            opened_at: p.opened_at,
-        })
-        .collect();
-    features::channel_history(channels, &past, now, history);
+    features::channel_history(channels, &past_of(user), now, history);
     let context = features::user_context(&user.activity, tz, now);
     for o in &user.opportunities {
         let actions = o

@@ -148,10 +148,8 @@ impl Predictor for ModelPredictor {
         let now = at.unwrap_or(self.now);
         let spec = self.model.spec();
         let channels = &spec.declaration().channels;
-        let incremental: Vec<bool> = users
-            .iter()
-            .map(|u| self.mode_of(&u.user_id).is_causal())
-            .collect();
+        let modes: Vec<ValueMode> = users.iter().map(|u| self.mode_of(&u.user_id)).collect();
+        let incremental: Vec<bool> = modes.iter().map(|m| m.is_causal()).collect();
         let total: usize = users.iter().map(|u| candidates(u)).sum();
         let untreated: usize = users
             .iter()
@@ -178,12 +176,12 @@ impl Predictor for ModelPredictor {
         let mut rows = p.iter();
         // Per long-term user: what a send does to their state, per channel of the value function.
         let (mut lt_history, mut lt_lost, mut lt_marginals) = (Vec::new(), Vec::new(), Vec::new());
-        for (user, incremental) in users.iter().zip(&incremental) {
+        for ((user, incremental), mode) in users.iter().zip(&incremental).zip(&modes) {
             let long_term = self
                 .model
                 .value
                 .as_ref()
-                .filter(|_| self.mode_of(&user.user_id) == ValueMode::LongTerm);
+                .filter(|_| *mode == ValueMode::LongTerm);
             if let Some(v) = long_term {
                 let user = state_of(&v.channels, user, now, &mut lt_history, &mut lt_lost);
                 let state = UserState {
@@ -222,9 +220,6 @@ impl Predictor for ModelPredictor {
                             fallback
                         }
                     };
-                    // Over time, retention is the change in active days per week of the
-                    // horizon: the share of active days moved by the send, times seven.
-                    // The diagnostic reading: retention as active days gained per week.
                     let retention = if let Some(v) = long_term {
                         // What the send leaves behind, in active days per week of the
                         // discounted future: the value function's conservative effect.
@@ -242,6 +237,8 @@ impl Predictor for ModelPredictor {
                             });
                         DAYS_PER_WEEK * (1.0 - v.config.gamma) * effect
                     } else if self.activity && *incremental {
+                        // The diagnostic reading: the activity head's share of active days
+                        // moved by the send, as active days gained per week.
                         DAYS_PER_WEEK * head(Head::Activity, prior.retention / DAYS_PER_WEEK)
                     } else {
                         head(Head::Retention, prior.retention)

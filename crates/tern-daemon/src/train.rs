@@ -345,7 +345,6 @@ async fn spill(
             &mut history,
             &mut out,
         )?;
-        days_of_user(spec, window, &user, &mut out.value);
     }
     out.train.finish()?;
     out.valid.finish()?;
@@ -431,6 +430,7 @@ fn rows_of_user<'s>(
             Part::Valid => out.valid.push(row, &y, &mask, w)?,
         }
     }
+    days_of_user(spec, window, user, &past, &known, &mut out.value);
     Ok(())
 }
 
@@ -442,36 +442,27 @@ fn days_of_user<'s>(
     spec: &'s FeatureSpec,
     window: &TrainingWindow,
     user: &TrainingUser,
+    past: &[Past<'_>],
+    known: &[Vec<(OutcomeKind, DateTime<Utc>)>],
     fit: &mut ValueFit,
 ) {
     let as_of = window.valid_until;
     let channels = &spec.declaration().channels;
-    let first = window
+    let first_day = window
         .train_from
         .max(user.first_seen_at.unwrap_or(window.train_from))
         .date_naive();
     let last = as_of.date_naive();
-    if first >= last {
+    if first_day >= last {
         return;
     }
     let tz = features::zone(user.timezone.as_deref());
-    let past: Vec<Past<'_>> = user
-        .messages
-        .iter()
-        .map(|m| Past {
-            channel: &m.channel,
-            sent_at: m.sent_at,
-            opened_at: first_outcome(&m.outcomes, as_of, |k| {
-                matches!(k, OutcomeKind::Opened | OutcomeKind::Clicked)
-            }),
-        })
-        .collect();
     let losses: Vec<(&str, DateTime<Utc>)> = user
         .messages
         .iter()
-        .filter_map(|m| {
-            first_outcome(&m.outcomes, as_of, OutcomeKind::loses_reachability)
-                .map(|t| (m.channel.as_str(), t))
+        .zip(known)
+        .filter_map(|(m, o)| {
+            first(o, OutcomeKind::loses_reachability).map(|t| (m.channel.as_str(), t))
         })
         .collect();
     let state_at = |day: NaiveDate, history: &mut Vec<tern_model::ChannelHistory<'s>>| {
@@ -490,7 +481,7 @@ fn days_of_user<'s>(
     };
     fit.user(tern_core::fnv1a64(user.user_id.as_bytes()));
     let (mut history, mut next_history) = (Vec::new(), Vec::new());
-    let mut day = first;
+    let mut day = first_day;
     let (mut context, mut lost) = state_at(day, &mut history);
     while day < last {
         let next = day + TimeDelta::days(1);
@@ -512,19 +503,6 @@ fn days_of_user<'s>(
         std::mem::swap(&mut history, &mut next_history);
         (context, lost, day) = (next_context, next_lost, next);
     }
-}
-
-/// When the first outcome of `kind` known by `as_of` happened.
-fn first_outcome(
-    outcomes: &[(OutcomeKind, DateTime<Utc>)],
-    as_of: DateTime<Utc>,
-    kind: impl Fn(OutcomeKind) -> bool,
-) -> Option<DateTime<Utc>> {
-    outcomes
-        .iter()
-        .filter(|(k, t)| kind(*k) && *t < as_of)
-        .map(|(_, t)| *t)
-        .min()
 }
 
 /// One progress line on the fitted value function: its data, and what it says a week's push

@@ -1084,33 +1084,42 @@ fn a_long_term_objective_sends_when_the_prediction_is_best() {
     assert_eq!(flat.users[0].choices[0].send_after, ts(now));
 }
 
+/// The default configuration with `long_term` and one cap of `max` sends a week on any channel.
+fn weekly_cap_long_term(max: u32) -> PlannerConfig {
+    let mut config = base_config();
+    long_term(&mut config);
+    config.caps = vec![CapRule {
+        channel: None,
+        max: Some(max),
+        window_secs: Some(7 * 86400),
+        ..CapRule::default()
+    }];
+    config
+}
+
+/// Ten email opportunities worth 0.02, 0.04, ... 0.2, open for a day from 09:00.
+fn ten_emails() -> Vec<OpportunityInput> {
+    (1..=10)
+        .map(|i| {
+            opp(
+                i,
+                &["email"],
+                0.02 * i as f64,
+                "2026-06-01T09:00:00Z",
+                "2026-06-02T09:00:00Z",
+            )
+        })
+        .collect()
+}
+
 /// Pacing: a user whose opportunities arrive faster than a count cap allows keeps its slots for
 /// the candidates worth most in this plan's distribution; the weak one is `paced`, with the
 /// threshold. A user with no arrival history, or arrivals within the cap, is not paced.
 #[test]
 fn pacing_keeps_cap_slots_for_the_best_candidates() {
     let now = "2026-06-01T10:00:00Z";
-    let mut config = base_config();
-    long_term(&mut config);
-    config.caps = vec![CapRule {
-        channel: None,
-        max: Some(2),
-        window_secs: Some(7 * 86400),
-        ..CapRule::default()
-    }];
-    let opps = || {
-        (1..=10)
-            .map(|i| {
-                opp(
-                    i,
-                    &["email"],
-                    0.02 * i as f64,
-                    "2026-06-01T09:00:00Z",
-                    "2026-06-02T09:00:00Z",
-                )
-            })
-            .collect::<Vec<_>>()
-    };
+    let config = weekly_cap_long_term(2);
+    let opps = ten_emails;
     let arrivals = |per_day: f64| {
         vec![Arrival {
             category: "marketing".into(),
@@ -1170,27 +1179,8 @@ fn pacing_keeps_cap_slots_for_the_best_candidates() {
 #[test]
 fn the_price_of_a_slot_rises_as_the_window_is_spent() {
     let now = "2026-06-01T10:00:00Z";
-    let mut config = base_config();
-    long_term(&mut config);
-    config.caps = vec![CapRule {
-        channel: None,
-        max: Some(3),
-        window_secs: Some(7 * 86400),
-        ..CapRule::default()
-    }];
-    let opps = || {
-        (1..=10)
-            .map(|i| {
-                opp(
-                    i,
-                    &["email"],
-                    0.02 * i as f64,
-                    "2026-06-01T09:00:00Z",
-                    "2026-06-02T09:00:00Z",
-                )
-            })
-            .collect::<Vec<_>>()
-    };
+    let config = weekly_cap_long_term(3);
+    let opps = ten_emails;
     let sent = |at: &str| PastSend {
         channel: "email".into(),
         category: "marketing".into(),

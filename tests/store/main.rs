@@ -9,6 +9,7 @@ mod migrate;
 mod models;
 mod planning;
 mod plans;
+mod sweeps;
 mod training;
 mod users;
 

@@ -113,7 +113,10 @@ impl Cron {
 
 /// Something that runs on a cron schedule.
 pub enum Job<'b> {
+    /// A Replan's full replans (`cron`).
     Replan(&'b Replan),
+    /// A Replan's incremental replans (`incremental`), keyed `incremental/NAME`.
+    Incremental(&'b Replan),
     Generator(&'b Generator),
     /// The daemon's model training (`tern serve --train-schedule`), in UTC.
     Train(&'b CronSchedule),
@@ -121,10 +124,11 @@ pub enum Job<'b> {
 
 impl Job<'_> {
     /// Its name in `cron_runs` and in `GetStatus`: a Replan's own name, or `generator/NAME`
-    /// (a name cannot contain `/`, so the two never collide).
+    /// or `incremental/NAME` (a name cannot contain `/`, so they never collide).
     pub fn key(&self) -> String {
         match self {
             Job::Replan(r) => r.metadata.name.clone(),
+            Job::Incremental(r) => format!("incremental/{}", r.metadata.name),
             Job::Generator(g) => format!("generator/{}", g.metadata.name),
             Job::Train(_) => "train".to_string(),
         }
@@ -133,7 +137,7 @@ impl Job<'_> {
     /// How late a firing missed while tern was down may still run.
     pub fn starting_deadline(&self) -> Option<TimeDelta> {
         match self {
-            Job::Replan(r) => r.starting_deadline,
+            Job::Replan(r) | Job::Incremental(r) => r.starting_deadline,
             Job::Generator(g) => match &g.trigger {
                 Trigger::Schedule {
                     starting_deadline, ..
@@ -149,6 +153,10 @@ impl Job<'_> {
     fn schedule(&self) -> (&CronSchedule, Option<Tz>) {
         match self {
             Job::Replan(r) => (&r.cron, r.timezone),
+            Job::Incremental(r) => match &r.incremental {
+                Some(cron) => (cron, r.timezone),
+                None => unreachable!("jobs() keeps only replans with an incremental schedule"),
+            },
             Job::Generator(g) => match &g.trigger {
                 Trigger::Schedule { cron, timezone, .. } => (cron, *timezone),
                 Trigger::Event { .. } => unreachable!("jobs() keeps only scheduled generators"),
@@ -161,6 +169,11 @@ impl Job<'_> {
 /// The cron jobs: the bundle's Replans and scheduled Generators, and training when scheduled.
 pub fn jobs<'b>(bundle: &'b Bundle, training: Option<&'b CronSchedule>) -> Vec<Job<'b>> {
     let replans = bundle.replans.iter().map(Job::Replan);
+    let incremental = bundle
+        .replans
+        .iter()
+        .filter(|r| r.incremental.is_some())
+        .map(Job::Incremental);
     let generators = bundle
         .generators
         .iter()
@@ -171,6 +184,7 @@ pub fn jobs<'b>(bundle: &'b Bundle, training: Option<&'b CronSchedule>) -> Vec<J
         .map(Job::Train)
         .into_iter()
         .chain(replans)
+        .chain(incremental)
         .chain(generators)
         .collect()
 }

@@ -8,30 +8,22 @@
 //! model are read per replan, so a reloaded policy or a newly promoted model applies to the next
 //! plan without a restart.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tern_model::Model;
-use tern_planner::{Plan, Planner, Predictor, Reason, UserInput};
+use tern_planner::UserInput;
 use tern_policy::{Bundle, CronSchedule, Watcher};
 use tern_server::{
     Clock, Control, ControlError, DaemonStatus, ManualClock, Metrics, ReplanSummary, SystemClock,
 };
-use tern_store::{
-    Assignment, NewPlan, NewScheduleItem, PlanStats, PlanningUser, Store, Supersede, Withholding,
-};
+use tern_store::{Scope, Store};
 
 use crate::cron::{jobs, Cron, Job};
-use crate::features;
-use crate::predict::{ModelPredictor, Prior};
+use crate::replan::{Paging, HISTORY};
 use crate::train::TrainSettings;
-use crate::translate::{assign_arms, planner_config};
 use crate::Error;
-
-/// How far back a replan reads history: the longest cap window and the fatigue features' reach.
-const HISTORY: TimeDelta = TimeDelta::days(28);
 
 /// The trigger of the partial plan that follows new opportunities of an urgent priority class
 /// (one that bypasses anything), from `Submit` or from events, recorded on the plan like a
@@ -43,11 +35,13 @@ pub struct Daemon {
     pub(crate) watcher: Arc<Watcher>,
     model: tokio::sync::Mutex<Option<(String, Arc<Model>)>>,
     pub(crate) clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// This replica's name in `cron_runs`.
     pub(crate) holder: String,
     /// Set in simulation mode: the clock `AdvanceClock` moves.
-    simulated: Option<Arc<ManualClock>>,
+    pub(crate) simulated: Option<Arc<ManualClock>>,
+    /// How full replans are paged.
+    pub(crate) paging: Paging,
     /// The cron state `AdvanceClock` passes over (simulation mode has no background loop).
     cron: tokio::sync::Mutex<Cron>,
     training: Option<Training>,
@@ -71,6 +65,8 @@ pub struct DaemonConfig {
     pub simulated: Option<Arc<ManualClock>>,
     /// Model training on a schedule, if any.
     pub training: Option<Training>,
+    /// How full replans are split into pages, and how long a page's lease lasts.
+    pub paging: Paging,
 }
 
 impl Daemon {
@@ -93,6 +89,7 @@ impl Daemon {
             metrics,
             holder: config.holder,
             simulated: config.simulated,
+            paging: config.paging,
             cron: tokio::sync::Mutex::new(Cron::new(started)),
             training: config.training,
         }
@@ -160,7 +157,7 @@ impl Daemon {
     }
 
     /// The active model from the registry, loaded again only when the active version changed.
-    async fn active_model(&self) -> Result<Option<(String, Arc<Model>)>, ControlError> {
+    pub(crate) async fn active_model(&self) -> Result<Option<(String, Arc<Model>)>, ControlError> {
         let mut cached = self.model.lock().await;
         let Some((version, bytes)) = self.store.active_model().await? else {
             *cached = None;
@@ -199,13 +196,34 @@ impl Daemon {
         .await
     }
 
-    /// Plans the users with open opportunities (only `users` when not empty) and publishes.
+    /// Plans `users` and publishes; every user with open opportunities, page by page, when
+    /// `users` is empty (a full replan).
     pub async fn replan(
         &self,
         trigger: &str,
         users: Vec<String>,
     ) -> Result<ReplanSummary, ControlError> {
-        let result = self.plan_and_publish(trigger, users).await;
+        let result = if users.is_empty() {
+            self.sweep(trigger).await
+        } else {
+            self.plan_users(trigger, users, Scope::Users).await
+        };
+        self.count_plan(trigger, result)
+    }
+
+    /// Plans the users whose inputs changed since they were last planned (see
+    /// [`crate::replan`]), or everyone when the policy or model changed since the last full
+    /// replan.
+    pub async fn replan_incremental(&self, trigger: &str) -> Result<ReplanSummary, ControlError> {
+        let result = self.incremental(trigger).await;
+        self.count_plan(trigger, result)
+    }
+
+    fn count_plan(
+        &self,
+        trigger: &str,
+        result: Result<ReplanSummary, ControlError>,
+    ) -> Result<ReplanSummary, ControlError> {
         let m = &self.metrics;
         match &result {
             Ok(s) => {
@@ -240,128 +258,6 @@ impl Daemon {
             }
         }
         result
-    }
-
-    async fn plan_and_publish(
-        &self,
-        trigger: &str,
-        users: Vec<String>,
-    ) -> Result<ReplanSummary, ControlError> {
-        let _lock = self.store.lock_replans().await?;
-        let started = Instant::now();
-        let now = self.clock.now();
-        let bundle: Arc<Bundle> = self.watcher.active();
-        let replan_doc = (trigger != "manual" && trigger != URGENT_TRIGGER).then_some(trigger);
-        let mut config = planner_config(&bundle, replan_doc).map_err(|e| {
-            ControlError::Unplannable(format!("the active policy cannot be planned with: {e}"))
-        })?;
-        let horizon = TimeDelta::seconds(config.horizon_secs as i64);
-        let filter = (!users.is_empty()).then_some(users.as_slice());
-        // A budget is a quota over a rolling window across all users; the planner counts only
-        // its own choices, so it is given what the window has left.
-        for channel in &mut config.channels {
-            if let Some(budget) = &mut channel.budget {
-                let since = now - TimeDelta::seconds(budget.per_secs as i64);
-                let used = self
-                    .store
-                    .channel_usage(&channel.name, since, filter)
-                    .await?;
-                budget.max = budget.max.saturating_sub(used);
-            }
-        }
-        let planner = Planner::new(config).map_err(|e| {
-            ControlError::Unplannable(format!("the active policy cannot be planned with: {e}"))
-        })?;
-        // A holdout user's due would-be messages become their history before it is read.
-        self.store.settle_counterfactuals(now).await?;
-        let input = self.store.planning_input(now, HISTORY, filter).await?;
-        let mut inputs: Vec<UserInput> = input.into_iter().map(|u| user_input(u, now)).collect();
-        // Every experiment each planned user is in, not only the one that decides their
-        // treatment: a user in two layers counts in both reports.
-        let assigned = assign_arms(&bundle, &mut inputs);
-        // The (experiment, arm) that decides each user's treatment, carried as such to the
-        // schedule items rather than read back from the planner's arm label.
-        let treatment = crate::translate::treatment(&assigned, &inputs);
-        let assignments: Vec<Assignment> = assigned
-            .into_iter()
-            .zip(&inputs)
-            .flat_map(|(assigned, u)| {
-                assigned.into_iter().map(|(e, arm)| Assignment {
-                    experiment: e.metadata.name.clone(),
-                    user_id: u.user_id.clone(),
-                    arm: arm.name.clone(),
-                })
-            })
-            .collect();
-        let model = self.active_model().await?;
-        let model_version = model.as_ref().map(|(v, _)| v.clone());
-        let (mode, modes) = crate::translate::value_modes(&bundle, &treatment);
-        let seed = now.timestamp_micros() as u64;
-        let plan = tokio::task::spawn_blocking(move || {
-            let predictor: Box<dyn Predictor> = match model {
-                Some((_, m)) => Box::new(ModelPredictor::new(m, now).with_modes(mode, modes)),
-                None => Box::new(Prior),
-            };
-            planner.plan(&inputs, now, seed, predictor.as_ref())
-        })
-        .await
-        .map_err(|e| ControlError::Internal(format!("the planner failed: {e}")))?;
-        let plan = plan.map_err(|e| ControlError::Internal(format!("the planner refused: {e}")))?;
-        let items = schedule_items(&plan, &treatment);
-        let supersede = if users.is_empty() {
-            Supersede::All
-        } else {
-            Supersede::Users(users)
-        };
-        // Before the plan is published, so that a user's observation period never starts after
-        // the first message of their arm.
-        self.store
-            .record_assignments(&assignments, &bundle.version, now)
-            .await?;
-        let published = self
-            .store
-            .publish_plan(
-                &NewPlan {
-                    trigger: trigger.to_string(),
-                    policy_version: bundle.version.clone(),
-                    model_version: model_version.clone(),
-                    seed: seed as i64,
-                    started_at: now,
-                    horizon_end: now + horizon,
-                    stats: PlanStats {
-                        candidates: plan.stats.candidates,
-                        users: plan.stats.users,
-                        chosen: plan.stats.chosen.clone(),
-                        suppressed: plan.stats.suppressed.clone(),
-                        duration_seconds: started.elapsed().as_secs_f64(),
-                    },
-                },
-                &items,
-                &supersede,
-                now,
-            )
-            .await?;
-        let summary = ReplanSummary {
-            plan_id: published.plan_id,
-            trigger: trigger.to_string(),
-            policy_version: bundle.version.clone(),
-            model_version,
-            started_at: Some(now),
-            published_at: Some(self.clock.now()),
-            candidates: plan.stats.candidates,
-            chosen_per_channel: plan.stats.chosen.clone(),
-            suppressed_per_reason: plan.stats.suppressed.clone(),
-            duration_seconds: started.elapsed().as_secs_f64(),
-        };
-        tracing::info!(
-            plan = summary.plan_id,
-            trigger,
-            candidates = summary.candidates,
-            items = published.items,
-            seconds = summary.duration_seconds,
-            "published a plan"
-        );
-        Ok(summary)
     }
 }
 
@@ -523,102 +419,10 @@ pub async fn planning_inputs(
     users: Option<&[String]>,
 ) -> Result<Vec<UserInput>, Error> {
     let input = store.planning_input(now, HISTORY, users).await?;
-    Ok(input.into_iter().map(|u| user_input(u, now)).collect())
-}
-
-/// A user as the store returns them, as the planner (and its predictor) reads them.
-fn user_input(u: PlanningUser, now: DateTime<Utc>) -> UserInput {
-    let days = features::arrival_days(now, u.first_seen_at);
-    let arrivals = u
-        .arrivals
+    Ok(input
         .into_iter()
-        .map(|a| tern_planner::Arrival {
-            category: a.category,
-            channels: a.channels,
-            per_day: a.count as f64 / days,
-        })
-        .collect();
-    UserInput {
-        arrivals,
-        activity: features::activity_as_of(u.first_seen_at, &u.active_days, now),
-        user_id: u.user_id,
-        timezone: u.timezone,
-        arm: None,
-        send_time_profile: Vec::new(),
-        opted_out_channels: u.opted_out_channels,
-        unreachable_channels: u.unreachable_channels,
-        opted_out_categories: u.opted_out_categories,
-        history: u
-            .history
-            .into_iter()
-            .map(|h| tern_planner::PastSend {
-                channel: h.channel,
-                category: h.category,
-                priority: h.priority,
-                sent_at: h.sent_at,
-                opened_at: h.opened_at,
-            })
-            .collect(),
-        opportunities: u
-            .opportunities
-            .into_iter()
-            .map(|o| tern_planner::OpportunityInput {
-                id: o.opportunity_id,
-                category: o.category,
-                priority: o.priority,
-                channels: o.channels,
-                created_at: o.created_at,
-                expires_at: o.expires_at,
-                template: o.template,
-                scores: Vec::new(),
-                signals: o.signals,
-            })
-            .collect(),
-    }
-}
-
-/// The plan's choices as schedule items, each with the (experiment, arm) it was planned under.
-fn schedule_items(
-    plan: &Plan,
-    treatment: &HashMap<String, (String, String)>,
-) -> Vec<NewScheduleItem> {
-    let mut items = Vec::new();
-    for u in &plan.users {
-        let (experiment, arm) = match treatment.get(&u.user_id) {
-            Some((e, a)) => (Some(e.clone()), Some(a.clone())),
-            None => (None, None),
-        };
-        let counterfactuals = u.suppressions.iter().filter_map(|s| {
-            let why = match s.reason {
-                Reason::Holdout => Withholding::Holdout,
-                Reason::Withheld => Withholding::Exploration,
-                _ => return None,
-            };
-            Some((s.counterfactual.as_deref()?, Some(why)))
-        });
-        let choices = u.choices.iter().map(|c| (c, None));
-        for (c, counterfactual) in choices.chain(counterfactuals) {
-            items.push(NewScheduleItem {
-                user_id: u.user_id.clone(),
-                opportunity_id: c.opportunity,
-                channel: plan.channel_name(c.channel).to_string(),
-                send_after: c.send_after,
-                send_before: c.send_before,
-                value: c.value,
-                propensity: c.propensity,
-                experiment: experiment.clone(),
-                arm: arm.clone(),
-                scores: serde_json::json!({
-                    "conversion": c.scores.conversion,
-                    "engagement": c.scores.engagement,
-                    "retention": c.scores.retention,
-                    "reachability_loss": c.scores.reachability_loss,
-                }),
-                counterfactual,
-            });
-        }
-    }
-    items
+        .map(|u| crate::replan::user_input(u, now))
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -685,7 +489,10 @@ impl Daemon {
                         ran.push((name.clone(), at));
                     }
                     Ok(false) => {
-                        tracing::debug!(job = %name, firing = %at, "another replica runs this firing")
+                        tracing::debug!(job = %name, firing = %at, "another replica runs this firing");
+                        if matches!(job, Job::Replan(_)) {
+                            self.join_sweep().await;
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(job = %name, error = %e, "cannot claim the cron run; retrying");
@@ -699,8 +506,50 @@ impl Daemon {
                 wake = wake.min(next);
             }
         }
+        // A sweep whose pages nobody works (their replica died) is taken over here, within a
+        // lease of the pages' expiry.
+        if self.simulated.is_none() {
+            if let Ok(Some(sweep)) = store.running_sweep().await {
+                if let Err(e) = self.work_sweep(&sweep).await {
+                    tracing::warn!(plan = sweep.plan_id, error = %e, "cannot plan pages of the running full replan");
+                }
+                let _ = self.store.finish_sweep(sweep.plan_id, clock.now()).await;
+                let lease = self.paging.lease.max(TimeDelta::seconds(1));
+                wake = wake.min(clock.now() + lease / 2);
+            }
+        }
         cron.finish_pass(clock.now());
         Pass { wake, ran }
+    }
+
+    /// Helps with the full replan another replica started for a firing this one lost: waits
+    /// briefly for it to appear, then plans pages of it.
+    async fn join_sweep(&self) {
+        for _ in 0..50 {
+            match self.store.running_sweep().await {
+                Ok(Some(sweep)) => {
+                    match self.work_sweep(&sweep).await {
+                        Ok(pages) => {
+                            tracing::info!(
+                                plan = sweep.plan_id,
+                                pages,
+                                "planned pages of a full replan another replica started"
+                            )
+                        }
+                        Err(e) => {
+                            tracing::warn!(plan = sweep.plan_id, error = %e, "cannot plan pages of the running full replan")
+                        }
+                    }
+                    let _ = self
+                        .store
+                        .finish_sweep(sweep.plan_id, self.clock.now())
+                        .await;
+                    return;
+                }
+                Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Err(_) => return,
+            }
+        }
     }
 
     async fn run_job(&self, job: &Job<'_>, at: DateTime<Utc>) {
@@ -708,16 +557,23 @@ impl Daemon {
         let name = job.key();
         let store = &daemon.store;
         match job {
-            Job::Replan(r) => match daemon.replan(&r.metadata.name, Vec::new()).await {
-                Ok(summary) => {
-                    if let Err(e) = store.finish_cron_run(&name, at, summary.plan_id).await {
-                        tracing::warn!(replan = %name, error = %e, "cannot record the run's plan");
+            Job::Replan(_) | Job::Incremental(_) => {
+                let result = match job {
+                    Job::Replan(r) => daemon.replan(&r.metadata.name, Vec::new()).await,
+                    Job::Incremental(r) => daemon.replan_incremental(&r.metadata.name).await,
+                    _ => unreachable!("matched above"),
+                };
+                match result {
+                    Ok(summary) => {
+                        if let Err(e) = store.finish_cron_run(&name, at, summary.plan_id).await {
+                            tracing::warn!(replan = %name, error = %e, "cannot record the run's plan");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(replan = %name, firing = %at, error = %e, "the cron replan failed")
                     }
                 }
-                Err(e) => {
-                    tracing::error!(replan = %name, firing = %at, error = %e, "the cron replan failed")
-                }
-            },
+            }
             Job::Generator(g) => {
                 // A failed run is not retried: its firing is claimed, and the next firing creates
                 // what is due then (a digest twice in a row would be worse than one missed).

@@ -29,10 +29,12 @@ mod error;
 pub mod features;
 pub mod generators;
 pub mod predict;
+pub mod replan;
 pub mod service;
 pub mod train;
 pub mod translate;
 
 pub use daemon::{run_cron, Daemon, DaemonConfig, Pass, Training, URGENT_TRIGGER};
 pub use error::Error;
+pub use replan::Paging;
 pub use service::{Service, ServiceConfig};

@@ -42,6 +42,8 @@ pub struct ServiceConfig {
     pub training: Option<Training>,
     /// This replica's name in `cron_runs`.
     pub holder: String,
+    /// How full replans are paged.
+    pub paging: crate::Paging,
     /// Where the policy loop's lines go (`activated <version> ...`, `rejected <digest> ...`):
     /// `tern serve` prints them; [`ServiceConfig::local`] logs them.
     pub announce: fn(&str),
@@ -64,6 +66,7 @@ impl ServiceConfig {
             simulate_from: None,
             training: None,
             holder: crate::cron::holder(),
+            paging: crate::Paging::default(),
             announce: |line| tracing::info!("{line}"),
         }
     }
@@ -177,6 +180,7 @@ pub async fn start(store: Store, config: ServiceConfig) -> Result<Service, Error
             holder: config.holder,
             simulated: simulated.clone(),
             training: config.training,
+            paging: config.paging,
         },
     ));
     let api = tern_server::api(

@@ -87,6 +87,10 @@ impl Daemon {
             match pair {
                 ["--simulate-from", t] => config.simulate_from = Some(t.parse().unwrap()),
                 ["--max-message-bytes", n] => config.max_message_bytes = n.parse().unwrap(),
+                ["--holder", h] => config.holder = h.to_string(),
+                ["--page-opportunities", n] => {
+                    config.paging.page_opportunities = n.parse().unwrap()
+                }
                 ["--tokens", path] => config.tokens = Tokens::load(Path::new(path)).unwrap(),
                 ["--tls-cert", path] => cert = Some(std::fs::read(path).unwrap()),
                 ["--tls-key", path] => key = Some(std::fs::read(path).unwrap()),
@@ -602,6 +606,98 @@ async fn two_daemons_on_one_database_run_each_cron_firing_once() {
         "one plan per claimed firing, none without a claim"
     );
     assert!(planned >= runs - 2, "runs: {runs}, planned: {planned}");
+}
+
+/// Two replicas plan one full replan together: every page is published once, by one of
+/// them, every user with open opportunities is planned exactly once (no item of the replan is
+/// replaced by the replan itself), and the plan is published once its last page is.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_daemons_share_a_full_replan_and_plan_each_user_once() {
+    let db = TestDb::new().await;
+    let now = chrono::Utc::now();
+    let opportunities: Vec<tern_core::NewOpportunity> = (0..2400)
+        .map(|i| tern_core::NewOpportunity {
+            user_id: format!("user-{:04}", i / 4),
+            dedupe_key: format!("k{}", i % 4),
+            source: "test".into(),
+            template: "t".into(),
+            category: "news".into(),
+            priority: "normal".into(),
+            channels: vec!["push".into()],
+            signals: Default::default(),
+            payload: Default::default(),
+            created_at: now - chrono::TimeDelta::hours(1),
+            expires_at: now + chrono::TimeDelta::hours(24),
+        })
+        .collect();
+    db.store.copy_load(&[], &opportunities, now).await.unwrap();
+    let a = Daemon::start_args(
+        &db,
+        BUNDLE,
+        &["--holder", "a", "--page-opportunities", "100"],
+    )
+    .await;
+    let b = Daemon::start_args(
+        &db,
+        BUNDLE,
+        &["--holder", "b", "--page-opportunities", "100"],
+    )
+    .await;
+    let (da, db_) = (
+        a.service.as_ref().unwrap().daemon.clone(),
+        b.service.as_ref().unwrap().daemon.clone(),
+    );
+    let (ra, rb) = tokio::join!(
+        da.replan("manual", Vec::new()),
+        db_.replan("manual", Vec::new())
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.plan_id, rb.plan_id, "both worked on one full replan");
+    let plan_id = ra.plan_id;
+    let pool = db.store.pool();
+    let (pages, done, claims): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE state = 'done'), sum(claims)::bigint FROM plan_pages WHERE plan_id = $1",
+    )
+    .bind(plan_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (pages, done, claims),
+        (24, 24, 24),
+        "each page claimed and published once"
+    );
+    let by_holder = db.store.pages_by_holder(plan_id).await.unwrap();
+    assert!(
+        by_holder.iter().all(|(h, _)| h == "a" || h == "b"),
+        "{by_holder:?}"
+    );
+    let (users, replaced): (i64, i64) = sqlx::query_as(
+        "SELECT count(DISTINCT user_id), count(*) FILTER (WHERE state = 'superseded')          FROM schedule_items WHERE plan_id = $1",
+    )
+    .bind(plan_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(replaced, 0, "a user planned twice in one replan");
+    assert_eq!(users, 600, "every user has the replan's items");
+    let planned: i64 = sqlx::query_scalar(
+        "SELECT sum((stats->>'users')::bigint)::bigint FROM plan_pages WHERE plan_id = $1",
+    )
+    .bind(plan_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        planned, 600,
+        "the pages' users add up to the population once"
+    );
+    let state: String = sqlx::query_scalar("SELECT state FROM plans WHERE plan_id = $1")
+        .bind(plan_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "published");
 }
 
 async fn pull(

@@ -67,6 +67,7 @@ pub(crate) const EXPERIMENT: &[&str] = &["salt", "layer", "traffic", "arms"];
 pub(crate) const ARM: &[&str] = &["name", "share", "objective", "caps", "holdout"];
 pub(crate) const REPLAN: &[&str] = &[
     "cron",
+    "incremental",
     "timezone",
     "horizon",
     "exploration",
@@ -1747,6 +1748,10 @@ impl<'a> Decoder<'a> {
         let cron = self
             .required(&f, "cron", "spec")
             .and_then(|n| self.cron(n, "cron"));
+        let incremental = match f.get("incremental") {
+            None => Some(None),
+            Some(n) => self.cron(n, "incremental").map(Some),
+        };
         let timezone = match f.get("timezone") {
             None => Some(None),
             Some(n) => self.timezone(n, "timezone").map(Some),
@@ -1819,6 +1824,7 @@ impl<'a> Decoder<'a> {
             metadata,
             source,
             cron: cron?,
+            incremental: incremental?,
             timezone: timezone?,
             horizon: horizon?,
             exploration: exploration?,

@@ -599,9 +599,12 @@ pub struct Replan {
     pub metadata: Metadata,
     /// Where it was written.
     pub source: Source,
-    /// When it runs.
+    /// When it runs: a full replan (a sweep of every user with open opportunities).
     pub cron: CronSchedule,
-    /// The zone the schedule is read in; UTC when unset.
+    /// When it runs incrementally, between full replans: only the users whose inputs changed
+    /// since they were last planned (or whose plan left something for later). None when unset.
+    pub incremental: Option<CronSchedule>,
+    /// The zone the schedules are read in; UTC when unset.
     pub timezone: Option<Tz>,
     /// How far ahead the plan schedules.
     pub horizon: TimeDelta,
@@ -855,6 +858,11 @@ impl Replan {
     pub fn canonical(&self) -> Json {
         let mut s = Map::new();
         s.insert("cron".into(), json!(self.cron.source));
+        put(
+            &mut s,
+            "incremental",
+            self.incremental.as_ref().map(|c| json!(c.source)),
+        );
         put(&mut s, "timezone", self.timezone.map(|tz| json!(tz.name())));
         s.insert("horizon".into(), json!(format_duration(self.horizon)));
         s.insert("exploration".into(), json!(self.exploration));

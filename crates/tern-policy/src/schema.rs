@@ -207,8 +207,9 @@ fn specs() -> Vec<(&'static str, &'static str, Json)> {
             object(
                 REPLAN,
                 vec![
-                    ("cron", json!({ "type": "string", "description": "sec min hour day-of-month month day-of-week [year]" })),
-                    ("timezone", timezone("Zone of the schedule (default UTC).")),
+                    ("cron", json!({ "type": "string", "description": "When a full replan runs: sec min hour day-of-month month day-of-week [year]" })),
+                    ("incremental", json!({ "type": "string", "description": "When an incremental replan runs between full ones (only the users whose inputs changed), in the same syntax; none when unset." })),
+                    ("timezone", timezone("Zone of the schedules (default UTC).")),
                     ("horizon", duration("How far ahead the plan schedules.")),
                     ("exploration", json!({ "type": "number", "minimum": 0, "exclusiveMaximum": 1 })),
                     ("withhold", json!({ "type": "number", "minimum": 0, "maximum": 0.5, "description": "Share of would-be sends withheld at random (per opportunity), so that the model learns what happens without a send (default 0)." })),

@@ -36,6 +36,24 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = &[
         "Wall time of a plan, from the lock to the published schedule.",
     ),
     (
+        "tern_plan_pages_total",
+        Kind::Counter,
+        &["result"],
+        "Pages of full replans (sweeps), by result: published, lost (the lease passed to another replica first), failed.",
+    ),
+    (
+        "tern_plan_users_total",
+        Kind::Counter,
+        &["scope"],
+        "Users planned, by the plan's scope: sweep, incremental, users.",
+    ),
+    (
+        "tern_replan_queue",
+        Kind::Gauge,
+        &["state"],
+        "Rows in the replan queue after the last incremental replan: due (waiting for one) and later (revisits).",
+    ),
+    (
         "tern_plan_candidates",
         Kind::Gauge,
         &[],

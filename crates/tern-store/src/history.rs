@@ -110,6 +110,8 @@ impl Store {
                 ))
             })?);
         }
+        let users: Vec<&str> = messages.iter().map(|m| m.user_id.as_str()).collect();
+        crate::sweeps::enqueue(&mut tx, &users, "message").await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -164,6 +166,12 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
 
+        let changed: Vec<String> = stored
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<std::result::Result<_, _>>()?;
+        let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
+        crate::sweeps::enqueue(&mut tx, &changed, "outcome").await?;
         let mut lost_users = Vec::new();
         let mut lost_messages = Vec::new();
         for row in &stored {

@@ -175,6 +175,9 @@ impl Store {
     pub async fn ack(&self, ack: &Ack, now: DateTime<Utc>) -> Result<AckResult> {
         let mut tx = self.pool.begin().await?;
         let result = ack_in(&mut tx, ack, now).await?;
+        if ack.status != tern_core::AckStatus::Sent && matches!(result, AckResult::Acked { .. }) {
+            crate::sweeps::enqueue(&mut tx, &[ack.user_id.as_str()], "ack").await?;
+        }
         tx.commit().await?;
         Ok(result)
     }
@@ -256,6 +259,17 @@ impl Store {
                 *r = Some(ack_in(&mut tx, &acks[i], now).await?);
             }
         }
+        // A failed or skipped send leaves a hole in the user's plan (an opportunity open again
+        // without an item, a cap slot free): their plan is out of date. A sent one was planned.
+        let replan: Vec<&str> = acks
+            .iter()
+            .zip(&results)
+            .filter(|(a, r)| {
+                a.status != tern_core::AckStatus::Sent && matches!(r, Some(AckResult::Acked { .. }))
+            })
+            .map(|(a, _)| a.user_id.as_str())
+            .collect();
+        crate::sweeps::enqueue(&mut tx, &replan, "ack").await?;
         tx.commit().await?;
         Ok(results
             .into_iter()

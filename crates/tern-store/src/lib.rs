@@ -19,6 +19,8 @@
 //! - [`planning`]: what a replan reads ([`Store::planning_input`]), the replan lock that lets one
 //!   replica plan at a time, recent plans and one user's schedule.
 //! - [`plans`]: publishing a plan's schedule in one transaction.
+//! - [`sweeps`]: full replans page by page under leases (several replicas share one), and the
+//!   replan queue of users whose plan may be out of date, which incremental replans read.
 //! - [`policies`]: the record of activated policy bundles, by content hash.
 //! - [`experiments`]: what an experiment report reads: each assigned user's messages, outcomes,
 //!   withheld counterfactual messages and activity over their own observation period.
@@ -27,6 +29,7 @@
 //! - [`decisions`]: the logging policy's decisions over a period, with their propensities, for
 //!   off-policy evaluation.
 //! - [`peer`]: the plain-SQL versions of tern's jobs that benchmarks compare against.
+//! - [`bulk`]: loading users and opportunities with `COPY` (backfills, `tern bench replan`).
 //! - [`admin`]: creating and dropping scratch databases (tests, benchmarks).
 //! - [`leases`]: handing due schedule items to delivery services under a lease (`FOR UPDATE SKIP
 //!   LOCKED`), acks with lease tokens, lease extension.
@@ -40,6 +43,7 @@
 //!   is idempotent; the message row for a `sent` ack is written in the ack's transaction.
 
 pub mod admin;
+pub mod bulk;
 pub mod decisions;
 pub mod experiments;
 pub mod generators;
@@ -53,6 +57,7 @@ pub mod planning;
 pub mod plans;
 pub mod policies;
 pub mod reports;
+pub mod sweeps;
 pub mod training;
 pub mod users;
 
@@ -79,6 +84,9 @@ pub use plans::{
 };
 pub use policies::PolicyVersion;
 pub use reports::CalibrationBin;
+pub use sweeps::{
+    PageClaim, PageStats, Queued, Replanned, RunningSweep, Scope, SweepProgress, BUCKETS,
+};
 pub use training::{TrainingMessage, TrainingUser};
 pub use users::{ChannelState, User};
 

@@ -113,15 +113,16 @@ pub(crate) fn payload_map(v: serde_json::Value) -> BTreeMap<String, String> {
     }
 }
 
-/// The batch insert, with `$filter` and `$conflict` deciding what happens to keys that exist
+/// The batch insert (its users queued for an incremental replan in the same statement), with
+/// `$filter` and `$conflict` deciding what happens to keys that exist
 /// already: see `insert_batch`. Rows are inserted in the batch's order (`ORDER BY x.n`), so ids
 /// follow the input whatever join the anti-join becomes: the same submissions number the same
 /// opportunities the same way.
 macro_rules! insert_batch {
     ($filter:literal, $conflict:literal) => {
         concat!(
-            "INSERT INTO opportunities (user_id, dedupe_key, source, template, category, priority, \
-               channels, signals, payload, created_at, expires_at) \
+            "WITH ins AS (INSERT INTO opportunities (user_id, dedupe_key, source, template, \
+               category, priority, channels, signals, payload, created_at, expires_at) \
              SELECT u, d, s, t, c, p, string_to_array(ch, ','), sg, pl, ca, ea \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                          $7::text[], $8::jsonb[], $9::jsonb[], $10::timestamptz[], \
@@ -130,7 +131,11 @@ macro_rules! insert_batch {
             $filter,
             " ORDER BY x.n ",
             $conflict,
-            " RETURNING user_id, dedupe_key, opportunity_id"
+            " RETURNING user_id, dedupe_key, opportunity_id), \
+             queued AS (INSERT INTO replan_queue (user_id, due_at, reason) \
+               SELECT DISTINCT user_id, '-infinity'::timestamptz, 'opportunity' FROM ins \
+               ORDER BY user_id) \
+             SELECT user_id, dedupe_key, opportunity_id FROM ins"
         )
     };
 }

@@ -105,6 +105,25 @@ pub struct ReplanLock {
     _tx: Transaction<'static, Postgres>,
 }
 
+/// The open opportunities a plan considers: unexpired, and without an item that a delivery
+/// service holds or has sent. `state = 'open'` matches the partial bucket index, so a read never
+/// scans the closed opportunities that history accumulates.
+macro_rules! open_opportunities {
+    ($filter:literal) => {
+        concat!(
+            "SELECT o.user_id, o.opportunity_id, o.template, o.category, o.priority, o.channels, \
+            o.signals, o.created_at, o.expires_at \
+     FROM opportunities o \
+     WHERE o.state = 'open' AND o.expires_at > $1 \
+       AND NOT EXISTS (SELECT 1 FROM schedule_items s \
+                       WHERE s.user_id = o.user_id AND s.opportunity_id = o.opportunity_id \
+                         AND s.state IN ('leased', 'sent')) ",
+            $filter,
+            "ORDER BY o.user_id, o.opportunity_id"
+        )
+    };
+}
+
 /// The advisory lock key of replans: "tern" and a 1.
 const REPLAN_LOCK: i64 = 0x7465_726e_0000_0001;
 
@@ -113,6 +132,19 @@ impl Store {
     pub async fn lock_replans(&self) -> Result<ReplanLock> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(REPLAN_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(ReplanLock { _tx: tx })
+    }
+
+    /// Takes the replan lock shared, as a page of a sweep does while it is read, planned and
+    /// published: pages of one sweep run side by side on several replicas, and a plan of named
+    /// users (which takes the lock exclusively) runs between pages, never across one, so no page
+    /// publishes what it read before such a plan replaced the same users' schedules.
+    pub async fn lock_replans_shared(&self) -> Result<ReplanLock> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
             .bind(REPLAN_LOCK)
             .execute(&mut *tx)
             .await?;
@@ -138,21 +170,52 @@ impl Store {
         history: TimeDelta,
         users: Option<&[String]>,
     ) -> Result<Vec<PlanningUser>> {
-        let rows = sqlx::query(
-            "SELECT o.user_id, o.opportunity_id, o.template, o.category, o.priority, o.channels, \
-                    o.signals, o.created_at, o.expires_at \
-             FROM opportunities o \
-             WHERE o.state = 'open' AND o.expires_at > $1 \
-               AND ($2::text[] IS NULL OR o.user_id = ANY($2)) \
-               AND NOT EXISTS (SELECT 1 FROM schedule_items s \
-                               WHERE s.user_id = o.user_id AND s.opportunity_id = o.opportunity_id \
-                                 AND s.state IN ('leased', 'sent')) \
-             ORDER BY o.user_id, o.opportunity_id",
-        )
+        let rows = match users {
+            Some(users) => {
+                sqlx::query(open_opportunities!("AND o.user_id = ANY($2) "))
+                    .bind(now)
+                    .bind(users)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(open_opportunities!(""))
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        self.planning_users(rows, now, history).await
+    }
+
+    /// What [`Store::planning_input`] reads, for the users in buckets `[from, to)` (see
+    /// [`crate::BUCKETS`]): one page of a sweep, found through the open opportunities' bucket
+    /// index rather than a list of ids.
+    pub async fn planning_input_buckets(
+        &self,
+        now: DateTime<Utc>,
+        history: TimeDelta,
+        buckets: std::ops::Range<i32>,
+    ) -> Result<Vec<PlanningUser>> {
+        let rows = sqlx::query(open_opportunities!(
+            "AND (hashtext(o.user_id) & 4095) >= $2 AND (hashtext(o.user_id) & 4095) < $3 "
+        ))
         .bind(now)
-        .bind(users)
+        .bind(buckets.start)
+        .bind(buckets.end)
         .fetch_all(&self.pool)
         .await?;
+        self.planning_users(rows, now, history).await
+    }
+
+    /// The users of `rows` (open opportunities, ordered by user) with everything else a plan
+    /// reads about them.
+    async fn planning_users(
+        &self,
+        rows: Vec<sqlx::postgres::PgRow>,
+        now: DateTime<Utc>,
+        history: TimeDelta,
+    ) -> Result<Vec<PlanningUser>> {
         let mut out: Vec<PlanningUser> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for row in &rows {
@@ -411,7 +474,9 @@ impl Store {
 impl Store {
     /// How much of a channel's budget is already used at `now`: messages sent on it since
     /// `since`, plus items leased on it now (they are about to be sent), plus, for a replan of
-    /// only some users, the pending items of every other user (which that replan keeps).
+    /// only some users, the pending items of every other user (which that replan keeps):
+    /// counted as all pending items less the replanned users' (an index probe per user), not
+    /// as `user_id <> ALL(users)`, which compares every pending item with every replanned user.
     pub async fn channel_usage(
         &self,
         channel: &str,
@@ -421,8 +486,10 @@ impl Store {
         let used: i64 = sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM messages WHERE channel = $1 AND sent_at >= $2) \
                   + (SELECT count(*) FROM schedule_items WHERE channel = $1 AND state = 'leased') \
-                  + (SELECT count(*) FROM schedule_items WHERE channel = $1 AND state = 'pending' \
-                       AND $3::text[] IS NOT NULL AND user_id <> ALL($3))",
+                  + CASE WHEN $3::text[] IS NULL THEN 0 ELSE \
+                      (SELECT count(*) FROM schedule_items WHERE channel = $1 AND state = 'pending') \
+                      - (SELECT count(*) FROM schedule_items \
+                         WHERE user_id = ANY($3) AND state = 'pending' AND channel = $1) END",
         )
         .bind(channel)
         .bind(since)

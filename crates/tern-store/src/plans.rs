@@ -1,8 +1,10 @@
 //! Publishing a plan: the new schedule replaces the old one in a single transaction.
 
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 use tern_core::OpportunityId;
 
+use crate::sweeps::Replanned;
 use crate::{Result, Store};
 
 /// The plan's metadata.
@@ -115,38 +117,29 @@ impl Store {
         supersede: &Supersede,
         now: DateTime<Utc>,
     ) -> Result<PublishedPlan> {
-        for item in items {
-            if !(item.propensity > 0.0 && item.propensity <= 1.0) {
-                return Err(tern_core::InvalidInput::new(format!(
-                    "propensity {} of the item for opportunity {} is not in (0, 1]",
-                    item.propensity, item.opportunity_id
-                ))
-                .into());
-            }
-            if item.send_before <= item.send_after {
-                return Err(tern_core::InvalidInput::new(format!(
-                    "the send window of the item for opportunity {} is empty",
-                    item.opportunity_id
-                ))
-                .into());
-            }
-            if !item.value.is_finite() {
-                return Err(tern_core::InvalidInput::new(format!(
-                    "the value of the item for opportunity {} is not finite",
-                    item.opportunity_id
-                ))
-                .into());
-            }
-        }
+        self.publish_plan_with(plan, items, supersede, &Replanned::default(), now)
+            .await
+    }
 
+    /// [`Store::publish_plan`], with the replan queue kept in the same transaction: the queue
+    /// rows the plan read are deleted and the users' revisits replaced.
+    pub async fn publish_plan_with(
+        &self,
+        plan: &NewPlan,
+        items: &[NewScheduleItem],
+        supersede: &Supersede,
+        replanned: &Replanned,
+        now: DateTime<Utc>,
+    ) -> Result<PublishedPlan> {
+        check_items(items)?;
         let mut tx = self.pool.begin().await?;
         // A counterfactual item whose window has opened is what a holdout user would have got by
         // now; it is settled before the new plan replaces the pending ones, as a pulled item is.
         let withheld = settle(&mut tx, now).await?;
         let plan_id: i64 = sqlx::query_scalar(
             "INSERT INTO plans (trigger, policy_version, model_version, seed, started_at, \
-             published_at, horizon_end, state, stats) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'published', $8) RETURNING plan_id",
+             published_at, horizon_end, state, stats, scope) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'published', $8, $9) RETURNING plan_id",
         )
         .bind(&plan.trigger)
         .bind(&plan.policy_version)
@@ -156,104 +149,11 @@ impl Store {
         .bind(now)
         .bind(plan.horizon_end)
         .bind(sqlx::types::Json(&plan.stats))
+        .bind(replanned.scope.as_str())
         .fetch_one(&mut *tx)
         .await?;
-
-        // One statement per state, each matching its partial index (`schedule_items_due`,
-        // `schedule_items_counterfactual`): `state IN (both)` matches neither and scans every
-        // item ever planned, which grows with every replan. (And no `$2 IS NULL OR ...`, which a
-        // generic plan cannot fold away.)
-        let mut superseded = 0;
-        for pending in [true, false] {
-            let query = match (supersede, pending) {
-                (Supersede::All, true) => sqlx::query(
-                    "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
-                     WHERE state = 'pending'",
-                )
-                .bind(now),
-                (Supersede::All, false) => sqlx::query(
-                    "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
-                     WHERE state = 'counterfactual'",
-                )
-                .bind(now),
-                (Supersede::Users(users), true) => sqlx::query(
-                    "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
-                     WHERE state = 'pending' AND user_id = ANY($2)",
-                )
-                .bind(now)
-                .bind(users),
-                (Supersede::Users(users), false) => sqlx::query(
-                    "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
-                     WHERE state = 'counterfactual' AND user_id = ANY($2)",
-                )
-                .bind(now)
-                .bind(users),
-            };
-            superseded += query.execute(&mut *tx).await?.rows_affected();
-        }
-
-        // Inserted in this order (`ORDER BY x.n`), so that item ids follow the plan, not the
-        // join strategy the existing-item checks happen to get.
-        let mut sorted: Vec<&NewScheduleItem> = items.iter().collect();
-        sorted.sort_by(|a, b| (&a.user_id, a.opportunity_id).cmp(&(&b.user_id, b.opportunity_id)));
-        let users: Vec<&str> = sorted.iter().map(|i| i.user_id.as_str()).collect();
-        let channels: Vec<&str> = sorted.iter().map(|i| i.channel.as_str()).collect();
-        let opportunities: Vec<i64> = sorted.iter().map(|i| i.opportunity_id).collect();
-        let after: Vec<DateTime<Utc>> = sorted.iter().map(|i| i.send_after).collect();
-        let before: Vec<DateTime<Utc>> = sorted.iter().map(|i| i.send_before).collect();
-        let values: Vec<f64> = sorted.iter().map(|i| i.value).collect();
-        let propensities: Vec<f64> = sorted.iter().map(|i| i.propensity).collect();
-        let experiments: Vec<Option<&str>> =
-            sorted.iter().map(|i| i.experiment.as_deref()).collect();
-        let arms: Vec<Option<&str>> = sorted.iter().map(|i| i.arm.as_deref()).collect();
-        let scores: Vec<&serde_json::Value> = sorted.iter().map(|i| &i.scores).collect();
-        let states: Vec<&str> = sorted
-            .iter()
-            .map(|i| match i.counterfactual {
-                Some(_) => "counterfactual",
-                None => "pending",
-            })
-            .collect();
-        let withheld_by: Vec<Option<&str>> = sorted
-            .iter()
-            .map(|i| i.counterfactual.map(Withholding::as_str))
-            .collect();
-
-        let inserted = sqlx::query(
-            "INSERT INTO schedule_items (user_id, plan_id, opportunity_id, channel, send_after, \
-               send_before, value, propensity, experiment, arm, scores, state, withheld_by, \
-               updated_at) \
-             SELECT x.u, $1, x.o, x.c, x.a, x.b, x.v, x.p, x.e, x.r, x.s, x.t, x.w, $12 \
-             FROM unnest($2::text[], $3::bigint[], $4::text[], $5::timestamptz[], \
-                         $6::timestamptz[], $7::float8[], $8::float8[], $9::text[], $10::text[], \
-                         $11::jsonb[], $13::text[], $14::text[]) WITH ORDINALITY \
-                  AS x(u, o, c, a, b, v, p, e, r, s, t, w, n) \
-             WHERE EXISTS (SELECT 1 FROM opportunities op \
-                           WHERE op.user_id = x.u AND op.opportunity_id = x.o \
-                             AND op.state = 'open' AND op.expires_at > $12) \
-               AND NOT EXISTS (SELECT 1 FROM schedule_items s \
-                               WHERE s.user_id = x.u AND s.opportunity_id = x.o \
-                                 AND s.state IN ('pending', 'leased', 'sent', \
-                                                 'counterfactual', 'withheld')) \
-             ORDER BY x.n",
-        )
-        .bind(plan_id)
-        .bind(&users)
-        .bind(&opportunities)
-        .bind(&channels)
-        .bind(&after)
-        .bind(&before)
-        .bind(&values)
-        .bind(&propensities)
-        .bind(&experiments)
-        .bind(&arms)
-        .bind(&scores)
-        .bind(now)
-        .bind(&states)
-        .bind(&withheld_by)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let (superseded, inserted) = write_items(&mut tx, plan_id, items, supersede, now).await?;
+        crate::sweeps::write_queue(&mut tx, replanned).await?;
         tx.commit().await?;
         Ok(PublishedPlan {
             plan_id,
@@ -322,9 +222,218 @@ impl Store {
     }
 }
 
+/// Refuses a plan whose items PostgreSQL would store but no puller could use.
+pub(crate) fn check_items(items: &[NewScheduleItem]) -> Result<()> {
+    for item in items {
+        if !(item.propensity > 0.0 && item.propensity <= 1.0) {
+            return Err(tern_core::InvalidInput::new(format!(
+                "propensity {} of the item for opportunity {} is not in (0, 1]",
+                item.propensity, item.opportunity_id
+            ))
+            .into());
+        }
+        if item.send_before <= item.send_after {
+            return Err(tern_core::InvalidInput::new(format!(
+                "the send window of the item for opportunity {} is empty",
+                item.opportunity_id
+            ))
+            .into());
+        }
+        if !item.value.is_finite() {
+            return Err(tern_core::InvalidInput::new(format!(
+                "the value of the item for opportunity {} is not finite",
+                item.opportunity_id
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Supersedes the pending and counterfactual items `supersede` names and inserts `items` under
+/// `plan_id`, skipping opportunities that are closed or already have a live item. Returns
+/// (superseded, inserted).
+pub(crate) async fn write_items(
+    tx: &mut sqlx::PgConnection,
+    plan_id: i64,
+    items: &[NewScheduleItem],
+    supersede: &Supersede,
+    now: DateTime<Utc>,
+) -> Result<(u64, u64)> {
+    // One statement per state, each matching its partial index (`schedule_items_due`,
+    // `schedule_items_counterfactual`): `state IN (both)` matches neither and scans every
+    // item ever planned, which grows with every replan. (And no `$2 IS NULL OR ...`, which a
+    // generic plan cannot fold away.)
+    let mut superseded = 0;
+    for pending in [true, false] {
+        let query = match (supersede, pending) {
+            (Supersede::All, true) => sqlx::query(
+                "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
+                 WHERE state = 'pending'",
+            )
+            .bind(now),
+            (Supersede::All, false) => sqlx::query(
+                "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
+                 WHERE state = 'counterfactual'",
+            )
+            .bind(now),
+            (Supersede::Users(users), true) => sqlx::query(
+                "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
+                 WHERE state = 'pending' AND user_id = ANY($2)",
+            )
+            .bind(now)
+            .bind(users),
+            (Supersede::Users(users), false) => sqlx::query(
+                "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
+                 WHERE state = 'counterfactual' AND user_id = ANY($2)",
+            )
+            .bind(now)
+            .bind(users),
+        };
+        superseded += query.execute(&mut *tx).await?.rows_affected();
+    }
+
+    let (inserted, _) = insert_items(&mut *tx, plan_id, items, now, false).await?;
+    Ok((superseded, inserted))
+}
+
+/// The statement that inserts a plan's items: see [`insert_items`].
+macro_rules! insert_items_sql {
+    () => {
+        "INSERT INTO schedule_items (user_id, plan_id, opportunity_id, channel, send_after, \
+           send_before, value, propensity, experiment, arm, scores, state, withheld_by, \
+           updated_at) \
+         SELECT x.u, $1, x.o, x.c, x.a, x.b, x.v, x.p, x.e, x.r, x.s, x.t, x.w, $12 \
+         FROM unnest($2::text[], $3::bigint[], $4::text[], $5::timestamptz[], \
+                     $6::timestamptz[], $7::float8[], $8::float8[], $9::text[], $10::text[], \
+                     $11::jsonb[], $13::text[], $14::text[]) WITH ORDINALITY \
+              AS x(u, o, c, a, b, v, p, e, r, s, t, w, n) \
+         WHERE (SELECT op.state = 'open' AND op.expires_at > $12 FROM opportunities op \
+                WHERE op.user_id = x.u AND op.opportunity_id = x.o) \
+           AND NOT (SELECT EXISTS (SELECT 1 FROM schedule_items s \
+                           WHERE s.user_id = x.u AND s.opportunity_id = x.o \
+                             AND s.state IN ('pending', 'leased', 'sent', \
+                                             'counterfactual', 'withheld'))) \
+         ORDER BY x.n"
+    };
+}
+
+/// Inserts `items` under `plan_id`, skipping opportunities that are closed or already have a
+/// live item. Returns the rows inserted; with `explain`, runs the statement under
+/// `EXPLAIN (ANALYZE, BUFFERS)` instead and returns the plan's lines too (the rows are
+/// inserted all the same: callers roll back).
+async fn insert_items(
+    tx: &mut sqlx::PgConnection,
+    plan_id: i64,
+    items: &[NewScheduleItem],
+    now: DateTime<Utc>,
+    explain: bool,
+) -> Result<(u64, Vec<String>)> {
+    // Inserted in this order (`ORDER BY x.n`), so that item ids follow the plan, not the
+    // join strategy the existing-item checks happen to get.
+    //
+    // The two checks are scalar subqueries on purpose: each is a probe of one key (the
+    // opportunity's primary key, the items' index by opportunity), whatever the statistics say.
+    // Written as EXISTS / NOT EXISTS they became joins, and on a freshly loaded table (no
+    // statistics, so PostgreSQL guesses a few hundred open opportunities) the planner hashed
+    // every open opportunity on every publish, however small the batch (docs/benchmarks.md,
+    // "The publish after a bulk load").
+    let mut sorted: Vec<&NewScheduleItem> = items.iter().collect();
+    sorted.sort_by(|a, b| (&a.user_id, a.opportunity_id).cmp(&(&b.user_id, b.opportunity_id)));
+    let users: Vec<&str> = sorted.iter().map(|i| i.user_id.as_str()).collect();
+    let channels: Vec<&str> = sorted.iter().map(|i| i.channel.as_str()).collect();
+    let opportunities: Vec<i64> = sorted.iter().map(|i| i.opportunity_id).collect();
+    let after: Vec<DateTime<Utc>> = sorted.iter().map(|i| i.send_after).collect();
+    let before: Vec<DateTime<Utc>> = sorted.iter().map(|i| i.send_before).collect();
+    let values: Vec<f64> = sorted.iter().map(|i| i.value).collect();
+    let propensities: Vec<f64> = sorted.iter().map(|i| i.propensity).collect();
+    let experiments: Vec<Option<&str>> = sorted.iter().map(|i| i.experiment.as_deref()).collect();
+    let arms: Vec<Option<&str>> = sorted.iter().map(|i| i.arm.as_deref()).collect();
+    let scores: Vec<&serde_json::Value> = sorted.iter().map(|i| &i.scores).collect();
+    let states: Vec<&str> = sorted
+        .iter()
+        .map(|i| match i.counterfactual {
+            Some(_) => "counterfactual",
+            None => "pending",
+        })
+        .collect();
+    let withheld_by: Vec<Option<&str>> = sorted
+        .iter()
+        .map(|i| i.counterfactual.map(Withholding::as_str))
+        .collect();
+
+    macro_rules! bound {
+        ($sql:expr) => {
+            sqlx::query($sql)
+                .bind(plan_id)
+                .bind(&users)
+                .bind(&opportunities)
+                .bind(&channels)
+                .bind(&after)
+                .bind(&before)
+                .bind(&values)
+                .bind(&propensities)
+                .bind(&experiments)
+                .bind(&arms)
+                .bind(&scores)
+                .bind(now)
+                .bind(&states)
+                .bind(&withheld_by)
+        };
+    }
+    // The checks are probes of one key each. The second probes the table this statement
+    // inserts into: when its statistics say it is (nearly) empty (analysed before the first
+    // plan, or never, after a bulk load), PostgreSQL plans it as a sequential scan per inserted
+    // row, over the rows the statement itself has inserted so far, which is quadratic in the
+    // batch: a 300,000-item publish ran for over 12 minutes. No sequential scan, then, in this
+    // transaction: every statement left in it reads by index.
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await?;
+    if explain {
+        let rows = bound!(concat!("EXPLAIN (ANALYZE, BUFFERS) ", insert_items_sql!()))
+            .fetch_all(&mut *tx)
+            .await?;
+        let lines = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        return Ok((0, lines));
+    }
+    let inserted = bound!(insert_items_sql!())
+        .execute(tx)
+        .await?
+        .rows_affected();
+    Ok((inserted, Vec::new()))
+}
+
+impl Store {
+    /// `EXPLAIN (ANALYZE, BUFFERS)` of publishing `items` (under a throwaway plan), rolled back:
+    /// the plan PostgreSQL picks for the statement now, with the work it did. For benchmarks
+    /// and the regression test that keeps the publish a probe per item.
+    pub async fn explain_publish(
+        &self,
+        items: &[NewScheduleItem],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        check_items(items)?;
+        let mut tx = self.pool.begin().await?;
+        let plan_id: i64 = sqlx::query_scalar(
+            "INSERT INTO plans (trigger, policy_version, started_at, horizon_end) \
+             VALUES ('explain', 'explain', $1, $1) RETURNING plan_id",
+        )
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (_, lines) = insert_items(&mut tx, plan_id, items, now, true).await?;
+        tx.rollback().await?;
+        Ok(lines)
+    }
+}
+
 /// Every user's due counterfactual items (not only the replanned ones': a due counterfactual
 /// must not wait for its user's next plan) become `withheld`, with their open opportunity.
-async fn settle(tx: &mut sqlx::PgConnection, now: DateTime<Utc>) -> Result<u64> {
+pub(crate) async fn settle(tx: &mut sqlx::PgConnection, now: DateTime<Utc>) -> Result<u64> {
     let settled: i64 = sqlx::query_scalar(
         "WITH due AS ( \
            UPDATE schedule_items SET state = 'withheld', updated_at = $1 \

@@ -95,16 +95,20 @@ impl Store {
         }
         let users: Vec<&str> = activity.iter().map(|(u, _)| u.as_str()).collect();
         let days: Vec<NaiveDate> = activity.iter().map(|(_, d)| *d).collect();
-        let done = sqlx::query(
-            "INSERT INTO user_activity (user_id, day) \
-             SELECT u, d FROM unnest($1::text[], $2::date[]) AS x(u, d) ORDER BY u, d \
-             ON CONFLICT DO NOTHING",
+        let done: i64 = sqlx::query_scalar(
+            "WITH ins AS (INSERT INTO user_activity (user_id, day) \
+               SELECT u, d FROM unnest($1::text[], $2::date[]) AS x(u, d) ORDER BY u, d \
+               ON CONFLICT DO NOTHING RETURNING user_id), \
+             queued AS (INSERT INTO replan_queue (user_id, due_at, reason) \
+               SELECT DISTINCT user_id, '-infinity'::timestamptz, 'activity' FROM ins \
+               ORDER BY user_id) \
+             SELECT count(*) FROM ins",
         )
         .bind(&users)
         .bind(&days)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        Ok(done.max(0) as u64)
     }
 
     /// Streams, user by user in `user_id` order, every message sent in `[from, until)` with its

@@ -119,6 +119,7 @@ impl Store {
             .await?;
         }
         let cancelled = cancel_forbidden_items(&mut tx, &ids, now).await?;
+        crate::sweeps::enqueue(&mut tx, &ids, "user").await?;
         tx.commit().await?;
         Ok(cancelled)
     }

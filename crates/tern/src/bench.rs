@@ -32,6 +32,10 @@ pub enum Bench {
     /// The delivery path: Pull + Ack over gRPC on loopback by concurrent clients against a
     /// published schedule, beside the same work done by calling the store directly (no gRPC).
     Serve(ServeArgs),
+    /// A full replan of --users through the daemon's paged path right after a COPY load, an
+    /// incremental replan after --change of the users changed, and the full replan again with
+    /// --replicas daemons sharing it: seconds, candidates per second and peak memory.
+    Replan(crate::bench_replan::ReplanArgs),
     /// Off-policy evaluation against the truth on the simulator: over --seeds seeds, how often
     /// the IPS, SNIPS and doubly robust intervals for a candidate policy cover the value that
     /// running it actually earns (docs/evaluation.md).
@@ -123,6 +127,7 @@ pub async fn run(url: Option<&str>, bench: Bench) -> Result<ExitCode> {
         Bench::Ingest(args) => ingest(&db, args).await,
         Bench::Plan(args) => plan(&db, args).await,
         Bench::Serve(args) => serve(&db, args).await,
+        Bench::Replan(args) => crate::bench_replan::run(&db, args).await,
     };
     db.close().await;
     result
@@ -244,7 +249,7 @@ async fn ingest_in(url: &str, database: &str, args: &IngestArgs) -> Result<Strin
     ))
 }
 
-fn thousands(x: f64) -> String {
+pub(crate) fn thousands(x: f64) -> String {
     let s = format!("{:.0}", x);
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

@@ -25,6 +25,8 @@ const KEYS: &[(&str, &str)] = &[
     ("tls_cert", "TERN_TLS_CERT"),
     ("tls_key", "TERN_TLS_KEY"),
     ("max_message_bytes", "TERN_MAX_MESSAGE_BYTES"),
+    ("page_opportunities", "TERN_PAGE_OPPORTUNITIES"),
+    ("page_lease_secs", "TERN_PAGE_LEASE_SECS"),
 ];
 
 /// The environment variables the file at `path` sets: every key it holds whose variable is not

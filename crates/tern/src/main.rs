@@ -25,6 +25,7 @@
 
 mod activate;
 mod bench;
+mod bench_replan;
 mod config;
 mod coverage;
 mod db;

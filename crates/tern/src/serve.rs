@@ -53,6 +53,15 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "TERN_TLS_KEY", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// A full replan has one page per this many open opportunities; each page is read,
+    /// planned and published on its own, so a replan's memory follows the page, not the
+    /// population.
+    #[arg(long, env = "TERN_PAGE_OPPORTUNITIES", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
+    pub(crate) page_opportunities: u64,
+    /// Seconds a replica holds a page of a full replan before another replica may take it
+    /// over (it died, or is too slow).
+    #[arg(long, env = "TERN_PAGE_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(crate) page_lease_secs: u64,
     /// Largest accepted request, in bytes.
     #[arg(long, env = "TERN_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub(crate) max_message_bytes: usize,
@@ -135,6 +144,10 @@ pub async fn start(store: Store, args: &ServeArgs) -> Result<Service> {
         simulate_from: args.simulate_from,
         training,
         holder: tern_daemon::cron::holder(),
+        paging: tern_daemon::Paging {
+            page_opportunities: args.page_opportunities,
+            lease: chrono::TimeDelta::seconds(args.page_lease_secs as i64),
+        },
         announce: crate::output::say,
     };
     match tern_daemon::service::start(store, config).await {

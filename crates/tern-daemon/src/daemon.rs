@@ -506,17 +506,22 @@ impl Daemon {
                 wake = wake.min(next);
             }
         }
-        // A sweep whose pages nobody works (their replica died) is taken over here, within a
-        // lease of the pages' expiry.
+        // A full replan whose pages nobody works (their replica died) is taken over here, as
+        // soon as their leases expire.
         if self.simulated.is_none() {
             if let Ok(Some(sweep)) = store.running_sweep().await {
                 if let Err(e) = self.work_sweep(&sweep).await {
                     tracing::warn!(plan = sweep.plan_id, error = %e, "cannot plan pages of the running full replan");
                 }
                 let _ = self.store.finish_sweep(sweep.plan_id, clock.now()).await;
-                let lease = self.paging.lease.max(TimeDelta::seconds(1));
-                wake = wake.min(clock.now() + lease / 2);
+                // Look again when the first lease held on one of its pages expires.
+                if let Ok(Some(expiry)) = store.next_page_expiry(sweep.plan_id).await {
+                    wake = wake.min(expiry.max(clock.now()) + TimeDelta::milliseconds(100));
+                }
             }
+            // And notice a full replan another replica starts within half a lease.
+            let lease = self.paging.lease.max(TimeDelta::seconds(2));
+            wake = wake.min(clock.now() + lease / 2);
         }
         cron.finish_pass(clock.now());
         Pass { wake, ran }

@@ -632,3 +632,16 @@ impl Store {
         Ok(stale)
     }
 }
+
+impl Store {
+    /// When the first lease held on a page of sweep `plan_id` expires: when a replica waiting
+    /// for the sweep should look again.
+    pub async fn next_page_expiry(&self, plan_id: i64) -> Result<Option<DateTime<Utc>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(lease_until) FROM plan_pages WHERE plan_id = $1 AND state = 'running'",
+        )
+        .bind(plan_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+}

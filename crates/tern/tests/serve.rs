@@ -368,7 +368,7 @@ async fn submit_replan_pull_ack_report_status_over_grpc() {
 #[tokio::test]
 async fn a_daemon_killed_while_publishing_leaves_no_half_plan_and_the_next_plan_is_whole() {
     let db = TestDb::new().await;
-    let mut daemon = Daemon::start(&db.url);
+    let mut daemon = Daemon::start_args(&db.url, BUNDLE, &["--page-lease-secs", "2"]);
     let channel = daemon.channel().await;
     let total = 60_000;
     let mut opportunities = OpportunityServiceClient::new(channel.clone());
@@ -431,7 +431,7 @@ async fn a_daemon_killed_while_publishing_leaves_no_half_plan_and_the_next_plan_
         .await
         .expect("the killed daemon's transaction ends");
     let half: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM plans p WHERE p.trigger = 'manual' AND \
+        "SELECT count(*) FROM plans p WHERE p.trigger = 'manual' AND p.state = 'published' AND \
            (SELECT count(*) FROM schedule_items s WHERE s.plan_id = p.plan_id) \
            <> (SELECT coalesce(sum(value::bigint), 0) FROM jsonb_each_text(p.stats->'chosen'))",
     )
@@ -440,8 +440,9 @@ async fn a_daemon_killed_while_publishing_leaves_no_half_plan_and_the_next_plan_
     .unwrap();
     assert_eq!(half, 0, "no plan is missing items");
 
-    // A new daemon plans every opportunity exactly once.
-    let daemon = Daemon::start(&db.url);
+    // A new daemon plans every opportunity exactly once (finishing the killed one's full
+    // replan once the page lease it left expires).
+    let daemon = Daemon::start_args(&db.url, BUNDLE, &["--page-lease-secs", "2"]);
     let channel = daemon.channel().await;
     let plan = AdminServiceClient::new(channel)
         .replan(pb::ReplanRequest::default())
@@ -457,6 +458,113 @@ async fn a_daemon_killed_while_publishing_leaves_no_half_plan_and_the_next_plan_
     .await
     .unwrap();
     assert_eq!((live, distinct), (total as i64, total as i64));
+}
+
+/// Two `tern serve` replicas on one database; the one running a full replan is killed with
+/// SIGKILL part-way. The other takes its pages over once their leases expire, and the replan is
+/// published with every page done once and every user planned once.
+#[tokio::test]
+async fn a_replica_killed_mid_replan_leaves_its_pages_to_the_other_and_each_user_is_planned_once() {
+    let db = TestDb::new().await;
+    let users = 4_000;
+    let now = chrono::Utc::now();
+    let rows: Vec<tern_core::NewOpportunity> = (0..users * 4)
+        .map(|i| tern_core::NewOpportunity {
+            user_id: format!("u{:05}", i / 4),
+            dedupe_key: format!("k{}", i % 4),
+            source: "load".into(),
+            template: "t".into(),
+            category: "news".into(),
+            priority: "normal".into(),
+            channels: vec!["push".into()],
+            signals: Default::default(),
+            payload: Default::default(),
+            created_at: now - chrono::TimeDelta::hours(1),
+            expires_at: now + chrono::TimeDelta::hours(24),
+        })
+        .collect();
+    db.store.copy_load(&[], &rows, now).await.unwrap();
+    let paging = ["--page-opportunities", "200", "--page-lease-secs", "2"];
+    let mut a = Daemon::start_args(&db.url, BUNDLE, &paging);
+    let b = Daemon::start_args(&db.url, BUNDLE, &paging);
+    let mut admin = AdminServiceClient::new(a.channel().await);
+    let replan = tokio::spawn(async move { admin.replan(pb::ReplanRequest::default()).await });
+    let pool = db.store.pool();
+    let mut done: i64 = 0;
+    for _ in 0..2_000 {
+        done = sqlx::query_scalar("SELECT count(*) FROM plan_pages WHERE state = 'done'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if done >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(done >= 3, "the replan never got going");
+    assert!(
+        replan.await.unwrap().is_err(),
+        "the caller sees the failure"
+    );
+
+    // b, which never ran the replan, finishes it from its cron loop.
+    let plan_id: i64 = sqlx::query_scalar("SELECT plan_id FROM plans WHERE scope = 'sweep'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let mut state = String::new();
+    for _ in 0..300 {
+        state = sqlx::query_scalar("SELECT state FROM plans WHERE plan_id = $1")
+            .bind(plan_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if state == "published" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        state, "published",
+        "the other replica did not finish the replan in 30 s"
+    );
+    let (pages, done, retaken): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE state = 'done'), \
+                count(*) FILTER (WHERE claims > 1) FROM plan_pages WHERE plan_id = $1",
+    )
+    .bind(plan_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((pages, done), (80, 80));
+    assert!(
+        retaken >= 1,
+        "no page was taken over from the killed replica"
+    );
+    let (planned, replaced): (i64, i64) = sqlx::query_as(
+        "SELECT count(DISTINCT user_id), count(*) FILTER (WHERE state = 'superseded') \
+         FROM schedule_items WHERE plan_id = $1",
+    )
+    .bind(plan_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(replaced, 0, "a user was planned twice in one replan");
+    assert_eq!(planned, users as i64, "every user has the replan's items");
+    let users_in_pages: i64 = sqlx::query_scalar(
+        "SELECT sum((stats->>'users')::bigint)::bigint FROM plan_pages WHERE plan_id = $1",
+    )
+    .bind(plan_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        users_in_pages, users as i64,
+        "the pages' users add up to everyone once"
+    );
+    drop(b);
 }
 
 #[tokio::test]

@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tern_model::Model;
-use tern_planner::UserInput;
 use tern_policy::{Bundle, CronSchedule, Watcher};
 use tern_server::{
     Clock, Control, ControlError, DaemonStatus, ManualClock, Metrics, ReplanSummary, SystemClock,
@@ -21,7 +20,6 @@ use tern_server::{
 use tern_store::{Scope, Store};
 
 use crate::cron::{jobs, Cron, Job};
-use crate::replan::{Paging, HISTORY};
 use crate::train::TrainSettings;
 use crate::Error;
 
@@ -45,6 +43,25 @@ pub struct Daemon {
     /// The cron state `AdvanceClock` passes over (simulation mode has no background loop).
     cron: tokio::sync::Mutex<Cron>,
     training: Option<Training>,
+}
+
+/// How pages and their leases are sized: plain data in [`DaemonConfig`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Paging {
+    /// A sweep has one page per this many open opportunities (at least one page, at most
+    /// [`tern_store::BUCKETS`]). A page's memory is about proportional to it.
+    pub page_opportunities: u64,
+    /// How long a replica holds a page before another may take it over.
+    pub lease: TimeDelta,
+}
+
+impl Default for Paging {
+    fn default() -> Self {
+        Paging {
+            page_opportunities: 50_000,
+            lease: TimeDelta::seconds(60),
+        }
+    }
 }
 
 /// Model training on a schedule, inside the daemon.
@@ -408,21 +425,6 @@ impl Control for Daemon {
             serving: true,
         })
     }
-}
-
-/// What the planner would read for `users` (every user with an open opportunity when `None`)
-/// at `now`: for tools that score candidates outside a plan, such as the demo's comparison of
-/// predicted and true uplift.
-pub async fn planning_inputs(
-    store: &Store,
-    now: DateTime<Utc>,
-    users: Option<&[String]>,
-) -> Result<Vec<UserInput>, Error> {
-    let input = store.planning_input(now, HISTORY, users).await?;
-    Ok(input
-        .into_iter()
-        .map(|u| crate::replan::user_input(u, now))
-        .collect())
 }
 
 // ---------------------------------------------------------------------------------------------

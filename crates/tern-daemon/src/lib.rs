@@ -34,7 +34,6 @@ pub mod service;
 pub mod train;
 pub mod translate;
 
-pub use daemon::{run_cron, Daemon, DaemonConfig, Pass, Training, URGENT_TRIGGER};
+pub use daemon::{run_cron, Daemon, DaemonConfig, Paging, Pass, Training, URGENT_TRIGGER};
 pub use error::Error;
-pub use replan::Paging;
 pub use service::{Service, ServiceConfig};

@@ -37,6 +37,7 @@ use crate::daemon::{Daemon, URGENT_TRIGGER};
 use crate::features;
 use crate::predict::{ModelPredictor, Prior};
 use crate::translate::{assign_arms, planner_config};
+use crate::Error;
 
 /// How far back a replan reads history: the longest cap window and the fatigue features' reach.
 pub(crate) const HISTORY: TimeDelta = TimeDelta::days(28);
@@ -48,25 +49,6 @@ pub(crate) const REVISIT_AT_MOST: TimeDelta = TimeDelta::hours(6);
 
 /// At most this many queue rows are read by one incremental replan; the rest wait for the next.
 const INCREMENTAL_ROWS: i64 = 200_000;
-
-/// How pages and their leases are sized: plain data in [`crate::DaemonConfig`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Paging {
-    /// A sweep has one page per this many open opportunities (at least one page, at most
-    /// [`tern_store::BUCKETS`]). A page's memory is about proportional to it.
-    pub page_opportunities: u64,
-    /// How long a replica holds a page before another may take it over.
-    pub lease: TimeDelta,
-}
-
-impl Default for Paging {
-    fn default() -> Self {
-        Paging {
-            page_opportunities: 50_000,
-            lease: TimeDelta::seconds(60),
-        }
-    }
-}
 
 /// What a plan of some users produced, before it is published.
 struct Planned {
@@ -642,6 +624,18 @@ fn revisits(
         out.push((u.user_id.clone(), at));
     }
     out
+}
+
+/// What the planner would read for `users` (every user with an open opportunity when `None`)
+/// at `now`: for tools that score candidates outside a plan, such as the demo's comparison of
+/// predicted and true uplift.
+pub async fn planning_inputs(
+    store: &tern_store::Store,
+    now: DateTime<Utc>,
+    users: Option<&[String]>,
+) -> Result<Vec<UserInput>, Error> {
+    let input = store.planning_input(now, HISTORY, users).await?;
+    Ok(input.into_iter().map(|u| user_input(u, now)).collect())
 }
 
 /// A user as the store returns them, as the planner (and its predictor) reads them.

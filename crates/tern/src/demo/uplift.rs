@@ -57,7 +57,7 @@ pub(super) async fn score(
         return Ok(Vec::new());
     };
     let model = Arc::new(Model::from_bytes(&bytes)?);
-    let inputs = tern_daemon::daemon::planning_inputs(store, now, None).await?;
+    let inputs = tern_daemon::replan::planning_inputs(store, now, None).await?;
     let objective = bundle
         .default_objective()
         .context("the demo's bundle has a default Objective")?;

@@ -35,8 +35,6 @@ CREATE TABLE plan_pages (
     CHECK (bucket_from >= 0 AND bucket_to <= 4096 AND bucket_from < bucket_to)
 );
 
--- What a sweep shares between its pages: what each channel budget had left when it started.
-ALTER TABLE plans ADD COLUMN budgets jsonb;
 -- 'sweep' (paged, every user with open opportunities), 'incremental' (the users in the
 -- replan queue) or 'users' (named users: manual, urgent).
 ALTER TABLE plans ADD COLUMN scope text NOT NULL DEFAULT 'users';

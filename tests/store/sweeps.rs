@@ -17,14 +17,12 @@ async fn a_sweep_covers_each_user_once_and_a_lost_lease_writes_nothing() {
         .collect();
     let ids = ingest_all(s, &batch).await;
     let plan_id = s
-        .start_sweep(&plan(), 4, &Default::default())
+        .start_sweep(&plan(), 4)
         .await
         .unwrap()
         .expect("no sweep was running");
     assert_eq!(
-        s.start_sweep(&plan(), 4, &Default::default())
-            .await
-            .unwrap(),
+        s.start_sweep(&plan(), 4).await.unwrap(),
         None,
         "a second sweep starts while one runs"
     );

@@ -176,13 +176,19 @@ impl Daemon {
     /// The active model from the registry, loaded again only when the active version changed.
     pub(crate) async fn active_model(&self) -> Result<Option<(String, Arc<Model>)>, ControlError> {
         let mut cached = self.model.lock().await;
-        let Some((version, bytes)) = self.store.active_model().await? else {
+        // The version first: the artifact (megabytes) is read only when it changed, not for
+        // every page of a full replan.
+        let Some(version) = self.store.active_model_version().await? else {
             *cached = None;
             return Ok(None);
         };
         if cached.as_ref().is_some_and(|(v, _)| *v == version) {
             return Ok(cached.clone());
         }
+        let Some(bytes) = self.store.model_artifact(&version).await? else {
+            // Rolled back or replaced between the two reads: the next plan sees the new one.
+            return Ok(cached.clone());
+        };
         match Model::from_bytes(&bytes) {
             Ok(model) => {
                 tracing::info!(model = %version, "loaded the active model");
@@ -392,7 +398,7 @@ impl Control for Daemon {
     async fn status(&self) -> Result<DaemonStatus, ControlError> {
         let bundle = self.watcher.active();
         let rejected = self.watcher.status().last_error;
-        let model = self.store.active_model().await?.map(|(v, _)| v);
+        let model = self.store.active_model_version().await?;
         let recent = self.store.recent_plans(5).await?;
         let now = self.clock.now();
         let next_runs = jobs(&bundle, self.training_schedule())

@@ -354,14 +354,6 @@ impl Daemon {
         }
         let open = self.store.open_opportunity_count(now).await?;
         let pages = open.div_ceil(self.paging.page_opportunities.max(1)).max(1);
-        let mut budgets = std::collections::BTreeMap::new();
-        for channel in &config.channels {
-            if let Some(b) = &channel.budget {
-                let since = now - TimeDelta::seconds(b.per_secs as i64);
-                let used = self.store.channel_usage(&channel.name, since, None).await?;
-                budgets.insert(channel.name.clone(), b.max.saturating_sub(used));
-            }
-        }
         let horizon = TimeDelta::seconds(config.horizon_secs as i64);
         let created = self
             .store
@@ -376,7 +368,6 @@ impl Daemon {
                     stats: PlanStats::default(),
                 },
                 pages.min(u64::from(u32::MAX)) as u32,
-                &budgets,
             )
             .await?;
         if let Some(plan_id) = created {

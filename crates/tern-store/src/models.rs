@@ -116,6 +116,16 @@ impl Store {
         )
     }
 
+    /// The active model's version, without its artifact: what a caller that caches the loaded
+    /// model checks before each plan.
+    pub async fn active_model_version(&self) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT version FROM models WHERE status = 'active'")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// The active model's version and artifact, if any model is active.
     pub async fn active_model(&self) -> Result<Option<(String, Vec<u8>)>> {
         Ok(

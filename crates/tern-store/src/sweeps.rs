@@ -66,7 +66,7 @@ pub struct Replanned {
 }
 
 /// One queue row: a user whose plan may be out of date.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Queued {
     pub user_id: String,
     pub seq: i64,
@@ -74,7 +74,7 @@ pub struct Queued {
 }
 
 /// A sweep in progress, as a replica joining it needs it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct RunningSweep {
     pub plan_id: i64,
     pub trigger: String,
@@ -83,8 +83,6 @@ pub struct RunningSweep {
     pub seed: i64,
     pub started_at: DateTime<Utc>,
     pub horizon_end: DateTime<Utc>,
-    /// What each channel budget had left when the sweep started.
-    pub budgets: BTreeMap<String, u64>,
 }
 
 /// A page claimed by one replica.
@@ -121,18 +119,13 @@ pub struct PageStats {
 impl Store {
     /// Starts a sweep of `pages` pages, unless one is running already (`None`). The pages split
     /// the buckets into equal ranges.
-    pub async fn start_sweep(
-        &self,
-        plan: &NewPlan,
-        pages: u32,
-        budgets: &BTreeMap<String, u64>,
-    ) -> Result<Option<i64>> {
+    pub async fn start_sweep(&self, plan: &NewPlan, pages: u32) -> Result<Option<i64>> {
         let pages = pages.clamp(1, BUCKETS as u32) as i32;
         let mut tx = self.pool.begin().await?;
         let plan_id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO plans (trigger, policy_version, model_version, seed, started_at, \
-             horizon_end, state, stats, scope, budgets) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', '{}', 'sweep', $7) \
+             horizon_end, state, stats, scope) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', '{}', 'sweep') \
              ON CONFLICT ((true)) WHERE state = 'running' AND scope = 'sweep' DO NOTHING \
              RETURNING plan_id",
         )
@@ -142,7 +135,6 @@ impl Store {
         .bind(plan.seed)
         .bind(plan.started_at)
         .bind(plan.horizon_end)
-        .bind(sqlx::types::Json(budgets))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(plan_id) = plan_id else {
@@ -164,27 +156,13 @@ impl Store {
 
     /// The sweep in progress, if any.
     pub async fn running_sweep(&self) -> Result<Option<RunningSweep>> {
-        let row = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT plan_id, trigger, policy_version, model_version, seed, started_at, \
-                    horizon_end, budgets \
+                    horizon_end \
              FROM plans WHERE state = 'running' AND scope = 'sweep'",
         )
         .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        let budgets: Option<serde_json::Value> = r.try_get("budgets")?;
-        Ok(Some(RunningSweep {
-            plan_id: r.try_get("plan_id")?,
-            trigger: r.try_get("trigger")?,
-            policy_version: r.try_get("policy_version")?,
-            model_version: r.try_get("model_version")?,
-            seed: r.try_get("seed")?,
-            started_at: r.try_get("started_at")?,
-            horizon_end: r.try_get("horizon_end")?,
-            budgets: budgets
-                .and_then(|b| serde_json::from_value(b).ok())
-                .unwrap_or_default(),
-        }))
+        .await?)
     }
 
     /// Claims the next page of sweep `plan_id` nobody holds (never claimed, or its lease expired)
@@ -225,21 +203,17 @@ impl Store {
 
     /// How far sweep `plan_id` has got: pages, pages done, and what the done pages chose.
     pub async fn sweep_progress(&self, plan_id: i64) -> Result<SweepProgress> {
-        let rows = sqlx::query("SELECT state, stats FROM plan_pages WHERE plan_id = $1")
-            .bind(plan_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(String, Option<serde_json::Value>)> =
+            sqlx::query_as("SELECT state, stats FROM plan_pages WHERE plan_id = $1")
+                .bind(plan_id)
+                .fetch_all(&self.pool)
+                .await?;
         let mut progress = SweepProgress::default();
-        for r in &rows {
+        for (state, stats) in rows {
             progress.pages += 1;
-            let state: &str = r.try_get("state")?;
             if state == "done" {
                 progress.done += 1;
-                let stats: Option<serde_json::Value> = r.try_get("stats")?;
-                let stats: PageStats = stats
-                    .and_then(|s| serde_json::from_value(s).ok())
-                    .unwrap_or_default();
-                for (channel, n) in stats.chosen {
+                for (channel, n) in page_stats(stats).chosen {
                     *progress.chosen.entry(channel).or_default() += n;
                 }
             }
@@ -311,27 +285,25 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<PlanStats>> {
         let mut tx = self.pool.begin().await?;
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM plans WHERE plan_id = $1 FOR UPDATE")
+        let plan: Option<(String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT state, started_at FROM plans WHERE plan_id = $1 FOR UPDATE")
                 .bind(plan_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if state.as_deref() != Some("running") {
+        let Some(("running", started)) = plan.as_ref().map(|(s, t)| (s.as_str(), *t)) else {
             return Ok(None);
-        }
-        let rows = sqlx::query("SELECT state, stats FROM plan_pages WHERE plan_id = $1")
-            .bind(plan_id)
-            .fetch_all(&mut *tx)
-            .await?;
+        };
+        let rows: Vec<(String, Option<serde_json::Value>)> =
+            sqlx::query_as("SELECT state, stats FROM plan_pages WHERE plan_id = $1")
+                .bind(plan_id)
+                .fetch_all(&mut *tx)
+                .await?;
         let mut stats = PlanStats::default();
-        for r in &rows {
-            if r.try_get::<&str, _>("state")? != "done" {
+        for (state, page) in rows {
+            if state != "done" {
                 return Ok(None);
             }
-            let page: Option<serde_json::Value> = r.try_get("stats")?;
-            let page: PageStats = page
-                .and_then(|s| serde_json::from_value(s).ok())
-                .unwrap_or_default();
+            let page = page_stats(page);
             stats.users += page.users;
             stats.candidates += page.candidates;
             for (k, n) in page.chosen {
@@ -341,29 +313,23 @@ impl Store {
                 *stats.suppressed.entry(k).or_default() += n;
             }
         }
-        let started: DateTime<Utc> =
-            sqlx::query_scalar("SELECT started_at FROM plans WHERE plan_id = $1")
-                .bind(plan_id)
-                .fetch_one(&mut *tx)
-                .await?;
         stats.duration_seconds = (now - started).as_seconds_f64().max(0.0);
-        for state in ["pending", "counterfactual"] {
-            // Two statements, each matching the partial index of its state.
-            let sql = if state == "pending" {
-                "UPDATE schedule_items s SET state = 'superseded', updated_at = $2 \
-                 WHERE s.state = 'pending' AND s.plan_id < $1 \
-                   AND NOT EXISTS (SELECT 1 FROM opportunities o \
-                                   WHERE o.user_id = s.user_id \
-                                     AND o.opportunity_id = s.opportunity_id \
-                                     AND o.state = 'open' AND o.expires_at > $2)"
-            } else {
-                "UPDATE schedule_items s SET state = 'superseded', updated_at = $2 \
-                 WHERE s.state = 'counterfactual' AND s.plan_id < $1 \
-                   AND NOT EXISTS (SELECT 1 FROM opportunities o \
-                                   WHERE o.user_id = s.user_id \
-                                     AND o.opportunity_id = s.opportunity_id \
-                                     AND o.state = 'open' AND o.expires_at > $2)"
+        // One statement per state, each matching the partial index of its state.
+        macro_rules! stale {
+            ($state:literal) => {
+                concat!(
+                    "UPDATE schedule_items s SET state = 'superseded', updated_at = $2 \
+                     WHERE s.state = '",
+                    $state,
+                    "' AND s.plan_id < $1 \
+                       AND NOT EXISTS (SELECT 1 FROM opportunities o \
+                                       WHERE o.user_id = s.user_id \
+                                         AND o.opportunity_id = s.opportunity_id \
+                                         AND o.state = 'open' AND o.expires_at > $2)"
+                )
             };
+        }
+        for sql in [stale!("pending"), stale!("counterfactual")] {
             sqlx::query(sql)
                 .bind(plan_id)
                 .bind(now)
@@ -406,45 +372,27 @@ impl Store {
 
     /// The queue rows due at `now`, oldest first, at most `limit`.
     pub async fn due_replans(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<Queued>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT user_id, seq, reason FROM replan_queue WHERE due_at <= $1 \
              ORDER BY due_at, seq LIMIT $2",
         )
         .bind(now)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Queued {
-                    user_id: r.try_get("user_id")?,
-                    seq: r.try_get("seq")?,
-                    reason: r.try_get("reason")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// The queue rows of `users` due at `now`: what a page reads before its input, so that it
     /// can delete them when it publishes.
     pub async fn queued_for(&self, users: &[String], now: DateTime<Utc>) -> Result<Vec<Queued>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT user_id, seq, reason FROM replan_queue \
              WHERE user_id = ANY($1) AND due_at <= $2 ORDER BY user_id, seq",
         )
         .bind(users)
         .bind(now)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Queued {
-                    user_id: r.try_get("user_id")?,
-                    seq: r.try_get("seq")?,
-                    reason: r.try_get("reason")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// The users in buckets `[from, to)` that have open opportunities: a page's users, read
@@ -478,6 +426,13 @@ impl Store {
         .await?;
         Ok((due.max(0) as u64, later.max(0) as u64))
     }
+}
+
+/// A page's stored stats; a page written by another version may lack a field, which reads 0.
+fn page_stats(stored: Option<serde_json::Value>) -> PageStats {
+    stored
+        .and_then(|s| serde_json::from_value(s).ok())
+        .unwrap_or_default()
 }
 
 /// Appends a queue row, due at once, for each of `users` (deduplicated, in order): called by

@@ -459,7 +459,7 @@ pub(super) async fn simulate(
         result.suppressed = store.suppressed_totals().await?;
         let models = store.list_models().await?;
         result.models_trained = models.len() as u64;
-        result.active_model = store.active_model().await?.map(|(v, _)| v);
+        result.active_model = store.active_model_version().await?;
         result.calibration = store
             .engagement_calibration(10, TimeDelta::hours(48), end)
             .await?

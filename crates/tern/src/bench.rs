@@ -30,7 +30,9 @@ pub enum Bench {
     /// candidates spends encoding features and scoring them, the way the planner calls it.
     Model(ModelArgs),
     /// The delivery path: Pull + Ack over gRPC on loopback by concurrent clients against a
-    /// published schedule, beside the same work done by calling the store directly (no gRPC).
+    /// published schedule, beside the same work done by calling the store directly (no gRPC);
+    /// then Pull + Ack started at fixed rates (an open loop), with their latency against the
+    /// offered load.
     Serve(ServeArgs),
     /// A full replan of --users through the daemon's paged path right after a COPY load, an
     /// incremental replan after --change of the users changed, and the full replan again with
@@ -59,6 +61,16 @@ pub struct ServeArgs {
     /// Database connections of the server (and of the peer).
     #[arg(long, default_value_t = 16)]
     connections: u32,
+    /// Items seeded (on a third channel) for the open-loop runs.
+    #[arg(long, default_value_t = 400_000)]
+    open_items: usize,
+    /// Seconds of each open-loop run.
+    #[arg(long, default_value_t = 10)]
+    open_secs: u64,
+    /// Offered loads of the open-loop runs, as shares of the round trips per second the closed
+    /// loop reached (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.8")]
+    open_loads: Vec<f64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -613,7 +625,7 @@ async fn serve_in(url: &str, database: &str, args: &ServeArgs) -> Result<String>
     // on `email` for the peer.
     let started = Instant::now();
     let now = Utc::now();
-    let total = args.items + args.peer_items;
+    let total = args.items + args.peer_items + args.open_items;
     let rows: Vec<NewOpportunity> = (0..total).map(|i| opportunity(i, "serve")).collect();
     let mut items = Vec::with_capacity(total);
     for chunk in rows.chunks(10_000) {
@@ -636,10 +648,10 @@ async fn serve_in(url: &str, database: &str, args: &ServeArgs) -> Result<String>
             .map(|(k, (user, id))| NewScheduleItem {
                 user_id: user.clone(),
                 opportunity_id: *id,
-                channel: if n * 100_000 + k < args.items {
-                    "push"
-                } else {
-                    "email"
+                channel: match n * 100_000 + k {
+                    i if i < args.items => "push",
+                    i if i < args.items + args.peer_items => "email",
+                    _ => "in_app",
                 }
                 .into(),
                 send_after: now - chrono::TimeDelta::minutes(1),
@@ -724,6 +736,84 @@ async fn serve_in(url: &str, database: &str, args: &ServeArgs) -> Result<String>
     }
     let grpc = collect(clients).await?;
     let grpc_secs = started.elapsed().as_secs_f64();
+
+    // Open loop: round trips started at a fixed rate, whether or not earlier ones finished,
+    // each timed from when it was due to start (so that a slow server cannot hide its queue by
+    // slowing the clients down: no coordinated omission).
+    let max_rate = grpc.latencies.len() as f64 / grpc_secs;
+    let mut channels = Vec::new();
+    for _ in 0..args.clients {
+        channels.push(
+            tonic::transport::Channel::from_shared(format!("http://{address}"))?
+                .connect()
+                .await?,
+        );
+    }
+    let mut open_lines = Vec::new();
+    for &share in &args.open_loads {
+        ensure!(share > 0.0, "--open-loads are positive shares");
+        let rate = max_rate * share;
+        let interval = std::time::Duration::from_secs_f64(1.0 / rate);
+        let started = tokio::time::Instant::now();
+        let end = started + std::time::Duration::from_secs(args.open_secs);
+        let mut tasks = Vec::new();
+        let mut k: u32 = 0;
+        loop {
+            let due = started + interval * k;
+            if due >= end {
+                break;
+            }
+            tokio::time::sleep_until(due).await;
+            let mut client =
+                ScheduleServiceClient::new(channels[k as usize % channels.len()].clone());
+            let batch = args.batch;
+            tasks.push(tokio::spawn(async move {
+                let items = client
+                    .pull(pb::PullRequest {
+                        holder: format!("open-{k}"),
+                        channels: vec!["in_app".into()],
+                        max_items: batch,
+                        lease: None,
+                    })
+                    .await?
+                    .into_inner()
+                    .items;
+                if !items.is_empty() {
+                    let acks = items.iter().map(pb::AckItem::sent).collect();
+                    client.ack(pb::AckRequest { acks }).await?;
+                }
+                anyhow::Ok((items.len(), due.elapsed().as_secs_f64()))
+            }));
+            k += 1;
+        }
+        let mut latencies = Vec::with_capacity(tasks.len());
+        let mut items = 0;
+        let mut empty = 0;
+        for t in tasks {
+            let (n, latency) = t.await??;
+            items += n;
+            empty += usize::from(n == 0);
+            latencies.push(latency);
+        }
+        latencies.sort_by(f64::total_cmp);
+        let pct = |q: f64| {
+            latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] * 1000.0
+        };
+        open_lines.push(format!(
+            "{:<44} {:>10} items/s   Pull+Ack p50 {:>6.1} ms   p99 {:>6.1} ms   ({} round trips at {:.0}/s{})",
+            format!("open loop at {:.0}% of the closed loop's rate", share * 100.0),
+            thousands(items as f64 / args.open_secs as f64),
+            pct(0.5),
+            pct(0.99),
+            latencies.len(),
+            rate,
+            if empty > 0 {
+                format!(", {empty} found nothing due: seed more with --open-items")
+            } else {
+                String::new()
+            },
+        ));
+    }
     let _ = stop_tx.send(());
     let _ = server.await;
     ensure!(
@@ -778,11 +868,13 @@ async fn serve_in(url: &str, database: &str, args: &ServeArgs) -> Result<String>
     admin.close().await;
 
     let pct = |l: &[f64], q: f64| l[((l.len() as f64 * q) as usize).min(l.len() - 1)] * 1000.0;
+    let open = open_lines.join("\n");
     Ok(format!(
         "schedule: {} items for the gRPC clients, {} for the peer, seeded in {seed_secs:.1} s\n\
          {} clients, {} items per Pull, {} database connections\n\
          {:<44} {:>10} items/s   Pull+Ack p50 {:>6.1} ms   p99 {:>6.1} ms   ({} round trips)\n\
-         {:<44} {:>10} items/s   lease+acks p50 {:>6.1} ms p99 {:>6.1} ms   ({} round trips)",
+         {:<44} {:>10} items/s   lease+acks p50 {:>6.1} ms p99 {:>6.1} ms   ({} round trips)\n\
+         {open}",
         args.items,
         args.peer_items,
         args.clients,

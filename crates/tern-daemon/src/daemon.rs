@@ -521,7 +521,7 @@ impl Daemon {
                 if let Err(e) = self.work_sweep(&sweep).await {
                     tracing::warn!(plan = sweep.plan_id, error = %e, "cannot plan pages of the running full replan");
                 }
-                let _ = self.store.finish_sweep(sweep.plan_id, clock.now()).await;
+                let _ = self.finish_sweep(sweep.plan_id).await;
                 // Look again when the first lease held on one of its pages expires.
                 if let Ok(Some(expiry)) = store.next_page_expiry(sweep.plan_id).await {
                     wake = wake.min(expiry.max(clock.now()) + TimeDelta::milliseconds(100));
@@ -553,10 +553,7 @@ impl Daemon {
                             tracing::warn!(plan = sweep.plan_id, error = %e, "cannot plan pages of the running full replan")
                         }
                     }
-                    let _ = self
-                        .store
-                        .finish_sweep(sweep.plan_id, self.clock.now())
-                        .await;
+                    let _ = self.finish_sweep(sweep.plan_id).await;
                     return;
                 }
                 Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,

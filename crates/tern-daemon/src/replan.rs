@@ -421,6 +421,30 @@ impl Daemon {
         }
     }
 
+    /// Finishes sweep `plan_id` if its last page is published (see
+    /// [`tern_store::Store::finish_sweep`]), and then refreshes the statistics of the tables it
+    /// rewrote: a sweep can grow the schedule from nothing to millions of items, and the plans
+    /// of the incremental replans after it (the budget counts above all) go wrong on the old
+    /// statistics until autovacuum catches up.
+    pub(crate) async fn finish_sweep(
+        &self,
+        plan_id: i64,
+    ) -> Result<Option<PlanStats>, ControlError> {
+        let Some(stats) = self.store.finish_sweep(plan_id, self.clock.now()).await? else {
+            return Ok(None);
+        };
+        self.metrics.add(
+            "tern_plan_users_total",
+            &[("scope", "sweep")],
+            stats.users as f64,
+        );
+        let analysed = self.store.refresh_statistics().await?;
+        if !analysed.is_empty() {
+            tracing::info!(tables = %analysed.join(", "), "analysed the tables a full replan rewrote");
+        }
+        Ok(Some(stats))
+    }
+
     /// Waits for the other replicas' pages of `sweep` (taking over any whose lease passes) and
     /// finishes it; gives up after a lease and a little more (the sweep goes on without this
     /// call, and is finished by whichever replica publishes its last page).
@@ -429,16 +453,7 @@ impl Daemon {
             self.paging.lease.to_std().unwrap_or_default() + std::time::Duration::from_secs(10);
         let waited = Instant::now();
         loop {
-            if let Some(stats) = self
-                .store
-                .finish_sweep(sweep.plan_id, self.clock.now())
-                .await?
-            {
-                self.metrics.add(
-                    "tern_plan_users_total",
-                    &[("scope", "sweep")],
-                    stats.users as f64,
-                );
+            if let Some(stats) = self.finish_sweep(sweep.plan_id).await? {
                 return Ok(stats);
             }
             if let Some(stats) = self.store.published_stats(sweep.plan_id).await? {

@@ -7,6 +7,7 @@ mod ingest;
 mod leases;
 mod migrate;
 mod models;
+mod partitioned;
 mod planning;
 mod plans;
 mod sweeps;

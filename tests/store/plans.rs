@@ -341,3 +341,78 @@ async fn assignments_keep_the_first_plan_and_count_arm_changes() {
         ]
     );
 }
+
+/// Schedule items carry no foreign keys (migration 0014: their per-row checks were most of a
+/// page's publish). What the keys stood for holds without them: an item naming an opportunity
+/// that does not exist is never written, and after plans, leases, acks of every kind, expiry
+/// and a replan that supersedes everything, every item's opportunity and plan exist.
+#[tokio::test]
+async fn every_item_names_an_opportunity_and_a_plan_that_exist() {
+    let db = TestDb::new().await;
+    let s = &db.store;
+    let batch: Vec<_> = (0..12)
+        .map(|i| opportunity(&format!("u{}", i % 4), &format!("k{i}")))
+        .collect();
+    let ids = ingest_all(s, &batch).await;
+    let mut items: Vec<NewScheduleItem> = batch
+        .iter()
+        .zip(&ids)
+        .map(|(o, &id)| item(&o.user_id, id, "push"))
+        .collect();
+    // An opportunity id no one created, and a real id under another user.
+    items.push(item("u0", ids.iter().max().unwrap() + 1_000, "push"));
+    items.push(item("u9", ids[0], "push"));
+    let first = s
+        .publish_plan(&plan(), &items, &Supersede::All, t0())
+        .await
+        .unwrap();
+    assert_eq!((first.items, first.skipped), (12, 2));
+
+    let leased = s
+        .lease(
+            &LeaseRequest {
+                holder: "l".into(),
+                channels: vec!["push".into()],
+                max_items: 6,
+                lease_for: TimeDelta::minutes(5),
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+    for (item, status) in leased.iter().zip(
+        [AckStatus::Sent, AckStatus::Failed, AckStatus::Skipped]
+            .iter()
+            .cycle(),
+    ) {
+        s.ack(
+            &Ack {
+                user_id: item.user_id.clone(),
+                item_id: item.item_id,
+                lease_token: item.lease_token,
+                status: *status,
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+    }
+    s.expire(t0() + TimeDelta::days(30)).await.unwrap();
+    s.publish_plan(&plan(), &items, &Supersede::All, t0())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        count(
+            s,
+            "SELECT count(*) FROM schedule_items s WHERE NOT EXISTS \
+               (SELECT 1 FROM opportunities o \
+                WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id) \
+             OR NOT EXISTS (SELECT 1 FROM plans p WHERE p.plan_id = s.plan_id)"
+        )
+        .await,
+        0,
+        "an item names an opportunity or a plan that does not exist"
+    );
+    assert!(count(s, "SELECT count(*) FROM schedule_items").await >= 12);
+}

@@ -87,6 +87,55 @@ pub enum AckResult {
     NotFound,
 }
 
+/// The pull: per requested channel, the earliest due items on the due index, locked
+/// (`SKIP LOCKED`) and leased in one statement. Reads the due queue of every user: see
+/// [`crate::routing`].
+pub(crate) const LEASE_DUE: &str = "WITH due AS ( \
+       SELECT d.user_id, d.item_id FROM unnest($1::text[]) AS ch(name) \
+       CROSS JOIN LATERAL ( \
+         SELECT s.user_id, s.item_id, s.send_after FROM schedule_items s \
+         WHERE s.channel = ch.name AND s.state IN ('pending', 'leased') \
+           AND s.send_after <= $2 AND s.send_before > $2 \
+           AND (s.state = 'pending' OR s.lease_expires_at <= $2) \
+           AND EXISTS (SELECT 1 FROM opportunities o \
+                       WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+                         AND o.state = 'open' AND o.expires_at > $2) \
+         ORDER BY s.send_after \
+         LIMIT $3 \
+         FOR UPDATE OF s SKIP LOCKED) d \
+       ORDER BY d.send_after \
+       LIMIT $3) \
+     UPDATE schedule_items s \
+     SET state = 'leased', lease_holder = $4, lease_token = gen_random_uuid(), \
+         lease_expires_at = $5, attempt = s.attempt + 1, updated_at = $2 \
+     FROM due, opportunities o \
+     WHERE s.user_id = due.user_id AND s.item_id = due.item_id \
+       AND o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+     RETURNING s.user_id, s.item_id, s.opportunity_id, s.plan_id, s.channel, o.template, \
+       o.category, o.priority, o.signals, s.send_after, s.send_before, s.lease_token, \
+       s.lease_expires_at, s.attempt, o.payload, o.dedupe_key, \
+       (SELECT u.locale FROM users u WHERE u.user_id = s.user_id)";
+
+/// A batch of acks, first: every item of the batch locked in key order.
+pub(crate) const LOCK_ACKED: &str = "SELECT 1 FROM schedule_items s \
+     JOIN unnest($1::text[], $2::bigint[]) AS x(u, i) ON s.user_id = x.u AND s.item_id = x.i \
+     ORDER BY s.user_id, s.item_id FOR UPDATE OF s";
+
+/// A batch of acks: the common case (the current token of an unexpired lease) for every item
+/// at once.
+pub(crate) const APPLY_ACKS: &str = "UPDATE schedule_items s SET state = x.st, updated_at = $5 \
+     FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[]) AS x(u, i, tok, st) \
+     WHERE s.user_id = x.u AND s.item_id = x.i AND s.lease_token = x.tok \
+       AND s.state = 'leased' AND s.lease_expires_at > $5 \
+     RETURNING s.user_id, s.item_id, s.state";
+
+/// Extends one item's lease while its token holds it.
+pub(crate) const EXTEND_LEASE: &str =
+    "UPDATE schedule_items SET lease_expires_at = $4, updated_at = $5 \
+     WHERE user_id = $1 AND item_id = $2 AND lease_token = $3 \
+       AND state = 'leased' AND lease_expires_at > $5 \
+     RETURNING lease_expires_at";
+
 impl Store {
     /// Leases up to `max_items` items that are due at `now` on the requested channels, earliest
     /// send time first. An item is due when its window contains `now`, its opportunity is open and
@@ -101,45 +150,19 @@ impl Store {
         // Per channel, so that each channel's scan walks the due index (channel, send_after) in
         // order and stops after `max_items`; `channel = ANY(...)` made PostgreSQL collect and sort
         // every due item of the requested channels on every pull.
-        let rows = sqlx::query(
-            "WITH due AS ( \
-               SELECT d.user_id, d.item_id FROM unnest($1::text[]) AS ch(name) \
-               CROSS JOIN LATERAL ( \
-                 SELECT s.user_id, s.item_id, s.send_after FROM schedule_items s \
-                 WHERE s.channel = ch.name AND s.state IN ('pending', 'leased') \
-                   AND s.send_after <= $2 AND s.send_before > $2 \
-                   AND (s.state = 'pending' OR s.lease_expires_at <= $2) \
-                   AND EXISTS (SELECT 1 FROM opportunities o \
-                               WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
-                                 AND o.state = 'open' AND o.expires_at > $2) \
-                 ORDER BY s.send_after \
-                 LIMIT $3 \
-                 FOR UPDATE OF s SKIP LOCKED) d \
-               ORDER BY d.send_after \
-               LIMIT $3) \
-             UPDATE schedule_items s \
-             SET state = 'leased', lease_holder = $4, lease_token = gen_random_uuid(), \
-                 lease_expires_at = $5, attempt = s.attempt + 1, updated_at = $2 \
-             FROM due, opportunities o \
-             WHERE s.user_id = due.user_id AND s.item_id = due.item_id \
-               AND o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
-             RETURNING s.user_id, s.item_id, s.opportunity_id, s.plan_id, s.channel, o.template, \
-               o.category, o.priority, o.signals, s.send_after, s.send_before, s.lease_token, \
-               s.lease_expires_at, s.attempt, o.payload, o.dedupe_key, \
-               (SELECT u.locale FROM users u WHERE u.user_id = s.user_id)",
-        )
-        .bind({
-            let mut channels = req.channels.clone();
-            channels.sort();
-            channels.dedup();
-            channels
-        })
-        .bind(now)
-        .bind(i64::from(req.max_items))
-        .bind(&req.holder)
-        .bind(now + req.lease_for)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(LEASE_DUE)
+            .bind({
+                let mut channels = req.channels.clone();
+                channels.sort();
+                channels.dedup();
+                channels
+            })
+            .bind(now)
+            .bind(i64::from(req.max_items))
+            .bind(&req.holder)
+            .bind(now + req.lease_for)
+            .fetch_all(&self.pool)
+            .await?;
         let mut items = rows
             .into_iter()
             .map(|r| {
@@ -206,30 +229,20 @@ impl Store {
 
         let mut tx = self.pool.begin().await?;
         // Lock every row of the batch in key order, so that overlapping batches cannot deadlock.
-        sqlx::query(
-            "SELECT 1 FROM schedule_items s \
-             JOIN unnest($1::text[], $2::bigint[]) AS x(u, i) ON s.user_id = x.u AND s.item_id = x.i \
-             ORDER BY s.user_id, s.item_id FOR UPDATE OF s",
-        )
-        .bind(&users)
-        .bind(&items)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(LOCK_ACKED)
+            .bind(&users)
+            .bind(&items)
+            .execute(&mut *tx)
+            .await?;
         // The common case, for every item at once: the current token of an unexpired lease.
-        let applied: Vec<(String, i64, String)> = sqlx::query_as(
-            "UPDATE schedule_items s SET state = x.st, updated_at = $5 \
-             FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[]) AS x(u, i, tok, st) \
-             WHERE s.user_id = x.u AND s.item_id = x.i AND s.lease_token = x.tok \
-               AND s.state = 'leased' AND s.lease_expires_at > $5 \
-             RETURNING s.user_id, s.item_id, s.state",
-        )
-        .bind(&users)
-        .bind(&items)
-        .bind(&tokens)
-        .bind(&states)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
+        let applied: Vec<(String, i64, String)> = sqlx::query_as(APPLY_ACKS)
+            .bind(&users)
+            .bind(&items)
+            .bind(&tokens)
+            .bind(&states)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
         let sent: Vec<(&str, i64)> = applied
             .iter()
             .filter(|(_, _, st)| st == "sent")
@@ -290,21 +303,25 @@ impl Store {
         if lease_for <= TimeDelta::zero() {
             return Err(InvalidInput::new("the lease duration must be positive").into());
         }
-        Ok(sqlx::query_scalar(
-            "UPDATE schedule_items SET lease_expires_at = $4, updated_at = $5 \
-             WHERE user_id = $1 AND item_id = $2 AND lease_token = $3 \
-               AND state = 'leased' AND lease_expires_at > $5 \
-             RETURNING lease_expires_at",
-        )
-        .bind(user_id)
-        .bind(item_id)
-        .bind(lease_token)
-        .bind(now + lease_for)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(EXTEND_LEASE)
+            .bind(user_id)
+            .bind(item_id)
+            .bind(lease_token)
+            .bind(now + lease_for)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 }
+
+/// One ack, first: its item, locked.
+pub(crate) const LOCK_ITEM: &str =
+    "SELECT state, lease_token, lease_expires_at FROM schedule_items \
+     WHERE user_id = $1 AND item_id = $2 FOR UPDATE";
+
+/// One ack, applied.
+pub(crate) const APPLY_ACK: &str = "UPDATE schedule_items SET state = $3, updated_at = $4 \
+     WHERE user_id = $1 AND item_id = $2";
 
 /// One ack inside the caller's transaction: lock the item, judge the token and the state, apply.
 async fn ack_in(
@@ -312,14 +329,11 @@ async fn ack_in(
     ack: &Ack,
     now: DateTime<Utc>,
 ) -> Result<AckResult> {
-    let Some(row) = sqlx::query(
-        "SELECT state, lease_token, lease_expires_at FROM schedule_items \
-         WHERE user_id = $1 AND item_id = $2 FOR UPDATE",
-    )
-    .bind(&ack.user_id)
-    .bind(ack.item_id)
-    .fetch_optional(&mut **tx)
-    .await?
+    let Some(row) = sqlx::query(LOCK_ITEM)
+        .bind(&ack.user_id)
+        .bind(ack.item_id)
+        .fetch_optional(&mut **tx)
+        .await?
     else {
         return Ok(AckResult::NotFound);
     };
@@ -332,16 +346,13 @@ async fn ack_in(
     let target = ack.status.item_state();
     let result = match state {
         ItemState::Leased if expires.is_some_and(|e| e > now) => {
-            sqlx::query(
-                "UPDATE schedule_items SET state = $3, updated_at = $4 \
-                 WHERE user_id = $1 AND item_id = $2",
-            )
-            .bind(&ack.user_id)
-            .bind(ack.item_id)
-            .bind(target.as_str())
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+            sqlx::query(APPLY_ACK)
+                .bind(&ack.user_id)
+                .bind(ack.item_id)
+                .bind(target.as_str())
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
             let item = [(ack.user_id.as_str(), ack.item_id)];
             let message_id = match ack.status {
                 AckStatus::Sent => record_sent(tx, &item, now).await?.into_values().next(),
@@ -365,6 +376,27 @@ async fn ack_in(
     };
     Ok(result)
 }
+/// The messages of `sent` acks, one per item: see [`record_sent`].
+pub(crate) const RECORD_SENT: &str =
+    "INSERT INTO messages (user_id, opportunity_id, item_id, channel, category, priority, \
+       template, sent_at, plan_id, policy_version, model_version, experiment, arm, \
+       propensity, scores) \
+     SELECT s.user_id, s.opportunity_id, s.item_id, s.channel, o.category, o.priority, \
+       o.template, $3, s.plan_id, p.policy_version, p.model_version, s.experiment, s.arm, \
+       s.propensity, s.scores \
+     FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
+     JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
+     JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+     JOIN plans p ON p.plan_id = s.plan_id \
+     ORDER BY s.user_id, s.item_id \
+     RETURNING user_id, item_id, message_id";
+
+/// The opportunities of `sent` acks, closed: see [`record_sent`].
+pub(crate) const CLOSE_SENT: &str = "UPDATE opportunities o SET state = 'sent' \
+     FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
+     JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
+     WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id";
+
 /// Records the messages of `sent` acks (one per item, copying what the decision was based on:
 /// plan, policy and model versions, arm, propensity, scores) and closes their opportunities.
 /// Returns each item's message id. The unique key on `(user_id, item_id)` makes a second message
@@ -379,37 +411,26 @@ async fn record_sent(
     }
     let users: Vec<&str> = items.iter().map(|(u, _)| *u).collect();
     let ids: Vec<i64> = items.iter().map(|(_, i)| *i).collect();
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "INSERT INTO messages (user_id, opportunity_id, item_id, channel, category, priority, \
-           template, sent_at, plan_id, policy_version, model_version, experiment, arm, \
-           propensity, scores) \
-         SELECT s.user_id, s.opportunity_id, s.item_id, s.channel, o.category, o.priority, \
-           o.template, $3, s.plan_id, p.policy_version, p.model_version, s.experiment, s.arm, \
-           s.propensity, s.scores \
-         FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
-         JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
-         JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
-         JOIN plans p ON p.plan_id = s.plan_id \
-         ORDER BY s.user_id, s.item_id \
-         RETURNING user_id, item_id, message_id",
-    )
-    .bind(&users)
-    .bind(&ids)
-    .bind(now)
-    .fetch_all(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE opportunities o SET state = 'sent' \
-         FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
-         JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
-         WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id",
-    )
-    .bind(&users)
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await?;
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(RECORD_SENT)
+        .bind(&users)
+        .bind(&ids)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+    sqlx::query(CLOSE_SENT)
+        .bind(&users)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
     Ok(rows.into_iter().map(|(u, i, m)| ((u, i), m)).collect())
 }
+
+/// The opportunities of `skipped` acks, closed: see [`close_skipped`].
+pub(crate) const CLOSE_SKIPPED: &str = "UPDATE opportunities o SET state = 'cancelled' \
+     FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
+     JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
+     WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
+       AND o.state = 'open'";
 
 /// Closes the opportunities of `skipped` acks: the sender decided this message should not go out
 /// (its content went stale, its own rules said no), so no later plan offers it again, on this
@@ -420,30 +441,26 @@ async fn close_skipped(tx: &mut sqlx::PgConnection, items: &[(&str, i64)]) -> Re
     }
     let users: Vec<&str> = items.iter().map(|(u, _)| *u).collect();
     let ids: Vec<i64> = items.iter().map(|(_, i)| *i).collect();
-    sqlx::query(
-        "UPDATE opportunities o SET state = 'cancelled' \
-         FROM unnest($1::text[], $2::bigint[]) AS x(u, i) \
-         JOIN schedule_items s ON s.user_id = x.u AND s.item_id = x.i \
-         WHERE o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
-           AND o.state = 'open'",
-    )
-    .bind(&users)
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query(CLOSE_SKIPPED)
+        .bind(&users)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
+
+/// The message a `sent` item became (an ack repeated).
+pub(crate) const MESSAGE_OF: &str =
+    "SELECT message_id FROM messages WHERE user_id = $1 AND item_id = $2";
 
 async fn message_of(
     tx: &mut sqlx::PgConnection,
     user_id: &str,
     item_id: i64,
 ) -> Result<Option<i64>> {
-    Ok(
-        sqlx::query_scalar("SELECT message_id FROM messages WHERE user_id = $1 AND item_id = $2")
-            .bind(user_id)
-            .bind(item_id)
-            .fetch_optional(&mut *tx)
-            .await?,
-    )
+    Ok(sqlx::query_scalar(MESSAGE_OF)
+        .bind(user_id)
+        .bind(item_id)
+        .fetch_optional(&mut *tx)
+        .await?)
 }

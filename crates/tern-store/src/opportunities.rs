@@ -140,11 +140,14 @@ macro_rules! insert_batch {
     };
 }
 
-const INSERT_NEW_KEYS: &str = insert_batch!(
+/// Ingest's fast path: only keys that do not exist yet (see `insert_batch`).
+pub(crate) const INSERT_NEW_KEYS: &str = insert_batch!(
     "WHERE NOT EXISTS (SELECT 1 FROM opportunities o WHERE o.user_id = x.u AND o.dedupe_key = x.d)",
     ""
 );
-const INSERT_ON_CONFLICT: &str = insert_batch!("", "ON CONFLICT (user_id, dedupe_key) DO NOTHING");
+/// Ingest after a race on a key: `ON CONFLICT DO NOTHING` (see `insert_batch`).
+pub(crate) const INSERT_ON_CONFLICT: &str =
+    insert_batch!("", "ON CONFLICT (user_id, dedupe_key) DO NOTHING");
 
 /// PostgreSQL's unique_violation.
 const UNIQUE_VIOLATION: &str = "23505";

@@ -250,6 +250,17 @@ pub(crate) fn check_items(items: &[NewScheduleItem]) -> Result<()> {
     Ok(())
 }
 
+/// A replan of some users, publishing: their pending items (`$2`) give way to the new plan's.
+pub(crate) const SUPERSEDE_PENDING_OF_USERS: &str =
+    "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
+     WHERE state = 'pending' AND user_id = ANY($2)";
+
+/// A replan of some users, publishing: their counterfactual items (`$2`) give way to the new
+/// plan's.
+pub(crate) const SUPERSEDE_COUNTERFACTUAL_OF_USERS: &str =
+    "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
+     WHERE state = 'counterfactual' AND user_id = ANY($2)";
+
 /// Supersedes the pending and counterfactual items `supersede` names and inserts `items` under
 /// `plan_id`, skipping opportunities that are closed or already have a live item. Returns
 /// (superseded, inserted).
@@ -277,18 +288,12 @@ pub(crate) async fn write_items(
                  WHERE state = 'counterfactual'",
             )
             .bind(now),
-            (Supersede::Users(users), true) => sqlx::query(
-                "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
-                 WHERE state = 'pending' AND user_id = ANY($2)",
-            )
-            .bind(now)
-            .bind(users),
-            (Supersede::Users(users), false) => sqlx::query(
-                "UPDATE schedule_items SET state = 'superseded', updated_at = $1 \
-                 WHERE state = 'counterfactual' AND user_id = ANY($2)",
-            )
-            .bind(now)
-            .bind(users),
+            (Supersede::Users(users), true) => sqlx::query(SUPERSEDE_PENDING_OF_USERS)
+                .bind(now)
+                .bind(users),
+            (Supersede::Users(users), false) => sqlx::query(SUPERSEDE_COUNTERFACTUAL_OF_USERS)
+                .bind(now)
+                .bind(users),
         };
         superseded += query.execute(&mut *tx).await?.rows_affected();
     }
@@ -317,6 +322,9 @@ macro_rules! insert_items_sql {
          ORDER BY x.n"
     };
 }
+
+/// [`insert_items_sql`]'s statement, as [`insert_items`] runs it.
+pub(crate) const INSERT_ITEMS: &str = insert_items_sql!();
 
 /// Inserts `items` under `plan_id`, skipping opportunities that are closed or already have a
 /// live item. Returns the rows inserted; with `explain`, runs the statement under
@@ -400,10 +408,7 @@ async fn insert_items(
             .collect::<std::result::Result<Vec<_>, _>>()?;
         return Ok((0, lines));
     }
-    let inserted = bound!(insert_items_sql!())
-        .execute(tx)
-        .await?
-        .rows_affected();
+    let inserted = bound!(INSERT_ITEMS).execute(tx).await?.rows_affected();
     Ok((inserted, Vec::new()))
 }
 
@@ -431,22 +436,24 @@ impl Store {
     }
 }
 
+/// Every user's due counterfactual items, and their open opportunities, become `withheld`:
+/// see [`settle`].
+pub(crate) const SETTLE: &str = "WITH due AS ( \
+       UPDATE schedule_items SET state = 'withheld', updated_at = $1 \
+       WHERE state = 'counterfactual' AND send_after <= $1 \
+       RETURNING user_id, opportunity_id), \
+     opportunities_withheld AS ( \
+       UPDATE opportunities o SET state = 'withheld' FROM due \
+       WHERE o.user_id = due.user_id AND o.opportunity_id = due.opportunity_id \
+         AND o.state = 'open') \
+     SELECT count(*) FROM due";
+
 /// Every user's due counterfactual items (not only the replanned ones': a due counterfactual
 /// must not wait for its user's next plan) become `withheld`, with their open opportunity.
 pub(crate) async fn settle(tx: &mut sqlx::PgConnection, now: DateTime<Utc>) -> Result<u64> {
-    let settled: i64 = sqlx::query_scalar(
-        "WITH due AS ( \
-           UPDATE schedule_items SET state = 'withheld', updated_at = $1 \
-           WHERE state = 'counterfactual' AND send_after <= $1 \
-           RETURNING user_id, opportunity_id), \
-         opportunities_withheld AS ( \
-           UPDATE opportunities o SET state = 'withheld' FROM due \
-           WHERE o.user_id = due.user_id AND o.opportunity_id = due.opportunity_id \
-             AND o.state = 'open') \
-         SELECT count(*) FROM due",
-    )
-    .bind(now)
-    .fetch_one(&mut *tx)
-    .await?;
+    let settled: i64 = sqlx::query_scalar(SETTLE)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
     Ok(settled as u64)
 }

@@ -116,6 +116,21 @@ pub struct PageStats {
     pub holder: String,
 }
 
+/// An incremental replan: the queue rows due at `$1`, oldest first, at most `$2`, of any user.
+pub(crate) const DUE_REPLANS: &str =
+    "SELECT user_id, seq, reason FROM replan_queue WHERE due_at <= $1 \
+     ORDER BY due_at, seq LIMIT $2";
+
+/// A page's users (or a replan's named users, `$1`): their queue rows due at `$2`.
+pub(crate) const QUEUED_FOR: &str = "SELECT user_id, seq, reason FROM replan_queue \
+     WHERE user_id = ANY($1) AND due_at <= $2 ORDER BY user_id, seq";
+
+/// A page's users: those in buckets `[$1, $2)` with open opportunities at `$3`.
+pub(crate) const USERS_IN_BUCKETS: &str = "SELECT DISTINCT user_id FROM opportunities \
+     WHERE state = 'open' AND (hashtext(user_id) & 4095) >= $1 \
+       AND (hashtext(user_id) & 4095) < $2 AND expires_at > $3 \
+     ORDER BY user_id";
+
 impl Store {
     /// Starts a sweep of `pages` pages, unless one is running already (`None`). The pages split
     /// the buckets into equal ranges.
@@ -372,27 +387,21 @@ impl Store {
 
     /// The queue rows due at `now`, oldest first, at most `limit`.
     pub async fn due_replans(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<Queued>> {
-        Ok(sqlx::query_as(
-            "SELECT user_id, seq, reason FROM replan_queue WHERE due_at <= $1 \
-             ORDER BY due_at, seq LIMIT $2",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(DUE_REPLANS)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// The queue rows of `users` due at `now`: what a page reads before its input, so that it
     /// can delete them when it publishes.
     pub async fn queued_for(&self, users: &[String], now: DateTime<Utc>) -> Result<Vec<Queued>> {
-        Ok(sqlx::query_as(
-            "SELECT user_id, seq, reason FROM replan_queue \
-             WHERE user_id = ANY($1) AND due_at <= $2 ORDER BY user_id, seq",
-        )
-        .bind(users)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(QUEUED_FOR)
+            .bind(users)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// The users in buckets `[from, to)` that have open opportunities: a page's users, read
@@ -402,17 +411,12 @@ impl Store {
         buckets: Range<i32>,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT user_id FROM opportunities \
-             WHERE state = 'open' AND (hashtext(user_id) & 4095) >= $1 \
-               AND (hashtext(user_id) & 4095) < $2 AND expires_at > $3 \
-             ORDER BY user_id",
-        )
-        .bind(buckets.start)
-        .bind(buckets.end)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(USERS_IN_BUCKETS)
+            .bind(buckets.start)
+            .bind(buckets.end)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// How many queue rows wait, due or not: for metrics.
@@ -435,6 +439,10 @@ fn page_stats(stored: Option<serde_json::Value>) -> PageStats {
         .unwrap_or_default()
 }
 
+/// A queue row due at once for each of `$1`, with reason `$2`: see [`enqueue`].
+pub(crate) const ENQUEUE: &str = "INSERT INTO replan_queue (user_id, due_at, reason) \
+     SELECT DISTINCT u, '-infinity'::timestamptz, $2 FROM unnest($1::text[]) AS u ORDER BY u";
+
 /// Appends a queue row, due at once, for each of `users` (deduplicated, in order): called by
 /// every write that changes what a user's plan reads, in that write's transaction.
 pub(crate) async fn enqueue(
@@ -445,16 +453,26 @@ pub(crate) async fn enqueue(
     if users.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO replan_queue (user_id, due_at, reason) \
-         SELECT DISTINCT u, '-infinity'::timestamptz, $2 FROM unnest($1::text[]) AS u ORDER BY u",
-    )
-    .bind(users)
-    .bind(reason)
-    .execute(conn)
-    .await?;
+    sqlx::query(ENQUEUE)
+        .bind(users)
+        .bind(reason)
+        .execute(conn)
+        .await?;
     Ok(())
 }
+
+/// Publishing: the queue rows (user `$1`, seq `$2`) the plan read go.
+pub(crate) const DELETE_SEEN: &str =
+    "DELETE FROM replan_queue q USING unnest($1::text[], $2::bigint[]) AS x(u, s) \
+     WHERE q.user_id = x.u AND q.seq = x.s";
+
+/// Publishing: the planned users' (`$1`) earlier revisits go.
+pub(crate) const DELETE_REVISITS: &str =
+    "DELETE FROM replan_queue WHERE user_id = ANY($1) AND reason = 'revisit'";
+
+/// Publishing: the plan's revisits (user `$1`, due `$2`) come.
+pub(crate) const INSERT_REVISITS: &str = "INSERT INTO replan_queue (user_id, due_at, reason) \
+     SELECT u, d, 'revisit' FROM unnest($1::text[], $2::timestamptz[]) AS x(u, d)";
 
 /// The replan queue side of publishing a plan: the rows it read go, its users' earlier revisits
 /// go, its revisits come.
@@ -462,17 +480,14 @@ pub(crate) async fn write_queue(conn: &mut sqlx::PgConnection, r: &Replanned) ->
     if !r.seen.is_empty() {
         let users: Vec<&str> = r.seen.iter().map(|(u, _)| u.as_str()).collect();
         let seqs: Vec<i64> = r.seen.iter().map(|(_, s)| *s).collect();
-        sqlx::query(
-            "DELETE FROM replan_queue q USING unnest($1::text[], $2::bigint[]) AS x(u, s) \
-             WHERE q.user_id = x.u AND q.seq = x.s",
-        )
-        .bind(&users)
-        .bind(&seqs)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(DELETE_SEEN)
+            .bind(&users)
+            .bind(&seqs)
+            .execute(&mut *conn)
+            .await?;
     }
     if !r.users.is_empty() {
-        sqlx::query("DELETE FROM replan_queue WHERE user_id = ANY($1) AND reason = 'revisit'")
+        sqlx::query(DELETE_REVISITS)
             .bind(&r.users)
             .execute(&mut *conn)
             .await?;
@@ -482,14 +497,11 @@ pub(crate) async fn write_queue(conn: &mut sqlx::PgConnection, r: &Replanned) ->
         revisits.sort();
         let users: Vec<&str> = revisits.iter().map(|(u, _)| u.as_str()).collect();
         let due: Vec<DateTime<Utc>> = revisits.iter().map(|(_, t)| *t).collect();
-        sqlx::query(
-            "INSERT INTO replan_queue (user_id, due_at, reason) \
-             SELECT u, d, 'revisit' FROM unnest($1::text[], $2::timestamptz[]) AS x(u, d)",
-        )
-        .bind(&users)
-        .bind(&due)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(INSERT_REVISITS)
+            .bind(&users)
+            .bind(&due)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }

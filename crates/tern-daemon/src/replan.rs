@@ -195,12 +195,14 @@ impl Daemon {
                 .planning_input(now, HISTORY, Some(&users))
                 .await?
         };
+        let read_secs = started.elapsed().as_secs_f64();
         let model = self.active_model().await?;
         let model_version = model.as_ref().map(|(v, _)| v.clone());
         let seed = now.timestamp_micros() as u64;
         let planned = self
             .plan_input(&bundle, prepared, input, model, now, seed)
             .await?;
+        let plan_secs = started.elapsed().as_secs_f64() - read_secs;
         // Before the plan is published, so that a user's observation period never starts after
         // the first message of their arm.
         self.store
@@ -269,6 +271,8 @@ impl Daemon {
             candidates = summary.candidates,
             items = published.items,
             seconds = summary.duration_seconds,
+            read_secs,
+            plan_secs,
             "published a plan"
         );
         Ok(summary)
@@ -506,10 +510,12 @@ impl Daemon {
         replanned_users.extend(input.iter().map(|u| u.user_id.clone()));
         replanned_users.sort_unstable();
         replanned_users.dedup();
+        let read_secs = started.elapsed().as_secs_f64();
         let model = self.active_model().await?;
         let planned = self
             .plan_input(&bundle, prepared, input, model, now, sweep.seed as u64)
             .await?;
+        let plan_secs = started.elapsed().as_secs_f64() - read_secs;
         self.store
             .record_assignments(&planned.assignments, &bundle.version, now)
             .await?;
@@ -555,7 +561,9 @@ impl Daemon {
                 page = claim.page,
                 users = stats.users,
                 items = p.items,
-                seconds = page_stats.seconds,
+                read_secs,
+                plan_secs,
+                publish_secs = started.elapsed().as_secs_f64() - read_secs - plan_secs,
                 "published a page"
             );
         }

@@ -254,16 +254,19 @@ pub(super) async fn simulate(
     let mut reported = 0u64;
     let mut volume_by_hour: BTreeMap<String, [u64; 24]> = BTreeMap::new();
     let steps = i64::from(args.days) * 24;
+    let mut spent = Spent::default();
     for step in 1..=steps {
         let now = start + TimeDelta::hours(step);
         let hour_start = now - TimeDelta::hours(1);
         if let Some(c) = &mut clients {
+            let t = Instant::now();
             c.admin
                 .advance_clock(pb::AdvanceClockRequest {
                     to: Some(timestamp(now)),
                 })
                 .await
                 .context("AdminService.AdvanceClock")?;
+            spent.clock += t.elapsed();
         }
         if step % 24 == 0 {
             let day = (now - TimeDelta::days(1)).date_naive();
@@ -331,6 +334,7 @@ pub(super) async fn simulate(
         }
 
         // Delivery: everything due now, on every channel.
+        let t = Instant::now();
         let sent = match &mut clients {
             Some(c) => deliver_due(c, &mut world, now).await?,
             None => fcfs.deliver(&mut world, now, false)?,
@@ -345,9 +349,13 @@ pub(super) async fn simulate(
         }
         tx.learn(&waiting, now);
         reported += report_due(&mut clients, &mut waiting, now).await?;
+        spent.delivery += t.elapsed();
 
         // Upstream: the opportunities that arose in the hour that just ended.
+        let t = Instant::now();
         let arisen = world.opportunities(hour_start, now);
+        spent.world += t.elapsed();
+        let t = Instant::now();
         match &mut clients {
             Some(c) => {
                 // Password resets arrive as events, for the policy's generator to turn into
@@ -401,10 +409,12 @@ pub(super) async fn simulate(
                 fcfs.arrive(arisen)
             }
         }
+        spent.upstream += t.elapsed();
 
         // Delivery again, as a delivery service pulls all the time: what must go out at once
         // (a class that bypasses anything, which tern planned as it arrived) goes now, not
         // an hour later, when a password reset has expired.
+        let t = Instant::now();
         let urgent = match &mut clients {
             Some(c) => deliver_due(c, &mut world, now).await?,
             None => fcfs.deliver(&mut world, now, true)?,
@@ -414,6 +424,7 @@ pub(super) async fn simulate(
             volume_by_hour.entry(d.channel).or_default()[now.hour() as usize] += 1;
             waiting.extend(d.outcomes);
         }
+        spent.delivery += t.elapsed();
     }
     let end = start + TimeDelta::days(i64::from(args.days));
 
@@ -480,8 +491,38 @@ pub(super) async fn simulate(
             result.seconds,
             100.0 * result.retention
         );
+        println!("  {}", spent.line(result.seconds));
     }
     Ok(result)
+}
+
+/// Where a run's wall-clock time went, as the driver sees it: `AdvanceClock` holds the daemon's
+/// cron jobs (replans, generators, training), delivery the pulls, acks and outcome reports, the
+/// world the simulated population's own work, upstream the submits.
+#[derive(Default)]
+struct Spent {
+    clock: Duration,
+    delivery: Duration,
+    world: Duration,
+    upstream: Duration,
+}
+
+impl Spent {
+    fn line(&self, total: f64) -> String {
+        let parts = [
+            ("clock and cron jobs", self.clock),
+            ("delivery and outcomes", self.delivery),
+            ("upstream submits", self.upstream),
+            ("the population", self.world),
+        ];
+        let rest = total - parts.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>();
+        let mut line: Vec<String> = parts
+            .iter()
+            .map(|(name, d)| format!("{name} {:.0}s", d.as_secs_f64()))
+            .collect();
+        line.push(format!("the rest {rest:.0}s"));
+        format!("time: {}", line.join(", "))
+    }
 }
 
 /// One message that reached a simulated user.

@@ -114,13 +114,20 @@ macro_rules! open_opportunities {
             "SELECT o.user_id, o.opportunity_id, o.template, o.category, o.priority, o.channels, \
             o.signals, o.created_at, o.expires_at \
      FROM opportunities o \
-     WHERE o.state = 'open' AND o.expires_at > $1 \
-       AND NOT EXISTS (SELECT 1 FROM schedule_items s \
-                       WHERE s.user_id = o.user_id AND s.opportunity_id = o.opportunity_id \
-                         AND s.state IN ('leased', 'sent')) ",
+     WHERE o.state = 'open' AND o.expires_at > $1 ",
+            not_in_flight!(),
             $filter,
             "ORDER BY o.user_id, o.opportunity_id"
         )
+    };
+}
+
+/// The condition that opportunity `o` has no item a delivery service holds or has sent.
+macro_rules! not_in_flight {
+    () => {
+        "AND NOT EXISTS (SELECT 1 FROM schedule_items s \
+                         WHERE s.user_id = o.user_id AND s.opportunity_id = o.opportunity_id \
+                           AND s.state IN ('leased', 'sent')) "
     };
 }
 
@@ -130,18 +137,17 @@ macro_rules! open_opportunities {
 /// opportunity that ever left `open` included: 2.4 s and 335,352 buffers for 5,613 opportunities
 /// on the tenth simulated day of the demo, growing with every day of history. `OFFSET 0` keeps the lateral
 /// subquery a probe per user rather than a join PostgreSQL may turn into that scan again.
-pub(crate) const OPEN_OPPORTUNITIES_OF_USERS: &str =
+pub(crate) const OPEN_OPPORTUNITIES_OF_USERS: &str = concat!(
     "SELECT o.user_id, o.opportunity_id, o.template, o.category, o.priority, o.channels, \
             o.signals, o.created_at, o.expires_at \
      FROM (SELECT DISTINCT id FROM unnest($2::text[]) AS x(id)) AS u \
      CROSS JOIN LATERAL ( \
        SELECT o.* FROM opportunities o \
-       WHERE o.user_id = u.id AND o.state = 'open' AND o.expires_at > $1 \
-         AND NOT EXISTS (SELECT 1 FROM schedule_items s \
-                         WHERE s.user_id = o.user_id AND s.opportunity_id = o.opportunity_id \
-                           AND s.state IN ('leased', 'sent')) \
-       OFFSET 0) AS o \
-     ORDER BY o.user_id, o.opportunity_id";
+       WHERE o.user_id = u.id AND o.state = 'open' AND o.expires_at > $1 ",
+    not_in_flight!(),
+    "OFFSET 0) AS o \
+     ORDER BY o.user_id, o.opportunity_id"
+);
 
 /// A page of a sweep: the open opportunities of the users in a range of buckets (see
 /// [`crate::BUCKETS`]), found through the open opportunities' bucket index.

@@ -299,3 +299,60 @@ async fn publishing_after_a_bulk_load_probes_each_item_by_key() {
         items.len()
     );
 }
+
+/// Waits until PostgreSQL's statistics, which each backend sends on its own schedule, report
+/// at least `rows` (`n_live_tup`, or `n_dead_tup` with `dead`) in `table`.
+async fn await_table_stats(s: &tern_store::Store, table: &str, dead: bool, rows: i64) {
+    let column = if dead { "n_dead_tup" } else { "n_live_tup" };
+    let sql = format!("SELECT {column} FROM pg_stat_user_tables WHERE relname = $1");
+    for _ in 0..300 {
+        let n: i64 = sqlx::query_scalar(&sql)
+            .bind(table)
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        if n >= rows {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the statistics never showed {rows} {column} in {table}");
+}
+
+/// What autovacuum would do, where it is off: a loaded table without statistics is analysed,
+/// a churned one vacuumed (its pages then visible to index-only scans), a quiet one left alone.
+#[tokio::test]
+async fn maintenance_analyses_loaded_tables_and_vacuums_churned_ones() {
+    let db = TestDb::new().await;
+    let s = &db.store;
+    let opportunities: Vec<_> = (0..20_000)
+        .map(|i| opportunity(&format!("user-{:05}", i / 8), &format!("k{}", i % 8)))
+        .collect();
+    s.copy_load(&[], &opportunities, t0()).await.unwrap();
+    let pg_class = |column: &'static str| async move {
+        let sql = format!("SELECT {column}::float8 FROM pg_class WHERE relname = 'opportunities'");
+        sqlx::query_scalar::<_, f64>(&sql)
+            .fetch_one(s.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(pg_class("reltuples").await, -1.0, "never analysed");
+
+    await_table_stats(s, "opportunities", false, 20_000).await;
+    let done = s.maintain_tables().await.unwrap();
+    assert!(
+        done.analysed.contains(&"opportunities".to_string()),
+        "{done:?}"
+    );
+    assert!(done.vacuumed.is_empty(), "nothing is dead yet: {done:?}");
+    assert_eq!(pg_class("reltuples").await, 20_000.0);
+    assert!(!done.analysed.contains(&"messages".to_string()), "empty");
+
+    // Every opportunity leaves `open`: 20,000 dead row versions.
+    assert_eq!(s.expire(t0() + TimeDelta::days(3)).await.unwrap(), 20_000);
+    await_table_stats(s, "opportunities", true, 20_000).await;
+    assert_eq!(pg_class("relallvisible").await, 0.0);
+    let done = s.maintain_tables().await.unwrap();
+    assert_eq!(done.vacuumed, vec!["opportunities".to_string()], "{done:?}");
+    assert!(pg_class("relallvisible").await > 0.0);
+}

@@ -53,6 +53,8 @@ pub struct Paging {
     pub page_opportunities: u64,
     /// How long a replica holds a page before another may take it over.
     pub lease: TimeDelta,
+    /// Pages this replica plans at once (at least 1).
+    pub workers: u32,
 }
 
 impl Default for Paging {
@@ -60,6 +62,7 @@ impl Default for Paging {
         Paging {
             page_opportunities: 50_000,
             lease: TimeDelta::seconds(60),
+            workers: 2,
         }
     }
 }

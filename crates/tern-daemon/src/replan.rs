@@ -146,7 +146,7 @@ impl Daemon {
         .map_err(|e| ControlError::Internal(format!("the planner failed: {e}")))?;
         let plan = plan.map_err(|e| ControlError::Internal(format!("the planner refused: {e}")))?;
         let items = schedule_items(&plan, &treatment);
-        let revisits = revisits(&plan, &inputs, &windows, now);
+        let revisits = revisits(&plan, &inputs, &windows, now, next_sweep(bundle, now));
         Ok(Planned {
             plan,
             items,
@@ -182,6 +182,16 @@ impl Daemon {
                 (users, seen)
             }
         };
+        // Why the users are replanned: queue rows per reason, for the log.
+        let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
+        for q in &seen {
+            *reasons.entry(q.reason.as_str()).or_default() += 1;
+        }
+        let reasons = reasons
+            .iter()
+            .map(|(r, n)| format!("{r}:{n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         let prepared = self
             .planner(&bundle, replan_doc, Budgets::Users(&users), now)
             .await?;
@@ -273,6 +283,7 @@ impl Daemon {
             seconds = summary.duration_seconds,
             read_secs,
             plan_secs,
+            reasons,
             "published a plan"
         );
         Ok(summary)
@@ -352,10 +363,8 @@ impl Daemon {
             ControlError::Unplannable(format!("the active policy cannot be planned with: {e}"))
         })?;
         let model = self.active_model().await?.map(|(v, _)| v);
-        let analysed = self.store.refresh_statistics().await?;
-        if !analysed.is_empty() {
-            tracing::info!(tables = %analysed.join(", "), "analysed tables without statistics before a full replan");
-        }
+        let maintained = self.store.maintain_tables().await?;
+        log_maintained(&maintained, "before a full replan");
         let open = self.store.open_opportunity_count(now).await?;
         let pages = open.div_ceil(self.paging.page_opportunities.max(1)).max(1);
         let horizon = TimeDelta::seconds(config.horizon_secs as i64);
@@ -386,8 +395,20 @@ impl Daemon {
         Ok(())
     }
 
-    /// Plans pages of `sweep` until none is left to claim.
+    /// Plans pages of `sweep` until none is left to claim, [`crate::Paging::workers`] at a
+    /// time: one page's reading and publishing wait on PostgreSQL while another's planning
+    /// runs here (one at a time left a third of the machine idle at a million users). Each
+    /// page is claimed, planned and published on its own, as on another replica. Returns the
+    /// pages this replica published.
     pub(crate) async fn work_sweep(&self, sweep: &RunningSweep) -> Result<u32, ControlError> {
+        let workers = self.paging.workers.max(1);
+        let done =
+            futures::future::try_join_all((0..workers).map(|_| self.work_pages(sweep))).await?;
+        Ok(done.into_iter().sum())
+    }
+
+    /// One of [`Daemon::work_sweep`]'s workers: claims and plans pages until none is left.
+    async fn work_pages(&self, sweep: &RunningSweep) -> Result<u32, ControlError> {
         let mut planned = 0;
         loop {
             let now = self.clock.now();
@@ -426,10 +447,10 @@ impl Daemon {
     }
 
     /// Finishes sweep `plan_id` if its last page is published (see
-    /// [`tern_store::Store::finish_sweep`]), and then refreshes the statistics of the tables it
-    /// rewrote: a sweep can grow the schedule from nothing to millions of items, and the plans
-    /// of the incremental replans after it (the budget counts above all) go wrong on the old
-    /// statistics until autovacuum catches up.
+    /// [`tern_store::Store::finish_sweep`]), and then vacuums and analyses the tables that need
+    /// it ([`tern_store::Store::maintain_tables`]): a sweep can grow the schedule from nothing
+    /// to millions of items, and the plans of the incremental replans after it (the budget
+    /// counts above all) go wrong on the old statistics until autovacuum catches up.
     pub(crate) async fn finish_sweep(
         &self,
         plan_id: i64,
@@ -442,10 +463,8 @@ impl Daemon {
             &[("scope", "sweep")],
             stats.users as f64,
         );
-        let analysed = self.store.refresh_statistics().await?;
-        if !analysed.is_empty() {
-            tracing::info!(tables = %analysed.join(", "), "analysed the tables a full replan rewrote");
-        }
+        let maintained = self.store.maintain_tables().await?;
+        log_maintained(&maintained, "after a full replan");
         Ok(Some(stats))
     }
 
@@ -571,6 +590,17 @@ impl Daemon {
     }
 }
 
+/// Logs what [`tern_store::Store::maintain_tables`] did, if anything.
+fn log_maintained(done: &tern_store::Maintained, when: &str) {
+    if !done.is_empty() {
+        tracing::info!(
+            vacuumed = %done.vacuumed.join(", "),
+            analysed = %done.analysed.join(", "),
+            "maintained the tables replans read {when}"
+        );
+    }
+}
+
 /// The Replan document a trigger names, if it names one.
 fn replan_doc(trigger: &str) -> Option<&str> {
     (trigger != "manual" && trigger != URGENT_TRIGGER).then_some(trigger)
@@ -600,11 +630,16 @@ fn cap_windows(config: &PlannerConfig) -> Vec<TimeDelta> {
 /// the threshold): when the first of their counted sends leaves a cap window, and at the latest
 /// after [`REVISIT_AT_MOST`]. Users whose every opportunity is scheduled, or kept out by their
 /// own choices (opt-outs, reachability), wait for a change.
+///
+/// A revisit due at or after `sweep` (the next full replan) is left out: the full replan plans
+/// every user with open opportunities then anyway. In the demo, revisits were half the queue rows
+/// of each incremental replan.
 fn revisits(
     plan: &Plan,
     inputs: &[UserInput],
     windows: &[TimeDelta],
     now: DateTime<Utc>,
+    sweep: Option<DateTime<Utc>>,
 ) -> Vec<(String, DateTime<Utc>)> {
     let by_id: HashMap<&str, &UserInput> = inputs.iter().map(|u| (u.user_id.as_str(), u)).collect();
     let mut out = Vec::new();
@@ -635,9 +670,20 @@ fn revisits(
                 }
             }
         }
-        out.push((u.user_id.clone(), at));
+        if sweep.is_none_or(|sweep| at < sweep) {
+            out.push((u.user_id.clone(), at));
+        }
     }
     out
+}
+
+/// The next full replan of any of the active policy's Replan documents after `now`.
+fn next_sweep(bundle: &Bundle, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    bundle
+        .replans
+        .iter()
+        .filter_map(|r| crate::cron::next_firing(&crate::cron::Job::Replan(r), now))
+        .min()
 }
 
 /// What the planner would read for `users` (every user with an open opportunity when `None`)
@@ -745,4 +791,50 @@ fn schedule_items(
         }
     }
     items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use tern_planner::{Stats, Suppression, UserPlan};
+
+    /// A plan that left one opportunity of `user` unscheduled, its value below the threshold.
+    fn plan_leaving(user: &str) -> Plan {
+        Plan {
+            channels: vec!["push".into()],
+            users: vec![UserPlan {
+                user_id: user.into(),
+                arm: "default".into(),
+                choices: Vec::new(),
+                suppressions: vec![Suppression {
+                    opportunity: 1,
+                    channel: Some(0),
+                    reason: Reason::BelowMinValue,
+                    value: Some(0.0),
+                    counterfactual: None,
+                }],
+                error: None,
+            }],
+            stats: Stats::default(),
+        }
+    }
+
+    #[test]
+    fn a_revisit_comes_before_the_next_full_replan_or_not_at_all() {
+        let now = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+        let plan = plan_leaving("a");
+        let at_most = vec![("a".to_string(), now + REVISIT_AT_MOST)];
+        assert_eq!(revisits(&plan, &[], &[], now, None), at_most);
+        let later = now + REVISIT_AT_MOST + TimeDelta::seconds(1);
+        assert_eq!(revisits(&plan, &[], &[], now, Some(later)), at_most);
+        // The full replan plans the user then anyway.
+        for sweep in [now + TimeDelta::hours(1), now + REVISIT_AT_MOST] {
+            assert_eq!(revisits(&plan, &[], &[], now, Some(sweep)), Vec::new());
+        }
+        // A user whose plan left nothing for later gets no revisit.
+        let mut done = plan_leaving("b");
+        done.users[0].suppressions.clear();
+        assert_eq!(revisits(&done, &[], &[], now, None), Vec::new());
+    }
 }

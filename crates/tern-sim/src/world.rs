@@ -184,6 +184,22 @@ pub struct World {
     today: Tally,
     total: Tally,
     daily_active: Vec<usize>,
+    /// The last day whose opportunities were drawn: a caller asking hour by hour draws each
+    /// day once instead of 24 times.
+    drawn: DayCache,
+}
+
+/// One day's opportunities of every user, as [`World::opportunities`] last drew them. They
+/// depend only on the seed and the users' fixed interests, so a cached day is the day.
+#[derive(Debug, Default)]
+struct DayCache(std::sync::Mutex<Option<(i64, std::sync::Arc<Vec<NewOpportunity>>)>>);
+
+impl Clone for DayCache {
+    fn clone(&self) -> DayCache {
+        DayCache(std::sync::Mutex::new(
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        ))
+    }
 }
 
 impl World {
@@ -207,6 +223,7 @@ impl World {
             today: Tally::default(),
             total: Tally::default(),
             daily_active: Vec::new(),
+            drawn: DayCache::default(),
         };
         world.open(world.open_day);
         world
@@ -238,14 +255,13 @@ impl World {
         let last =
             ((to - TimeDelta::nanoseconds(1)).date_naive() - self.start.date_naive()).num_days();
         for day in first..=last {
-            let day_start = self.start + TimeDelta::days(day);
-            for (i, user) in self.users.iter().enumerate() {
-                out.extend(
-                    day_opportunities(&self.config, i, user, day, day_start)
-                        .into_iter()
-                        .filter(|o| from <= o.created_at && o.created_at < to),
-                );
-            }
+            let drawn = self.day(day);
+            out.extend(
+                drawn
+                    .iter()
+                    .filter(|o| from <= o.created_at && o.created_at < to)
+                    .cloned(),
+            );
         }
         out.sort_by(|a, b| {
             (a.created_at, &a.user_id, &a.dedupe_key).cmp(&(
@@ -255,6 +271,26 @@ impl World {
             ))
         });
         out
+    }
+
+    /// Every user's opportunities of day `day` (days since the start), drawn once per day.
+    fn day(&self, day: i64) -> std::sync::Arc<Vec<NewOpportunity>> {
+        let mut cache = self.drawn.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((d, drawn)) = &*cache {
+            if *d == day {
+                return drawn.clone();
+            }
+        }
+        let day_start = self.start + TimeDelta::days(day);
+        let drawn: Vec<NewOpportunity> = self
+            .users
+            .iter()
+            .enumerate()
+            .flat_map(|(i, user)| day_opportunities(&self.config, i, user, day, day_start))
+            .collect();
+        let drawn = std::sync::Arc::new(drawn);
+        *cache = Some((day, drawn.clone()));
+        drawn
     }
 
     /// Hands one message to its user and returns what they did with it, in time order.

@@ -88,7 +88,8 @@ pub use plans::{
 pub use policies::PolicyVersion;
 pub use reports::CalibrationBin;
 pub use sweeps::{
-    PageClaim, PageStats, Queued, Replanned, RunningSweep, Scope, SweepProgress, BUCKETS,
+    Maintained, PageClaim, PageStats, Queued, Replanned, RunningSweep, Scope, SweepProgress,
+    BUCKETS,
 };
 pub use training::{TrainingMessage, TrainingUser};
 pub use users::{ChannelState, User};

@@ -107,7 +107,7 @@ pub const HOT_PATHS: &[HotStatement] = &[
     hot("replan.users", planning::USERS_OF, Routes::NamedUsers),
     hot("replan.history", planning::HISTORY_OF, Routes::NamedUsers),
     hot("replan.activity", planning::ACTIVITY_OF, Routes::NamedUsers),
-    hot("replan.arrivals", planning::ARRIVALS_OF, Routes::NamedUsers),
+    hot("replan.arrivals", planning::ARRIVALS_OF, Routes::KeyedBatch),
     hot(
         "replan.channel_usage",
         planning::CHANNEL_USAGE,

@@ -34,6 +34,9 @@ pub struct ReplanArgs {
     /// Open opportunities per page of a full replan.
     #[arg(long, default_value_t = 50_000)]
     page_opportunities: u64,
+    /// Pages each replica plans at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    page_workers: u32,
     /// ANALYZE after the load (by default the first replan runs on a freshly loaded database).
     #[arg(long)]
     analyze: bool,
@@ -124,6 +127,7 @@ async fn start(
     config.paging = tern_daemon::Paging {
         page_opportunities: args.page_opportunities,
         lease: TimeDelta::seconds(600),
+        workers: args.page_workers,
     };
     Ok(tern_daemon::service::start(store, config).await?)
 }

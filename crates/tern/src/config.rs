@@ -27,6 +27,7 @@ const KEYS: &[(&str, &str)] = &[
     ("max_message_bytes", "TERN_MAX_MESSAGE_BYTES"),
     ("page_opportunities", "TERN_PAGE_OPPORTUNITIES"),
     ("page_lease_secs", "TERN_PAGE_LEASE_SECS"),
+    ("page_workers", "TERN_PAGE_WORKERS"),
 ];
 
 /// The environment variables the file at `path` sets: every key it holds whose variable is not

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// over (it died, or is too slow).
     #[arg(long, env = "TERN_PAGE_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub(crate) page_lease_secs: u64,
+    /// Pages of a full replan this replica plans at once: while one page is read or published
+    /// by PostgreSQL, another is planned here.
+    #[arg(long, env = "TERN_PAGE_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub(crate) page_workers: u32,
     /// Largest accepted request, in bytes.
     #[arg(long, env = "TERN_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub(crate) max_message_bytes: usize,
@@ -147,6 +151,7 @@ pub async fn start(store: Store, args: &ServeArgs) -> Result<Service> {
         paging: tern_daemon::Paging {
             page_opportunities: args.page_opportunities,
             lease: chrono::TimeDelta::seconds(args.page_lease_secs as i64),
+            workers: args.page_workers,
         },
         announce: crate::output::say,
     };

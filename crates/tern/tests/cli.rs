@@ -44,7 +44,7 @@ async fn migrate_applies_then_reports_up_to_date_and_status_lists_it() {
     let first = tern(&["migrate"], Some(&db.url));
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert!(
-        text(&first.stdout).starts_with("applied 14 migration(s)"),
+        text(&first.stdout).starts_with("applied 15 migration(s)"),
         "{}",
         text(&first.stdout)
     );

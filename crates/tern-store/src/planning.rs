@@ -131,6 +131,20 @@ macro_rules! not_in_flight {
     };
 }
 
+/// The head of a read of named users one by one: each distinct id of the array parameter
+/// `$param` as `u.id`, joined to the `LATERAL (...)` subquery that follows, which ends with
+/// `OFFSET 0` so that PostgreSQL keeps it a probe per user rather than turning it into a scan
+/// of the table filtered against the whole list.
+macro_rules! each_named_user {
+    ($param:literal) => {
+        concat!(
+            "FROM (SELECT DISTINCT id FROM unnest(",
+            $param,
+            "::text[]) AS x(id)) AS u CROSS JOIN LATERAL ( "
+        )
+    };
+}
+
 /// A replan of named users: their open opportunities, looked up user by user through the
 /// primary key. Written as `user_id = ANY($2)`, PostgreSQL matched the array against the *second*
 /// column of the open-opportunity bucket index and read that whole index, dead entries of every
@@ -143,9 +157,9 @@ macro_rules! not_in_flight {
 pub(crate) const OPEN_OPPORTUNITIES_OF_USERS: &str = concat!(
     "SELECT o.user_id, o.opportunity_id, o.template, o.category, o.priority, o.channels, \
             o.signals, o.created_at, o.expires_at \
-     FROM (SELECT DISTINCT id FROM unnest($2::text[]) AS x(id)) AS u \
-     CROSS JOIN LATERAL ( \
-       SELECT o.* FROM opportunities o \
+     ",
+    each_named_user!("$2"),
+    "SELECT o.* FROM opportunities o \
        WHERE (hashtext(o.user_id) & 4095) = (hashtext(u.id) & 4095) AND o.user_id = u.id \
          AND o.state = 'open' AND o.expires_at > $1 ",
     not_in_flight!(),
@@ -175,14 +189,13 @@ pub(crate) const USERS_OF: &str =
 /// with `user_id = ANY($1)`, PostgreSQL sequentially scanned every message in the window and
 /// compared each with the whole list (48 ms of 62 for 1,400 users on day 7 of the demo, and
 /// growing with history).
-pub(crate) const HISTORY_OF: &str =
+pub(crate) const HISTORY_OF: &str = concat!(
     "SELECT m.user_id, m.channel, m.category, m.priority, m.sent_at, \
             (SELECT min(x.occurred_at) FROM outcomes x \
              WHERE x.user_id = m.user_id AND x.message_id = m.message_id \
-               AND x.kind IN ('opened', 'clicked') AND x.occurred_at <= $3) AS opened_at \
-     FROM (SELECT DISTINCT id FROM unnest($1::text[]) AS x(id)) AS u \
-     CROSS JOIN LATERAL ( \
-       SELECT m.* FROM messages m \
+               AND x.kind IN ('opened', 'clicked') AND x.occurred_at <= $3) AS opened_at ",
+    each_named_user!("$1"),
+    "SELECT m.* FROM messages m \
        WHERE m.user_id = u.id AND m.sent_at >= $2 AND m.sent_at <= $3 OFFSET 0) AS m \
      UNION ALL \
      SELECT s.user_id, s.channel, o.category, o.priority, s.send_after, NULL \
@@ -194,7 +207,8 @@ pub(crate) const HISTORY_OF: &str =
      FROM schedule_items s \
      JOIN opportunities o ON o.user_id = s.user_id AND o.opportunity_id = s.opportunity_id \
      WHERE s.user_id = ANY($1) AND s.state = 'withheld' \
-       AND s.send_after >= $2 AND s.send_after <= $3";
+       AND s.send_after >= $2 AND s.send_after <= $3"
+);
 
 /// The users' (`$1`) active days in `[$2, $3]`.
 pub(crate) const ACTIVITY_OF: &str =
@@ -205,12 +219,13 @@ pub(crate) const ACTIVITY_OF: &str =
 /// through `opportunities_user_created` (an index-only scan once vacuumed). Filtered with
 /// `user_id = ANY($1)`, this was a parallel sequential scan of every opportunity ever
 /// submitted (92 ms for 1,400 users on day 7 of the demo).
-pub(crate) const ARRIVALS_OF: &str = "SELECT a.user_id, a.category, a.channels, count(*) AS n \
-     FROM (SELECT DISTINCT id FROM unnest($1::text[]) AS x(id)) AS u \
-     CROSS JOIN LATERAL ( \
-       SELECT o.user_id, o.category, o.channels FROM opportunities o \
+pub(crate) const ARRIVALS_OF: &str = concat!(
+    "SELECT a.user_id, a.category, a.channels, count(*) AS n ",
+    each_named_user!("$1"),
+    "SELECT o.user_id, o.category, o.channels FROM opportunities o \
        WHERE o.user_id = u.id AND o.created_at > $2 AND o.created_at <= $3 OFFSET 0) AS a \
-     GROUP BY a.user_id, a.category, a.channels ORDER BY a.user_id, a.category, a.channels";
+     GROUP BY a.user_id, a.category, a.channels ORDER BY a.user_id, a.category, a.channels"
+);
 
 /// The advisory lock key of replans: "tern" and a 1.
 const REPLAN_LOCK: i64 = 0x7465_726e_0000_0001;
